@@ -1,0 +1,31 @@
+"""cogman: a distributed task runner for Python, on RabbitMQ with Redis/MongoDB task logs."""
+
+from cogman.app import App
+from cogman.config import Config
+from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, TaskFailed, TaskNotFound
+from cogman.middleware import Middleware
+from cogman.priority import Priority
+from cogman.record import TaskRecord
+from cogman.result import AsyncResult
+from cogman.status import Status
+from cogman.task import Task, TaskContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AsyncResult",
+    "CogmanError",
+    "Config",
+    "CorruptRecord",
+    "Middleware",
+    "PoisonMessage",
+    "Priority",
+    "Status",
+    "Task",
+    "TaskContext",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskRecord",
+    "__version__",
+]

@@ -1,0 +1,106 @@
+"""The backend protocol: how task records are stored, moved between states, waited on and queried.
+
+A backend is a handful of primitives (Huey-style). Each one is a single atomic step on the store (one
+Redis round trip, one conditional Mongo update), and each status change is checked by
+:func:`cogman.status.allows`, so every backend enforces the same status machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from cogman.record import TaskRecord
+from cogman.status import Status
+
+UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """Filters for listing records, newest first. Every filter is optional; ranges include both ends."""
+
+    status: Status | None = None
+    name: str | None = None
+    primary_key: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    skip: int = 0
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.skip < 0 or self.limit < 0:
+            raise ValueError(f"skip and limit must not be negative (skip={self.skip}, limit={self.limit})")
+
+    def matches(self, record: TaskRecord) -> bool:
+        return (
+            (self.status is None or record.status == self.status)
+            and (self.name is None or record.name == self.name)
+            and (self.primary_key is None or record.primary_key == self.primary_key)
+            and (self.created_after is None or record.created_at >= self.created_after)
+            and (self.created_before is None or record.created_at <= self.created_before)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of a query and the total number of matching records."""
+
+    records: list[TaskRecord]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusBucket:
+    """Records created in ``[start, start + width)``, counted per status."""
+
+    start: datetime
+    counts: dict[Status, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Backend(Protocol):
+    """Stores one record per attempt; see docs/backends.md for each implementation's layout."""
+
+    def create(self, records: Sequence[TaskRecord]) -> None:
+        """Store new records (status ``initiated`` or ``retry``) in one round trip."""
+
+    def transition(
+        self,
+        task_id: str,
+        status: Status,
+        *,
+        fail_error: str | None = None,
+        result: Any = UNSET,
+        duration: float | None = None,
+    ) -> TaskRecord | None:
+        """Move one record to ``status`` if the status machine allows it, atomically, setting the given
+        fields with it. Returns the record as it stands afterwards (moved or not), None if unknown."""
+
+    def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
+        """The same move for many records in one round trip, for batch sends (no fields, no result)."""
+
+    def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
+        """If the original's budget is above 0: decrement it, point the original's ``latest_attempt_id``
+        at ``attempt`` and store ``attempt``, all atomically; return the budget left. Else None."""
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None. A record that is not cogman's raises CorruptRecord naming the key."""
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        """Block until the record is final (without polling where the store can notify), or until
+        ``timeout``; return the record as it then stands."""
+
+    def query(self, query: TaskQuery) -> TaskPage:
+        """Records matching ``query``, newest first, with the total."""
+
+    def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
+        """Counts per status of the records created in ``[start, end]``, in buckets; empty ones left out."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,28 @@
+"""Brokers: the protocol, the in-memory broker and the RabbitMQ broker, chosen by URL."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cogman.brokers.base import DEAD_LETTER_QUEUE, Broker, Consumer, Delivery, PublishListener, queue_names
+from cogman.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cogman.config import Config
+
+__all__ = ["DEAD_LETTER_QUEUE", "Broker", "Consumer", "Delivery", "PublishListener", "create_broker", "queue_names"]
+
+
+def create_broker(config: Config) -> Broker:
+    """The broker named by ``config.broker_url``: ``memory://`` or ``amqp://`` (also ``amqps://``)."""
+    url = config.broker_url
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from cogman.brokers.memory import MemoryBroker
+
+        return MemoryBroker(config.high_priority_queue_count, config.low_priority_queue_count)
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        from cogman.brokers.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(url, config)
+    raise ConfigError(f"unsupported broker URL {url!r}; use memory:// or amqp://user:password@host:5672//")

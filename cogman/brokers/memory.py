@@ -1,0 +1,126 @@
+"""In-process broker: Cogman's queue topology in deques, for the embedded default and for tests.
+
+Messages are stored encoded, as bytes and headers, so the worker exercises the same decode path (and
+meets the same poison messages) as with RabbitMQ. Nothing leaves the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from cogman.brokers.base import HEADER_DEAD_LETTER_REASON, Delivery, PublishListener, queue_names
+from cogman.message import Message
+from cogman.priority import Priority
+
+
+class MemoryBroker:
+    def __init__(self, high_queue_count: int = 1, low_queue_count: int = 1) -> None:
+        self.queues: dict[Priority, dict[str, deque[Delivery]]] = {
+            Priority.HIGH: {name: deque() for name in queue_names(Priority.HIGH, high_queue_count)},
+            Priority.LOW: {name: deque() for name in queue_names(Priority.LOW, low_queue_count)},
+        }
+        self._round_robin = {p: itertools.cycle(list(q)) for p, q in self.queues.items()}
+        self._dead: list[Delivery] = []
+        self._listener: PublishListener | None = None
+        self._ready = threading.Condition()
+
+    def set_listener(self, listener: PublishListener) -> None:
+        self._listener = listener
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        with self._ready:
+            for message in messages:
+                self.put(message.encode(), message.headers, message.priority)
+        if self._listener is not None:
+            self._listener.confirmed(messages)
+
+    def put(self, body: bytes, headers: dict[str, object], priority: Priority, queue: str | None = None) -> None:
+        """Enqueue raw bytes, as a foreign producer would (tests use it to send poison messages)."""
+        with self._ready:
+            name = queue or next(self._round_robin[priority])
+            self.queues[priority][name].append(Delivery(body, dict(headers), name, priority))
+            self._ready.notify()
+
+    def consume(self, priorities: Iterable[Priority], prefetch: int) -> MemoryConsumer:
+        return MemoryConsumer(self, tuple(sorted(set(priorities), key=lambda p: p.order)))
+
+    def dead_letters(self) -> list[Delivery]:
+        with self._ready:
+            return list(self._dead)
+
+    def pending(self) -> int:
+        """Messages waiting in the queues (not delivered)."""
+        with self._ready:
+            return sum(len(q) for family in self.queues.values() for q in family.values())
+
+    def close(self) -> None:
+        """Nothing to release; queued messages stay for the next consumer."""
+
+    def _take(self, priorities: tuple[Priority, ...]) -> Delivery | None:
+        for priority in priorities:
+            for queue in self.queues[priority].values():
+                if queue:
+                    return queue.popleft()
+        return None
+
+    def _give_back(self, delivery: Delivery) -> None:
+        with self._ready:
+            delivery.redelivered = True
+            self.queues[delivery.priority][delivery.queue].appendleft(delivery)
+            self._ready.notify()
+
+    def _bury(self, delivery: Delivery, reason: str) -> None:
+        with self._ready:
+            delivery.headers[HEADER_DEAD_LETTER_REASON] = reason
+            self._dead.append(delivery)
+
+
+class MemoryConsumer:
+    """Pulls from the broker's deques; unacked deliveries go back to the queue on ``close``."""
+
+    def __init__(self, broker: MemoryBroker, priorities: tuple[Priority, ...]) -> None:
+        self._broker = broker
+        self._priorities = priorities
+        self._unacked: dict[int, Delivery] = {}
+        self._tags = itertools.count()
+        self._lock = threading.Lock()
+
+    def receive(self, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
+        with self._broker._ready:
+            while True:
+                delivery = self._broker._take(self._priorities)
+                remaining = deadline - time.monotonic()
+                if delivery is not None or remaining <= 0:
+                    break
+                self._broker._ready.wait(remaining)
+        if delivery is not None:
+            delivery.tag = next(self._tags)
+            with self._lock:
+                self._unacked[delivery.tag] = delivery
+        return delivery
+
+    def _settle(self, delivery: Delivery) -> bool:
+        with self._lock:
+            return self._unacked.pop(delivery.tag, None) is not None
+
+    def ack(self, delivery: Delivery) -> None:
+        self._settle(delivery)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if self._settle(delivery):
+            self._broker._bury(delivery, reason)
+
+    def requeue(self, delivery: Delivery) -> None:
+        if self._settle(delivery):
+            self._broker._give_back(delivery)
+
+    def close(self) -> None:
+        with self._lock:
+            left, self._unacked = list(self._unacked.values()), {}
+        for delivery in reversed(left):
+            self._broker._give_back(delivery)

@@ -1,0 +1,85 @@
+"""Config: every tunable in one dataclass. Each field can also be passed to ``App(...)`` as a keyword."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from cogman.errors import ConfigError
+
+DAY = 24 * 3600.0
+
+
+def _env_url(name: str) -> str:
+    return os.environ.get(name) or "memory://"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by clients and workers. Durations are in seconds."""
+
+    #: Where tasks travel: ``memory://`` (in-process) or ``amqp://user:pass@host:5672//``.
+    broker_url: str = field(default_factory=lambda: _env_url("COGMAN_BROKER_URL"))
+    #: Where task records live: ``memory://``, ``redis://...``, ``mongodb://...``, or a list (all are
+    #: written, the first is read).
+    backend_url: str | list[str] = field(default_factory=lambda: _env_url("COGMAN_BACKEND_URL"))
+
+    #: How long a client keeps trying to reach a lost broker before sends raise (0 = forever).
+    connection_timeout: float = 600.0
+    #: How long a send waits for the broker's publisher confirm.
+    request_timeout: float = 5.0
+
+    high_priority_queue_count: int = 1
+    low_priority_queue_count: int = 1
+    #: ``"classic"`` (Cogman's topology) or ``"quorum"`` (replicated, for a RabbitMQ cluster).
+    queue_type: str = "classic"
+
+    #: Worker threads running handlers.
+    concurrency: int = 8
+    #: Unstarted messages a worker may hold; None means twice its concurrency.
+    prefetch: int | None = None
+    #: How long a stopping worker lets running handlers finish before it gives up on them.
+    grace_period: float = 30.0
+
+    redis_ttl: float = 7 * DAY
+    redis_prefix: str = "cogman"
+    mongo_ttl: float = 30 * DAY
+    mongo_database: str = "cogman"
+    mongo_collection: str = "tasks"
+
+    #: On connect and reconnect, republish records still ``initiated`` and older than the grace period.
+    re_enqueue: bool = False
+    re_enqueue_grace: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("high_priority_queue_count", "low_priority_queue_count", "concurrency"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("connection_timeout", "request_timeout", "grace_period", "redis_ttl", "mongo_ttl"):
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if self.redis_ttl < 1:
+            raise ConfigError(f"redis_ttl must be at least 1 second, got {self.redis_ttl!r}")
+        if self.prefetch is not None and self.prefetch < 1:
+            raise ConfigError(f"prefetch must be at least 1, got {self.prefetch!r}")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
+
+    @property
+    def backend_urls(self) -> list[str]:
+        urls = [self.backend_url] if isinstance(self.backend_url, str) else list(self.backend_url)
+        if not urls:
+            raise ConfigError("backend_url must name at least one backend")
+        return urls
+
+    def prefetch_for(self, concurrency: int) -> int:
+        return self.prefetch if self.prefetch is not None else 2 * concurrency
+
+    def with_options(self, **options: Any) -> Config:
+        """A copy with ``options`` applied; an unknown option name is an error that lists the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+        return replace(self, **options) if options else self

@@ -1,0 +1,57 @@
+"""Exceptions a cogman user can catch, and the ones the worker uses to sort bad messages."""
+
+from __future__ import annotations
+
+
+class CogmanError(Exception):
+    """Base of every error cogman raises on purpose."""
+
+
+class ConfigError(CogmanError, ValueError):
+    """A configuration value is wrong; the message names the option."""
+
+
+class TaskFailed(CogmanError):
+    """The task's last allowed attempt failed. ``error`` holds ``"ExceptionType: message"``."""
+
+    def __init__(self, task_id: str, error: str | None) -> None:
+        super().__init__(f"task {task_id} failed: {error}")
+        self.task_id = task_id
+        self.error = error
+
+
+class TaskNotFound(CogmanError, LookupError):
+    """No record exists for a task id (never sent, or expired from the backend)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no record for task {task_id}")
+        self.task_id = task_id
+
+
+class CorruptRecord(CogmanError, ValueError):
+    """A stored record is not cogman's JSON; ``key`` names where it was read from."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"corrupt task record at {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class PoisonMessage(CogmanError):
+    """A delivered message that can never run: bad JSON, missing headers, unknown task, bad arguments.
+
+    The worker dead-letters it with ``reason`` and records the task failed when ``task_id`` is known.
+    """
+
+    def __init__(self, reason: str, task_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.task_id = task_id
+
+
+class BrokerUnavailable(CogmanError, ConnectionError):
+    """The broker could not be reached within the configured time."""
+
+
+class PublishError(CogmanError):
+    """The broker refused a message (nack) or did not confirm it in time."""

@@ -1,0 +1,131 @@
+"""Message: what travels through a broker, and its JSON wire form.
+
+Only JSON ever crosses the wire, in both directions; nothing received from a broker is unpickled.
+The headers ``TaskName`` and ``TaskID`` are Cogman's, so operators and the Go tooling recognise messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cogman.errors import PoisonMessage
+from cogman.priority import Priority
+from cogman.record import TaskRecord
+
+HEADER_TASK_NAME = "TaskName"
+HEADER_TASK_ID = "TaskID"
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One attempt of a task, as sent to the broker."""
+
+    task_id: str
+    name: str
+    original_task_id: str
+    priority: Priority
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] | None = None
+    primary_key: str | None = None
+    attempt: int = 1
+    retries_left: int = 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id}
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "task_id": self.task_id,
+                "name": self.name,
+                "original_task_id": self.original_task_id,
+                "priority": self.priority.value,
+                "args": list(self.args),
+                "kwargs": self.kwargs or {},
+                "primary_key": self.primary_key,
+                "attempt": self.attempt,
+                "retries_left": self.retries_left,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, body: bytes, headers: dict[str, Any] | None) -> Message:
+        """Parse a delivery. Anything that can never run raises PoisonMessage with the reason."""
+        headers = headers or {}
+        header_id = headers.get(HEADER_TASK_ID)
+        task_id = header_id if isinstance(header_id, str) and header_id else None
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PoisonMessage(f"body is not valid JSON: {exc}", task_id) from None
+        if not isinstance(data, dict):
+            raise PoisonMessage(f"body is a JSON {type(data).__name__}, not an object", task_id)
+        if task_id is None:
+            raise PoisonMessage(f"missing header {HEADER_TASK_ID}", _str_or_none(data.get("task_id")))
+        header_name = headers.get(HEADER_TASK_NAME)
+        if not isinstance(header_name, str) or not header_name:
+            raise PoisonMessage(f"missing header {HEADER_TASK_NAME}", task_id)
+        if data.get("task_id") != task_id or data.get("name") != header_name:
+            raise PoisonMessage("headers TaskID/TaskName do not match the body", task_id)
+        args, kwargs = data.get("args", []), data.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise PoisonMessage("args must be a JSON array and kwargs a JSON object", task_id)
+        try:
+            return cls(
+                task_id=task_id,
+                name=header_name,
+                original_task_id=str(data.get("original_task_id") or task_id),
+                priority=Priority.parse(data.get("priority", "high")),
+                args=tuple(args),
+                kwargs=kwargs,
+                primary_key=_str_or_none(data.get("primary_key")),
+                attempt=int(data.get("attempt", 1)),
+                retries_left=max(0, int(data.get("retries_left", 0))),
+            )
+        except (TypeError, ValueError) as exc:
+            raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
+
+    @classmethod
+    def for_record(cls, record: TaskRecord, retries_left: int) -> Message:
+        return cls(
+            task_id=record.task_id,
+            name=record.name,
+            original_task_id=record.original_task_id,
+            priority=record.priority,
+            args=tuple(record.args),
+            kwargs=record.kwargs,
+            primary_key=record.primary_key,
+            attempt=record.attempt,
+            retries_left=retries_left,
+        )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def check_json_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise TypeError naming the first argument that JSON cannot carry (tuples travel as lists)."""
+    try:
+        json.dumps((args, kwargs), allow_nan=False)
+        return
+    except (TypeError, ValueError):
+        pass
+    for index, value in enumerate(args):
+        _check_one(value, f"argument {index} of {task_name}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"keyword argument name {key!r} of {task_name} is not a string")
+        _check_one(value, f"keyword argument {key!r} of {task_name}")
+
+
+def _check_one(value: Any, where: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where} is not JSON-serialisable ({type(value).__name__}): {exc}") from None

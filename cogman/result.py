@@ -1,0 +1,92 @@
+"""AsyncResult: a handle on a sent task that follows its retry chain to the latest attempt."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from cogman.errors import TaskFailed, TaskNotFound
+from cogman.record import TaskRecord
+from cogman.status import Status
+
+if TYPE_CHECKING:
+    from cogman.backends.base import Backend
+
+R = TypeVar("R")
+
+#: How long one ``backend.wait`` call may block when ``get`` has no timeout.
+_WAIT_SLICE = 60.0
+
+
+class AsyncResult(Generic[R]):
+    """Reads are always fresh from the backend; nothing is cached on the handle."""
+
+    def __init__(self, backend: Backend, task_id: str) -> None:
+        self._backend = backend
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def record(self) -> TaskRecord:
+        """This attempt's own record."""
+        record = self._backend.get(self.id)
+        if record is None:
+            raise TaskNotFound(self.id)
+        return record
+
+    def latest(self) -> TaskRecord:
+        """The record of the latest attempt in this task's retry chain."""
+        return self._latest()[0]
+
+    @property
+    def status(self) -> Status:
+        return self.latest().status
+
+    def ready(self) -> bool:
+        return self.status.is_final
+
+    def get(self, timeout: float | None = None) -> R:
+        """The handler's return value once the chain is finished.
+
+        Raises TaskFailed when the last allowed attempt failed, TimeoutError when not finished in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            latest, original = self._latest()
+            if latest.status.is_final and self._pointer(original) == latest.task_id:
+                if latest.status is Status.SUCCESS:
+                    return cast(R, latest.result)
+                raise TaskFailed(self.id, latest.fail_error)
+            remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"task {self.id} not finished after {timeout} s (status {latest.status.value})")
+            self._backend.wait(latest.task_id, min(remaining, _WAIT_SLICE))
+
+    def _latest(self) -> tuple[TaskRecord, TaskRecord]:
+        """(latest attempt, original attempt)."""
+        record = self.record()
+        original = record
+        if not record.is_original:
+            original = self._backend.get(record.original_task_id) or record
+        pointer = original.latest_attempt_id
+        if pointer is None or pointer == original.task_id:
+            return original, original
+        if pointer == record.task_id:
+            return record, original
+        latest = self._backend.get(pointer)
+        return (latest or original), original
+
+    def _pointer(self, original: TaskRecord) -> str:
+        """Re-read the chain's pointer: a retry may have been spawned while we read the attempt."""
+        fresh = self._backend.get(original.task_id) or original
+        return fresh.latest_attempt_id or fresh.task_id
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.latest().to_dict()

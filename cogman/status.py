@@ -1,0 +1,62 @@
+"""The task status machine: the one place that decides whether a task may move from one state to another.
+
+Every backend (memory, Redis, MongoDB) asks :func:`allows` (or, inside Redis, a Lua script fed from
+:data:`RANK`) before it writes a status, so the rules below hold whatever stores the record.
+
+Cogman's ranks are kept: ``initiated < queued < in_progress < retry < failed = success``. A write whose
+rank is lower than or equal to the current one is ignored, which makes every write idempotent and lets
+late or reordered writes (a client's ``queued`` arriving after the worker's ``success``) lose safely.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(str, Enum):
+    """Where one attempt of a task stands."""
+
+    INITIATED = "initiated"  #: recorded, not yet confirmed by the broker
+    QUEUED = "queued"  #: the broker confirmed the message
+    IN_PROGRESS = "in_progress"  #: a worker started the handler
+    RETRY = "retry"  #: a retry attempt, created after an earlier attempt failed
+    FAILED = "failed"  #: final: the handler raised, or the message could not be run
+    SUCCESS = "success"  #: final: the handler returned
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RANK: dict[Status, int] = {
+    Status.INITIATED: 1,
+    Status.QUEUED: 2,
+    Status.IN_PROGRESS: 3,
+    Status.RETRY: 4,
+    Status.FAILED: 5,
+    Status.SUCCESS: 5,
+}
+
+FINAL: frozenset[Status] = frozenset({Status.FAILED, Status.SUCCESS})
+
+
+def allows(current: Status | None, new: Status) -> bool:
+    """True when a record in ``current`` may be moved to ``new``.
+
+    ``current`` is None for a record that does not exist yet; only creation states may start one.
+    """
+    if current is None:
+        return new in (Status.INITIATED, Status.RETRY)
+    return RANK[new] > RANK[current]
+
+
+def parse(value: str | Status) -> Status:
+    """Status from its wire value, with an error naming the bad value."""
+    try:
+        return Status(value)
+    except ValueError:
+        known = ", ".join(s.value for s in Status)
+        raise ValueError(f"unknown task status {value!r}; expected one of: {known}") from None

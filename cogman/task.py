@@ -1,0 +1,105 @@
+"""Task: a registered function, with ``delay``/``send`` to run it on a worker, and TaskContext for ``bind``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from cogman.errors import PoisonMessage
+from cogman.priority import Priority
+
+if TYPE_CHECKING:
+    from cogman.app import App
+    from cogman.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a ``bind=True`` handler receives as its first argument."""
+
+    task_id: str
+    name: str
+    original_task_id: str
+    attempt: int
+    retries_left: int
+    primary_key: str | None = None
+
+
+class Task(Generic[P, R]):
+    """A function registered with an app. Calling it runs it here; ``delay``/``send`` queue it."""
+
+    def __init__(
+        self, app: App, fn: Callable[..., Any], *, name: str, priority: Priority, retry: int, bind: bool
+    ) -> None:
+        if retry < 0:
+            raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.priority = priority
+        self.retry = retry
+        self.bind = bind
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} priority={self.priority.value} retry={self.retry}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.fn(*args, **kwargs)
+        return result
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Queue the task with these arguments and the task's default options."""
+        return self.send(args=args, kwargs=kwargs)
+
+    def send(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        priority: Priority | str | None = None,
+        retry: int | None = None,
+        primary_key: str | None = None,
+    ) -> AsyncResult[R]:
+        """Queue the task with explicit options; returns once the broker confirmed it (or it is in the
+        offline outbox)."""
+        return self.app.send_task(
+            self.name, args=args, kwargs=kwargs, priority=priority, retry=retry, primary_key=primary_key
+        )
+
+    def send_many(self, calls: Iterable[tuple[Any, ...]], *, priority: Priority | str | None = None) -> list[AsyncResult[R]]:
+        """Queue one task per tuple of positional arguments; the confirms are awaited together."""
+        return self.app.send_many(self.name, [(tuple(args), {}) for args in calls], priority=priority)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise PoisonMessage if the arguments do not fit the handler's signature."""
+        try:
+            if self.bind:
+                self._signature.bind(None, *args, **kwargs)
+            else:
+                self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise PoisonMessage(f"arguments do not fit {self.name}: {exc}") from None
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``; a script run directly is named after its file, not ``__main__``, so the
+    worker that imports it by module name finds the same task."""
+    module = fn.__module__
+    if module == "__main__":
+        main = inspect.getmodule(fn)
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        else:
+            path = getattr(main, "__file__", None) or "__main__"
+            module = path.rsplit("/", 1)[-1].removesuffix(".py")
+    return f"{module}.{fn.__qualname__}"
