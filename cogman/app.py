@@ -62,6 +62,7 @@ class App:
     @overload
     def task(
         self,
+        /,
         *,
         name: str | None = None,
         priority: Priority | str = Priority.HIGH,
@@ -71,24 +72,22 @@ class App:
 
     def task(
         self,
-        fn: Callable[P, R] | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
         priority: Priority | str = Priority.HIGH,
         retry: int = 0,
         bind: bool = False,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``."""
         parsed_priority = Priority.parse(priority)
 
-        def register(function: Callable[P, R]) -> Task[P, R]:
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or default_task_name(function)
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
-            task: Task[P, R] = Task(
-                self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind
-            )
+            task: Task[Any, Any] = Task(self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind)
             self.tasks[task_name] = task
             return task
 
@@ -134,8 +133,9 @@ class App:
         primary_key: str | None = None,
     ) -> AsyncResult[Any]:
         """Queue a task by name; works from a process that does not have the function."""
-        return self.send_many(name, [(tuple(args), kwargs or {})], priority=priority, retry=retry,
-                              primary_key=primary_key)[0]
+        return self.send_many(
+            name, [(tuple(args), kwargs or {})], priority=priority, retry=retry, primary_key=primary_key
+        )[0]
 
     def send_many(
         self,
@@ -160,8 +160,9 @@ class App:
                     task.check_arguments(args, kwargs)
                 except Exception as exc:
                     raise TypeError(str(exc)) from None
-            records.append(new_record(name, args, kwargs, priority=chosen_priority, retry=budget,
-                                      primary_key=primary_key))
+            records.append(
+                new_record(name, args, kwargs, priority=chosen_priority, retry=budget, primary_key=primary_key)
+            )
         self.client.send(records)
         return [AsyncResult(self.backend, record.task_id) for record in records]
 
@@ -170,9 +171,7 @@ class App:
 
     # Workers
 
-    def worker(
-        self, concurrency: int | None = None, priorities: Iterable[Priority | str] | None = None
-    ) -> Worker:
+    def worker(self, concurrency: int | None = None, priorities: Iterable[Priority | str] | None = None) -> Worker:
         """A worker for this app; ``.start()`` blocks until ``.stop()`` or SIGINT/SIGTERM."""
         from cogman.worker import Worker
 

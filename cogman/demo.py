@@ -72,8 +72,10 @@ def run_demo(tasks: int = 400, concurrency: int = 8, seed: int = 7) -> int:
     counter = ChainCounter()
     app = build_app(counter, seed)
     high, low = tasks * 3 // 4, tasks - tasks * 3 // 4
-    console.print(f"[bold]cogman demo[/]: {high} high + {low} low tasks, memory:// broker and backend, "
-                  f"{concurrency} worker threads")
+    console.print(
+        f"[bold]cogman demo[/]: {high} high + {low} low tasks, memory:// broker and backend, "
+        f"{concurrency} worker threads"
+    )
     started = time.perf_counter()
     app.send_many("demo.resize", [((i, 640), {}) for i in range(high)])
     app.send_many("demo.report", [((day,), {}) for day in range(low)])
@@ -118,6 +120,8 @@ def _summary(records: list[TaskRecord], tasks: int, sent: float, elapsed: float)
         table.add_row(f"  {priority.value} succeeded", str(done))
     if durations:
         q = statistics.quantiles(durations, n=100) if len(durations) > 1 else [durations[0]] * 99
-        table.add_row("handler duration p50 / p90 / p99", f"{q[49] * 1000:.1f} / {q[89] * 1000:.1f} / {q[98] * 1000:.1f} ms")
+        table.add_row(
+            "handler duration p50 / p90 / p99", f"{q[49] * 1000:.1f} / {q[89] * 1000:.1f} / {q[98] * 1000:.1f} ms"
+        )
     table.add_row("wall time, throughput", f"{elapsed:.2f} s, {tasks / elapsed:.0f} tasks/s")
     return table

@@ -53,5 +53,9 @@ class BrokerUnavailable(CogmanError, ConnectionError):
     """The broker could not be reached within the configured time."""
 
 
+class TopologyError(CogmanError):
+    """A broker queue exists with other arguments than cogman declares; the message names the queue."""
+
+
 class PublishError(CogmanError):
     """The broker refused a message (nack) or did not confirm it in time."""

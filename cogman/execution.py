@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from cogman.errors import PoisonMessage
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogman.worker")
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     RETRIED = "retried"

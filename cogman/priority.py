@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     """Which queue family a task goes to. A worker starts the high tasks it holds before the low ones."""
 
     HIGH = "high"
@@ -15,9 +15,6 @@ class Priority(str, Enum):
     def order(self) -> int:
         """Sort key for a worker's local queue: smaller starts first."""
         return 0 if self is Priority.HIGH else 1
-
-    def __str__(self) -> str:
-        return self.value
 
     @classmethod
     def parse(cls, value: str | Priority) -> Priority:

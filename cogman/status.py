@@ -10,10 +10,10 @@ late or reordered writes (a client's ``queued`` arriving after the worker's ``su
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where one attempt of a task stands."""
 
     INITIATED = "initiated"  #: recorded, not yet confirmed by the broker
@@ -26,9 +26,6 @@ class Status(str, Enum):
     @property
     def is_final(self) -> bool:
         return self in FINAL
-
-    def __str__(self) -> str:
-        return self.value
 
 
 RANK: dict[Status, int] = {

@@ -75,7 +75,9 @@ class Task(Generic[P, R]):
             self.name, args=args, kwargs=kwargs, priority=priority, retry=retry, primary_key=primary_key
         )
 
-    def send_many(self, calls: Iterable[tuple[Any, ...]], *, priority: Priority | str | None = None) -> list[AsyncResult[R]]:
+    def send_many(
+        self, calls: Iterable[tuple[Any, ...]], *, priority: Priority | str | None = None
+    ) -> list[AsyncResult[R]]:
         """Queue one task per tuple of positional arguments; the confirms are awaited together."""
         return self.app.send_many(self.name, [(tuple(args), {}) for args in calls], priority=priority)
 

@@ -106,8 +106,9 @@ class Worker:
             thread.join(timeout=grace)
         stuck = [t.name for t in self._threads[1:] if t.is_alive()]
         if stuck:
-            log.warning("%d handler(s) still running after %.1f s grace; their messages will be redelivered",
-                        len(stuck), grace)
+            log.warning(
+                "%d handler(s) still running after %.1f s grace; their messages will be redelivered", len(stuck), grace
+            )
         if self._consumer is not None:
             self._consumer.close()
         if self._loop is not None:

@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from cogman.brokers.base import HEADER_DEAD_LETTER_REASON, Delivery, PublishListener, queue_names
 from cogman.message import Message
@@ -38,7 +38,7 @@ class MemoryBroker:
         if self._listener is not None:
             self._listener.confirmed(messages)
 
-    def put(self, body: bytes, headers: dict[str, object], priority: Priority, queue: str | None = None) -> None:
+    def put(self, body: bytes, headers: Mapping[str, object], priority: Priority, queue: str | None = None) -> None:
         """Enqueue raw bytes, as a foreign producer would (tests use it to send poison messages)."""
         with self._ready:
             name = queue or next(self._round_robin[priority])

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from cogman import App, Config
+from cogman.errors import ConfigError
+
+
+def test_defaults_follow_cogman():
+    config = Config(broker_url="memory://", backend_url="memory://")
+    assert config.connection_timeout == 600 and config.request_timeout == 5
+    assert config.redis_ttl == 7 * 24 * 3600 and config.mongo_ttl == 30 * 24 * 3600
+    assert config.high_priority_queue_count == 1 == config.low_priority_queue_count
+    assert config.prefetch_for(4) == 8
+
+
+def test_env_vars_choose_urls(monkeypatch):
+    monkeypatch.setenv("COGMAN_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    monkeypatch.delenv("COGMAN_BACKEND_URL", raising=False)
+    app = App("x")
+    assert app.config.broker_url.startswith("amqp://")
+    assert app.config.backend_url == "memory://"
+
+
+def test_every_option_is_an_app_keyword():
+    app = App("x", broker="memory://", backend=["memory://", "memory://"], prefetch=3, redis_ttl=60)
+    assert app.config.prefetch == 3 and app.config.redis_ttl == 60
+    assert app.config.backend_urls == ["memory://", "memory://"]
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ConfigError, match=r"unknown option.*prefech"):
+        App("x", prefech=3)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("concurrency", 0),
+        ("request_timeout", -1),
+        ("prefetch", 0),
+        ("queue_type", "stream"),
+        ("high_priority_queue_count", 0),
+    ],
+)
+def test_bad_values_are_named(option, value):
+    with pytest.raises(ConfigError, match=option):
+        Config(**{option: value})
+
+
+def test_unknown_broker_scheme():
+    with pytest.raises(ConfigError, match="unsupported broker URL 'kafka://x'"):
+        _ = App("x", broker="kafka://x", backend="memory://").broker

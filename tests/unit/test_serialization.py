@@ -1,0 +1,122 @@
+"""JSON on the wire and in the store: messages, records, argument checks, corrupt input."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from cogman.errors import CorruptRecord, PoisonMessage
+from cogman.message import Message, check_json_arguments
+from cogman.priority import Priority
+from cogman.record import TaskRecord
+from cogman.status import Status
+
+
+def make_message(**changes):
+    fields = {
+        "task_id": "t-1",
+        "name": "resize",
+        "original_task_id": "t-0",
+        "priority": Priority.LOW,
+        "args": (1, "a", [2]),
+        "kwargs": {"k": {"n": None}},
+        "primary_key": "img-42",
+        "attempt": 2,
+        "retries_left": 1,
+    }
+    fields.update(changes)
+    return Message(**fields)
+
+
+def test_message_round_trip_keeps_every_field():
+    message = make_message()
+    assert Message.decode(message.encode(), message.headers) == message
+
+
+def test_message_headers_are_cogmans():
+    assert make_message().headers == {"TaskName": "resize", "TaskID": "t-1"}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "reason", "task_id"),
+    [
+        (b"\x80not json", {"TaskName": "x", "TaskID": "t"}, "not valid JSON", "t"),
+        (b"[1, 2]", {"TaskName": "x", "TaskID": "t"}, "not an object", "t"),
+        (b'{"task_id": "t", "name": "x"}', {"TaskName": "x"}, "missing header TaskID", "t"),
+        (b'{"task_id": "t", "name": "x"}', {"TaskID": "t"}, "missing header TaskName", "t"),
+        (b'{"task_id": "t", "name": "x"}', None, "missing header TaskID", "t"),
+        (b'{"task_id": "t", "name": "y"}', {"TaskName": "x", "TaskID": "t"}, "do not match", "t"),
+        (b'{"task_id": "t", "name": "x", "args": {}}', {"TaskName": "x", "TaskID": "t"}, "JSON array", "t"),
+        (b'{"task_id": "t", "name": "x", "priority": "mid"}', {"TaskName": "x", "TaskID": "t"}, "priority", "t"),
+    ],
+)
+def test_poison_messages_are_named(body, headers, reason, task_id):
+    with pytest.raises(PoisonMessage, match=reason) as caught:
+        Message.decode(body, headers)
+    assert caught.value.task_id == task_id
+
+
+def test_never_unpickles():
+    import pickle
+
+    body = pickle.dumps({"task_id": "t", "name": "x"})
+    with pytest.raises(PoisonMessage, match="not valid JSON"):
+        Message.decode(body, {"TaskName": "x", "TaskID": "t"})
+
+
+def test_non_json_argument_is_named():
+    with pytest.raises(TypeError, match=r"argument 1 of resize is not JSON-serialisable \(set\)"):
+        check_json_arguments("resize", (1, {2}), {})
+    with pytest.raises(TypeError, match="keyword argument 'when' of resize"):
+        check_json_arguments("resize", (), {"when": datetime.now()})
+    with pytest.raises(TypeError, match="argument 0"):
+        check_json_arguments("resize", (float("nan"),), {})
+    check_json_arguments("resize", (1, "x", [None], {"a": 1.5}), {"b": True})
+
+
+def make_record(**changes):
+    fields = {
+        "task_id": "t-1",
+        "name": "resize",
+        "original_task_id": "t-1",
+        "priority": Priority.HIGH,
+        "payload": {"args": [1], "kwargs": {}},
+        "status": Status.SUCCESS,
+        "result": {"w": 640},
+        "duration": 0.25,
+        "created_at": datetime(2026, 11, 22, tzinfo=UTC),
+    }
+    fields.update(changes)
+    return TaskRecord(**fields)
+
+
+def test_record_round_trip():
+    record = make_record(latest_attempt_id="t-2", fail_error=None, primary_key="k")
+    assert TaskRecord.from_json(record.to_json(), "key") == record
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1]", "expected a JSON object"),
+        (b'{"task_id": "t"}', "KeyError"),
+        (json.dumps({**make_record().to_dict(), "status": "done"}).encode(), "done"),
+        (json.dumps({**make_record().to_dict(), "retry": "three"}).encode(), "retry"),
+        (json.dumps({**make_record().to_dict(), "created_at": 5}).encode(), "timestamp"),
+    ],
+)
+def test_corrupt_record_names_the_key(raw, reason):
+    with pytest.raises(CorruptRecord, match=reason) as caught:
+        TaskRecord.from_json(raw, "cogman:task:t-1")
+    assert caught.value.key == "cogman:task:t-1"
+    assert "cogman:task:t-1" in str(caught.value)
+
+
+def test_priority_parse():
+    assert Priority.parse("HIGH") is Priority.HIGH
+    assert Priority.parse(Priority.LOW) is Priority.LOW
+    with pytest.raises(ValueError, match="'medium'"):
+        Priority.parse("medium")
