@@ -1,5 +1,7 @@
 """cogman: a distributed task runner for Python, on RabbitMQ with Redis/MongoDB task logs."""
 
+import logging
+
 from cogman.app import App
 from cogman.config import Config
 from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, TaskFailed, TaskNotFound
@@ -11,6 +13,8 @@ from cogman.status import Status
 from cogman.task import Task, TaskContext
 
 __version__ = "0.1.0"
+
+logging.getLogger("cogman").addHandler(logging.NullHandler())
 
 __all__ = [
     "App",
