@@ -87,7 +87,9 @@ class App:
             task_name = name or default_task_name(function)
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
-            task: Task[Any, Any] = Task(self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind)
+            task: Task[Any, Any] = Task(
+                self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind
+            )
             self.tasks[task_name] = task
             return task
 
@@ -102,7 +104,7 @@ class App:
             with self._lock:
                 if self._client is None:
                     backend = create_backend(self.config)
-                    self._client = Client(create_broker(self.config), backend, self.middleware)
+                    self._client = Client(create_broker(self.config), backend, self.middleware, self.config)
         return self._client
 
     @property

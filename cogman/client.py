@@ -8,12 +8,14 @@ moved to ``queued`` only once the broker confirmed it. A message parked in the o
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from cogman.backends.base import Backend
 from cogman.brokers.base import Broker
+from cogman.config import Config
 from cogman.message import Message
 from cogman.middleware import MiddlewareStack
 from cogman.priority import Priority
@@ -55,10 +57,11 @@ def new_record(
 class Client:
     """Sends first attempts and retry attempts; is the broker's PublishListener."""
 
-    def __init__(self, broker: Broker, backend: Backend, middleware: MiddlewareStack) -> None:
+    def __init__(self, broker: Broker, backend: Backend, middleware: MiddlewareStack, config: Config) -> None:
         self.broker = broker
         self.backend = backend
         self.middleware = middleware
+        self.config = config
         broker.set_listener(self)
 
     def send(self, records: Sequence[TaskRecord]) -> None:
@@ -97,6 +100,14 @@ class Client:
         return message
 
     # PublishListener
+
+    def connected(self) -> None:
+        if self.config.re_enqueue:
+            from cogman.reenqueue import re_enqueue
+
+            threading.Thread(
+                target=re_enqueue, args=(self.backend, self.broker, self.config), name="cogman-re-enqueue", daemon=True
+            ).start()
 
     def confirmed(self, messages: Sequence[Message]) -> None:
         first_attempts = [m.task_id for m in messages if m.attempt == 1]

@@ -38,7 +38,11 @@ class Delivery:
 
 
 class PublishListener(Protocol):
-    """Told about messages once their fate is known. Called from the broker's threads."""
+    """Told about messages once their fate is known, and about connections. Called from the broker's
+    threads."""
+
+    def connected(self) -> None:
+        """The publishing side connected, or reconnected after an outage (re-enqueue runs here)."""
 
     def confirmed(self, messages: Sequence[Message]) -> None:
         """The broker holds these messages durably."""

@@ -30,6 +30,7 @@ class MemoryBroker:
 
     def set_listener(self, listener: PublishListener) -> None:
         self._listener = listener
+        listener.connected()
 
     def publish(self, messages: Sequence[Message]) -> None:
         with self._ready:
