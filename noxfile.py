@@ -15,8 +15,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "cogman", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "cogman", "tests", "examples", "noxfile.py")
+    session.run("ruff", "check", "cogman", "tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "cogman", "tests", "examples", "bench", "noxfile.py")
 
 
 @nox.session
@@ -29,3 +29,10 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("cogman", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput figures (needs RabbitMQ and Redis for the rabbit-redis and kombu stacks)."""
+    session.install("-e", ".")
+    session.run("python", "bench/throughput.py", *session.posargs)
