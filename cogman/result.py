@@ -60,7 +60,9 @@ class AsyncResult(Generic[R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             latest, original = self._latest()
-            if latest.status.is_final and self._pointer(original) == latest.task_id:
+            # When the original is the latest, its status and pointer came from one read: a retry is
+            # spawned before the failure is written, so a final original without a pointer is the end.
+            if latest.status.is_final and (latest is original or self._pointer(original) == latest.task_id):
                 if latest.status is Status.SUCCESS:
                     return cast(R, latest.result)
                 raise TaskFailed(self.id, latest.fail_error)
