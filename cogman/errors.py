@@ -53,6 +53,12 @@ class BrokerUnavailable(CogmanError, ConnectionError):
     """The broker could not be reached within the configured time."""
 
 
+class BackendUnavailable(CogmanError, ConnectionError):
+    """The task log (Redis, MongoDB) could not be reached for a read or a retry-budget update.
+
+    Status writes never raise it: they are buffered and replayed (see docs/backends.md)."""
+
+
 class TopologyError(CogmanError):
     """A broker queue exists with other arguments than cogman declares; the message names the queue."""
 

@@ -1,0 +1,111 @@
+"""How a TaskRecord is laid out in Redis and in MongoDB, and back; see docs/backends.md.
+
+Timestamps are also kept as integer microseconds since the epoch: exact (a float score or a BSON date
+would round them), so records sort, filter and compare in the stores as they do in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cogman.backends.base import TaskQuery
+from cogman.errors import CorruptRecord
+from cogman.record import TaskRecord
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Fields stored as they are in a MongoDB document (the rest: JSON text, dates, microseconds).
+PLAIN = ("task_id", "name", "original_task_id", "priority", "status", "primary_key", "retry", "attempt",
+         "fail_error", "duration", "latest_attempt_id")  # fmt: skip
+
+
+def to_us(moment: datetime) -> int:
+    """Exact integer microseconds since the epoch; a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# Redis: one hash per attempt, each field JSON-encoded, plus ``_score`` (created_at in microseconds)
+
+
+def hash_fields(record: TaskRecord) -> list[str]:
+    """Flat field/value list of a record's hash."""
+    fields: list[str] = []
+    for name, value in record.to_dict().items():
+        fields += [name, dumps(value)]
+    return [*fields, "_score", str(to_us(record.created_at))]
+
+
+def from_hash(flat: dict[bytes, bytes], key: str) -> TaskRecord:
+    data: dict[str, Any] = {}
+    for raw_name, raw_value in flat.items():
+        name = raw_name.decode("utf-8", "replace")
+        if name.startswith("_"):
+            continue
+        try:
+            data[name] = json.loads(raw_value)
+        except (ValueError, UnicodeDecodeError):
+            raise CorruptRecord(key, f"field {name!r} is not JSON: {raw_value[:80]!r}") from None
+    return TaskRecord.from_dict(data, key)
+
+
+# MongoDB: one document per attempt
+
+
+def to_document(record: TaskRecord) -> dict[str, Any]:
+    doc: dict[str, Any] = {name: getattr(record, name) for name in PLAIN}
+    doc["priority"] = record.priority.value
+    doc["status"] = record.status.value
+    doc["payload"] = dumps(record.payload)
+    doc["result"] = dumps(record.result)
+    doc["created_at"], doc["created_us"] = record.created_at, to_us(record.created_at)
+    doc["updated_at"], doc["updated_us"] = record.updated_at, to_us(record.updated_at)
+    return doc
+
+
+def from_document(doc: dict[str, Any], key: str) -> TaskRecord:
+    data = {name: doc.get(name) for name in PLAIN if name in doc}
+    for name in ("payload", "result"):
+        value = doc.get(name)
+        try:
+            data[name] = json.loads(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise CorruptRecord(key, f"field {name!r} is not JSON ({exc})") from None
+    for name in ("created", "updated"):
+        exact = doc.get(f"{name}_us")
+        data[f"{name}_at"] = from_us(exact) if isinstance(exact, int) else doc.get(f"{name}_at")
+    return TaskRecord.from_dict(data, key)
+
+
+def document_filter(query: TaskQuery) -> dict[str, Any]:
+    """The MongoDB filter of a query. The created range is given twice: on the BSON date (milliseconds,
+    widened to a superset, so the indexes serve it) and exactly on the microseconds."""
+    match: dict[str, Any] = {}
+    if query.status is not None:
+        match["status"] = query.status.value
+    if query.name is not None:
+        match["name"] = query.name
+    if query.primary_key is not None:
+        match["primary_key"] = query.primary_key
+    exact: dict[str, int] = {}
+    coarse: dict[str, datetime] = {}
+    if query.created_after is not None:
+        exact["$gte"] = to_us(query.created_after)
+        coarse["$gte"] = from_us(exact["$gte"] // 1000 * 1000)
+    if query.created_before is not None:
+        exact["$lte"] = to_us(query.created_before)
+        coarse["$lte"] = from_us(exact["$lte"] // 1000 * 1000 + 999)
+    if exact:
+        match["created_at"] = coarse
+        match["created_us"] = exact
+    return match

@@ -1,0 +1,118 @@
+"""Several backends at once: every write goes to each, reads of one task come from the first.
+
+``backend=["redis://...", "mongodb://..."]`` keeps Redis as the fast primary (status, results, wake-up)
+and MongoDB as the long-lived, queryable log. The primary decides: its answers are returned and its
+errors are raised. A secondary that fails is logged and skipped; it never fails the task. Queries come
+from the first backend that can answer them (one that raises falls through to the next).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from cogman.backends.base import UNSET, Backend, StatusBucket, TaskPage, TaskQuery
+from cogman.errors import ConfigError
+from cogman.record import TaskRecord
+from cogman.status import Status
+
+log = logging.getLogger("cogman.backends.multi")
+
+T = TypeVar("T")
+
+
+class MultiBackend:
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        if not backends:
+            raise ConfigError("MultiBackend needs at least one backend")
+        self.backends = list(backends)
+        self.primary = self.backends[0]
+        self.secondaries = self.backends[1:]
+
+    def __repr__(self) -> str:
+        return f"<MultiBackend {self.backends!r}>"
+
+    # Writes: the primary's outcome is the answer; secondaries follow, best effort
+
+    def create(self, records: Sequence[TaskRecord]) -> None:
+        self.primary.create(records)
+        self._mirror(lambda b: b.create(records), f"create {len(records)} record(s)")
+
+    def transition(
+        self,
+        task_id: str,
+        status: Status,
+        *,
+        fail_error: str | None = None,
+        result: Any = UNSET,
+        duration: float | None = None,
+    ) -> TaskRecord | None:
+        record = self.primary.transition(task_id, status, fail_error=fail_error, result=result, duration=duration)
+        self._mirror(
+            lambda b: b.transition(task_id, status, fail_error=fail_error, result=result, duration=duration),
+            f"move task {task_id} to {status}",
+        )
+        return record
+
+    def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
+        self.primary.transition_many(task_ids, status)
+        self._mirror(lambda b: b.transition_many(task_ids, status), f"move {len(task_ids)} task(s) to {status}")
+
+    def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
+        left = self.primary.spawn_retry(original_task_id, attempt)
+        if left is None:
+            return None
+
+        def follow(backend: Backend) -> None:
+            # A secondary that missed earlier writes may think the budget is spent: the attempt is still
+            # recorded there, since the primary decided it runs.
+            if backend.spawn_retry(original_task_id, attempt) is None:
+                backend.create([attempt])
+
+        self._mirror(follow, f"record retry {attempt.task_id} of task {original_task_id}")
+        return left
+
+    # Reads
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self.primary.get(task_id)
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        return self.primary.wait(task_id, timeout)
+
+    def query(self, query: TaskQuery) -> TaskPage:
+        return self._first(lambda b: b.query(query), "query")
+
+    def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
+        if bucket_seconds <= 0:
+            raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
+        return self._first(lambda b: b.count_by_status(start, end, bucket_seconds), "count")
+
+    def close(self) -> None:
+        for backend in self.backends:
+            try:
+                backend.close()
+            except Exception:
+                log.exception("closing %r failed", backend)
+
+    # Helpers
+
+    def _mirror(self, write: Callable[[Backend], object], what: str) -> None:
+        for backend in self.secondaries:
+            try:
+                write(backend)
+            except Exception:
+                log.exception("secondary backend %r could not %s; the task goes on", backend, what)
+
+    def _first(self, read: Callable[[Backend], T], what: str) -> T:
+        error: Exception | None = None
+        for backend in self.backends:
+            try:
+                return read(backend)
+            except (NotImplementedError, ConnectionError) as exc:
+                log.warning("%r cannot answer the %s (%s); asking the next backend", backend, what, exc)
+                error = exc
+        assert error is not None
+        raise error

@@ -1,0 +1,310 @@
+"""Redis backend: one hash per attempt, Lua scripts for every state change, sorted sets for queries.
+
+Layout, TTLs, the wake-up list and outage behaviour are described in docs/backends.md. In short:
+``<prefix>:task:<id>`` holds the record (each field JSON-encoded), every write is one EVALSHA that checks
+the rank, updates the fields and the indexes, refreshes the TTL and wakes waiters; writes that cannot
+reach Redis are buffered and replayed in order (:mod:`cogman.backends.outage`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cogman.backends import codec
+from cogman.backends import redis_scripts as scripts
+from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.codec import to_us
+from cogman.backends.outage import WriteBuffer
+from cogman.errors import BackendUnavailable, CorruptRecord
+from cogman.record import TaskRecord, utcnow
+from cogman.status import Status
+
+if TYPE_CHECKING:
+    from cogman.config import Config
+
+log = logging.getLogger("cogman.backends.redis")
+
+#: Longest single BLPOP of ``wait``; it re-reads the record after each, a safety net for lost tokens.
+WAIT_SLICE = 5.0
+#: How long the wake-up token of a finished task stays, for waiters that read the record just before.
+DONE_TTL_MS = 300_000
+#: Records per create script call and ids per transition_many call (keeps each script short).
+CHUNK = 500
+TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+
+class RedisBackend:
+    """The Redis task log; thread-safe, one connection pool per instance."""
+
+    def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
+        self.prefix = config.redis_prefix
+        self.ttl_ms = int(config.redis_ttl * 1000)
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
+        self.client = redis.Redis.from_url(url, socket_timeout=5.0, health_check_interval=30, **options)
+        self._waits = redis.Redis.from_url(url, socket_timeout=WAIT_SLICE + 5.0, **options)
+        self._create = self.client.register_script(scripts.source(scripts.CREATE))
+        self._transition = self.client.register_script(scripts.source(scripts.TRANSITION))
+        self._spawn = self.client.register_script(scripts.source(scripts.SPAWN_RETRY))
+        self._query = self.client.register_script(scripts.source(scripts.QUERY))
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+        self.buffer = WriteBuffer(f"Redis {where}", TRANSIENT, retry_seconds=retry_seconds, max_pending=max_buffered)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.buffer.name} prefix={self.prefix}>"
+
+    def key(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def index_key(self, kind: str, value: str | None = None) -> str:
+        """``<prefix>:idx:all``, ``<prefix>:idx:status:<status>``, ``:idx:name:<name>``, ``:idx:pk:<key>``."""
+        return f"{self.prefix}:idx:{kind}" if value is None else f"{self.prefix}:idx:{kind}:{value}"
+
+    # Writes
+
+    def create(self, records: Sequence[TaskRecord]) -> None:
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start : start + CHUNK]
+            args: list[Any] = [*self._common(), len(chunk)]
+            for record in chunk:
+                args += self._record_args(record)
+            ids = ", ".join(r.task_id for r in chunk[:3]) + (" ..." if len(chunk) > 3 else "")
+            self.buffer.write(self._run(self._create, args), f"create {len(chunk)} record(s) ({ids})")
+
+    def transition(
+        self,
+        task_id: str,
+        status: Status,
+        *,
+        fail_error: str | None = None,
+        result: Any = UNSET,
+        duration: float | None = None,
+    ) -> TaskRecord | None:
+        fields: list[str] = ["updated_at", codec.dumps(utcnow().isoformat())]
+        if fail_error is not None:
+            fields += ["fail_error", codec.dumps(fail_error)]
+        if duration is not None:
+            fields += ["duration", codec.dumps(duration)]
+        if result is not UNSET:
+            fields += ["result", codec.dumps(result)]
+        args = [*self._common(), scripts.encoded(status), "1", len(fields) // 2, *fields, task_id]
+        out = self.buffer.write(self._run(self._transition, args), f"move task {task_id} to {status}")
+        if not out:
+            return None
+        outcome = out[0].decode()
+        if outcome == "unknown":
+            return None
+        if outcome.startswith("corrupt"):
+            log.error(
+                "not moving task %s to %s: corrupt record at %s (%s)", task_id, status, self.key(task_id), outcome
+            )
+            return None
+        try:
+            return codec.from_hash(dict(zip(out[1::2], out[2::2], strict=True)), self.key(task_id))
+        except CorruptRecord as exc:
+            log.error("task %s moved to %s over an unreadable record: %s", task_id, status, exc)
+            return None
+
+    def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
+        fields = ["updated_at", codec.dumps(utcnow().isoformat())]
+        for start in range(0, len(task_ids), CHUNK):
+            chunk = list(task_ids[start : start + CHUNK])
+            args = [*self._common(), scripts.encoded(status), "0", 1, *fields, *chunk]
+            out = self.buffer.write(self._run(self._transition, args), f"move {len(chunk)} task(s) to {status}")
+            for task_id, outcome in zip(chunk, out or [], strict=False):
+                if outcome.startswith(b"corrupt"):
+                    log.error(
+                        "not moving task %s to %s: corrupt record at %s (%s)",
+                        task_id,
+                        status,
+                        self.key(task_id),
+                        outcome.decode(),
+                    )
+
+    def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
+        args = [
+            *self._common(),
+            original_task_id,
+            codec.dumps(attempt.task_id),
+            codec.dumps(utcnow().isoformat()),
+            *self._record_args(attempt),
+        ]
+        out = self.buffer.call(self._run(self._spawn, args), f"spawn a retry of task {original_task_id}")
+        kind = out[0].decode()
+        if kind in ("spawned", "again"):
+            return int(out[1])
+        if kind.startswith("corrupt"):
+            log.error(
+                "no retry for task %s: corrupt record at %s (%s)", original_task_id, self.key(original_task_id), kind
+            )
+        return None
+
+    # Reads
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        key = self.key(task_id)
+
+        def read() -> dict[bytes, bytes]:
+            try:
+                return self.client.hgetall(key)  # type: ignore[return-value]
+            except redis.ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                kind = self.client.type(key)
+                raise CorruptRecord(key, f"a Redis {kind.decode()}, not a hash") from None  # type: ignore[union-attr]
+
+        flat = self.buffer.call(read, f"read task {task_id}")
+        return codec.from_hash(flat, key) if flat else None
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        """Read, then BLPOP ``<prefix>:done:<id>`` (pushed by the script that makes the task final), then
+        put the token back for the other waiters; re-read after each wake-up or WAIT_SLICE."""
+        deadline = time.monotonic() + timeout
+        done = f"{self.prefix}:done:{task_id}"
+        while True:
+            try:
+                record = self.get(task_id)
+            except BackendUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                continue
+            remaining = deadline - time.monotonic()
+            if (record is not None and record.status.is_final) or remaining <= 0:
+                return record
+            try:
+                token = self._waits.blpop([done], timeout=max(0.01, min(remaining, WAIT_SLICE)))
+                if token is not None:
+                    pipe = self._waits.pipeline(transaction=True)
+                    pipe.rpush(done, token[1])
+                    pipe.pexpire(done, DONE_TTL_MS)
+                    pipe.execute()
+            except TRANSIENT:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def query(self, query: TaskQuery) -> TaskPage:
+        keys = []
+        if query.status is not None:
+            keys.append(self.index_key("status", query.status.value))
+        if query.name is not None:
+            keys.append(self.index_key("name", query.name))
+        if query.primary_key is not None:
+            keys.append(self.index_key("pk", query.primary_key))
+        low = max(self._window_floor(), to_us(query.created_after) if query.created_after else 0)
+        high = to_us(query.created_before) if query.created_before else None
+        if high is not None and low > high:
+            return TaskPage(records=[], total=0)
+        scratch = f"{self.prefix}:scratch:{uuid.uuid4().hex}"
+        args = [
+            *self._common(),
+            low,
+            "+inf" if high is None else high,
+            query.skip,
+            query.limit,
+            scratch,
+            *(keys or [self.index_key("all")]),
+        ]
+        out = self.buffer.call(self._run(self._query, args), "query task records")
+        records = []
+        for task_id, flat in zip(out[1::2], out[2::2], strict=True):
+            key = self.key(task_id.decode())
+            if flat and flat[0] == b"!":
+                log.warning("query skipped corrupt record at %s: a Redis %s, not a hash", key, flat[1].decode())
+                continue
+            if not flat:
+                continue  # expired or deleted since it was indexed
+            try:
+                records.append(codec.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)), key))
+            except CorruptRecord as exc:
+                log.warning("query skipped %s", exc)
+        return TaskPage(records=records, total=int(out[0]))
+
+    def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
+        if bucket_seconds <= 0:
+            raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
+        origin, low, high = to_us(start), max(to_us(start), self._window_floor()), to_us(end)
+        if low > high:
+            return []
+
+        def bucket(score: int) -> int:
+            return int(((score - origin) / 1_000_000) // bucket_seconds)
+
+        def edge(index: int) -> int:
+            return origin + math.ceil(index * bucket_seconds * 1_000_000)
+
+        def read() -> dict[int, dict[Status, int]]:
+            pipe = self.client.pipeline(transaction=False)
+            for status in Status:
+                pipe.zcount(self.index_key("status", status.value), low, high)
+            totals = dict(zip(Status, pipe.execute(), strict=True))
+            first, last = bucket(low), bucket(high)
+            plan: list[tuple[Status, list[int] | None]] = []
+            indexes: list[int] | None
+            pipe = self.client.pipeline(transaction=False)
+            for status, total in totals.items():
+                key = self.index_key("status", status.value)
+                if 0 < total <= max(2000, last - first + 1):
+                    pipe.zrange(key, low, high, byscore=True, withscores=True)
+                    plan.append((status, None))
+                elif total:
+                    indexes = list(range(first, last + 1))
+                    for i in indexes:
+                        pipe.zcount(key, max(low, edge(i)), f"({min(high + 1, edge(i + 1))}")
+                    plan.append((status, indexes))
+            replies = iter(pipe.execute())
+            buckets: dict[int, dict[Status, int]] = {}
+            for status, indexes in plan:
+                if indexes is None:
+                    for _, score in next(replies):
+                        counts = buckets.setdefault(bucket(int(score)), {})
+                        counts[status] = counts.get(status, 0) + 1
+                    continue
+                for i in indexes:
+                    count = next(replies)
+                    if count:
+                        buckets.setdefault(i, {})[status] = count
+            return buckets
+
+        found = self.buffer.call(read, "count task records")
+        return [
+            StatusBucket(start=datetime.fromtimestamp(start.timestamp() + i * bucket_seconds, start.tzinfo), counts=c)
+            for i, c in sorted(found.items())
+        ]
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until writes buffered during an outage are replayed (for tests and clean shutdowns)."""
+        return self.buffer.flush(timeout)
+
+    def close(self) -> None:
+        self.buffer.close()
+        self.client.close()
+        self._waits.close()
+
+    # Helpers
+
+    def _common(self) -> list[Any]:
+        return [self.prefix, self.ttl_ms, f"({self._window_floor()}", DONE_TTL_MS]
+
+    def _window_floor(self) -> int:
+        """Index entries created before this are out of the TTL window: trimmed and never returned."""
+        return to_us(utcnow()) - self.ttl_ms * 1000
+
+    @staticmethod
+    def _record_args(record: TaskRecord) -> list[Any]:
+        fields = codec.hash_fields(record)
+        pk = "0" if record.primary_key is None else "1" + record.primary_key
+        return [record.task_id, record.name, pk, len(fields) // 2, *fields]
+
+    @staticmethod
+    def _run(script: Any, args: list[Any]) -> Callable[[], Any]:
+        return lambda: script(args=args)

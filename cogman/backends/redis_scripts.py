@@ -1,0 +1,222 @@
+"""The Lua scripts of the Redis backend, generated from :mod:`cogman.status`.
+
+Each script is one atomic step and one round trip (EVALSHA). The rank table comes from
+:data:`cogman.status.RANK`, so Python and Redis cannot disagree about the status machine.
+
+Every hash field holds the JSON encoding of the record's field (``"queued"`` with its quotes, ``3``,
+``null``), so Lua never decodes or re-encodes payloads or results (cjson would turn ``[]`` into ``{}``
+and round floats). ``_score`` holds ``created_at`` in integer microseconds since the epoch, the score
+of the record in every index.
+
+ARGV of every script starts with the same four values:
+``prefix, ttl_ms, trim_below ("(<score>": index entries below it are out of the TTL window), done_ttl_ms``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cogman.status import FINAL, RANK, Status
+
+#: How long a transition for a record that does not exist yet is kept, waiting for the record's create
+#: (which another process may still be replaying after an outage).
+EARLY_TTL_MS = 3_600_000
+
+_COMMON = """
+local P, TTL, TRIM, DONE_TTL = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local RANK = {%(rank)s}
+local RAW = {%(raw)s}
+local FINAL = {%(final)s}
+local EARLY_TTL = %(early_ttl)d
+
+local function touch_index(key, score, member)
+  redis.call('ZADD', key, score, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', TRIM)
+  redis.call('PEXPIRE', key, TTL)
+end
+
+local function signal_done(id)
+  local done = P .. ':done:' .. id
+  redis.call('DEL', done)
+  redis.call('RPUSH', done, '1')
+  redis.call('PEXPIRE', done, DONE_TTL)
+end
+
+local function field(flat, name)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then return flat[i + 1] end
+  end
+  return nil
+end
+
+-- Store one record: fields is the flat field/value list (with status and _score). A transition that
+-- arrived before the record (an early stub) is applied if the status machine allows it.
+local function create(id, name, pk, fields)
+  local key = P .. ':task:' .. id
+  if redis.call('TYPE', key)['ok'] == 'hash' then
+    local old = redis.call('HGET', key, 'status')
+    if old and RAW[old] then redis.call('ZREM', P .. ':idx:status:' .. RAW[old], id) end
+  end
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(fields))
+  local status, score = field(fields, 'status'), field(fields, '_score')
+  local early = P .. ':early:' .. id
+  local stub = redis.call('HGETALL', early)
+  if #stub > 0 then
+    local later = field(stub, 'status')
+    if later and RANK[later] and RANK[later] > RANK[status] then
+      redis.call('HSET', key, unpack(stub))
+      status = later
+    end
+    redis.call('DEL', early)
+  end
+  redis.call('PEXPIRE', key, TTL)
+  touch_index(P .. ':idx:all', score, id)
+  touch_index(P .. ':idx:status:' .. RAW[status], score, id)
+  touch_index(P .. ':idx:name:' .. name, score, id)
+  if string.sub(pk, 1, 1) == '1' then touch_index(P .. ':idx:pk:' .. string.sub(pk, 2), score, id) end
+  if FINAL[status] then signal_done(id) end
+end
+
+-- Move one record; returns 'moved', 'kept' (not allowed), 'unknown' or 'corrupt: <why>'.
+local function transition(id, status, fields)
+  local key = P .. ':task:' .. id
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    local early = P .. ':early:' .. id
+    local cur = redis.call('HGET', early, 'status')
+    if (not cur) or (not RANK[cur]) or RANK[status] > RANK[cur] then
+      redis.call('HSET', early, 'status', status, unpack(fields))
+      redis.call('PEXPIRE', early, EARLY_TTL)
+    end
+    return 'unknown'
+  end
+  if kind ~= 'hash' then return 'corrupt: a Redis ' .. kind .. ', not a hash' end
+  local cur = redis.call('HGET', key, 'status')
+  if (not cur) or (not RANK[cur]) then return 'corrupt: bad status field ' .. tostring(cur) end
+  if RANK[status] <= RANK[cur] then return 'kept' end
+  local score = redis.call('HGET', key, '_score')
+  if not score then return 'corrupt: no _score field' end
+  redis.call('HSET', key, 'status', status, unpack(fields))
+  redis.call('PEXPIRE', key, TTL)
+  redis.call('ZREM', P .. ':idx:status:' .. RAW[cur], id)
+  touch_index(P .. ':idx:status:' .. RAW[status], score, id)
+  if FINAL[status] then signal_done(id) end
+  return 'moved'
+end
+
+-- Read create() arguments from ARGV starting at i: id, name, pk ('0' for none, else '1' .. key), n, then
+-- n field/value pairs.
+local function read_record(i)
+  local id, name, pk, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local fields = {}
+  for j = 1, 2 * n do fields[j] = ARGV[i + 3 + j] end
+  return id, name, pk, fields, i + 4 + 2 * n
+end
+"""
+
+# ARGV: common(4), count, then count records as read by read_record.
+CREATE = """
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local id, name, pk, fields, nxt = read_record(i)
+  create(id, name, pk, fields)
+  i = nxt
+end
+return 'ok'
+"""
+
+# ARGV: common(4), status (JSON), want_record (0/1), nfields, field/value pairs, then task ids.
+# Returns one outcome per id; with want_record, the outcome of the single id followed by its HGETALL.
+TRANSITION = """
+local status, want, n = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local fields = {}
+for j = 1, 2 * n do fields[j] = ARGV[7 + j] end
+local out = {}
+for i = 8 + 2 * n, #ARGV do out[#out + 1] = transition(ARGV[i], status, fields) end
+if want == '1' and #out == 1 and out[1] ~= 'unknown' and string.sub(out[1], 1, 7) ~= 'corrupt' then
+  local flat = redis.call('HGETALL', P .. ':task:' .. ARGV[#ARGV])
+  for j = 1, #flat do out[#out + 1] = flat[j] end
+end
+return out
+"""
+
+# ARGV: common(4), original id, attempt id (JSON), updated_at (JSON), then one record (the attempt).
+# Returns {'spawned', left}, {'again', left} (this attempt was already spawned), {'spent'}, {'unknown'}
+# or {'corrupt: <why>'}.
+SPAWN_RETRY = """
+local okey = P .. ':task:' .. ARGV[5]
+local kind = redis.call('TYPE', okey)['ok']
+if kind == 'none' then return {'unknown'} end
+if kind ~= 'hash' then return {'corrupt: a Redis ' .. kind .. ', not a hash'} end
+local flat = redis.call('HMGET', okey, 'retry', 'latest_attempt_id')
+if flat[2] == ARGV[6] then return {'again', flat[1]} end
+local left = tonumber(flat[1])
+if not left then return {'corrupt: bad retry field ' .. tostring(flat[1])} end
+if left <= 0 then return {'spent'} end
+left = left - 1
+redis.call('HSET', okey, 'retry', tostring(left), 'latest_attempt_id', ARGV[6], 'updated_at', ARGV[7])
+redis.call('PEXPIRE', okey, TTL)
+local id, name, pk, fields = read_record(8)
+create(id, name, pk, fields)
+return {'spawned', tostring(left)}
+"""
+
+# ARGV: common(4), min, max, skip, limit, scratch key, then the index keys to intersect (at least one).
+# Returns {total, id1, record1, id2, record2, ...}; a record is its HGETALL, or {'!', type} when the
+# key holds something else than a hash.
+QUERY = """
+local min, max, skip, limit, scratch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local source = ARGV[10]
+if #ARGV > 10 then
+  local args = {'ZINTERSTORE', scratch, #ARGV - 9}
+  for i = 10, #ARGV do args[#args + 1] = ARGV[i] end
+  args[#args + 1] = 'AGGREGATE'
+  args[#args + 1] = 'MAX'
+  redis.call(unpack(args))
+  source = scratch
+end
+local out = {redis.call('ZCOUNT', source, min, max)}
+if limit > 0 then
+  local ids = redis.call('ZRANGE', source, max, min, 'BYSCORE', 'REV', 'LIMIT', skip, limit)
+  for _, id in ipairs(ids) do
+    local key = P .. ':task:' .. id
+    local kind = redis.call('TYPE', key)['ok']
+    out[#out + 1] = id
+    if kind == 'hash' or kind == 'none' then
+      out[#out + 1] = redis.call('HGETALL', key)
+    else
+      out[#out + 1] = {'!', kind}
+    end
+  end
+end
+if source == scratch then redis.call('DEL', scratch) end
+return out
+"""
+
+
+def _lua_table(entries: dict[str, object]) -> str:
+    return ", ".join(f"[{_lua_string(key)}] = {value}" for key, value in entries.items())
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def encoded(status: Status) -> str:
+    """A status as stored in a record hash: its JSON encoding."""
+    return json.dumps(status.value)
+
+
+def common() -> str:
+    """The shared prelude, with the rank table generated from cogman.status.RANK."""
+    return _COMMON % {
+        "rank": _lua_table({encoded(s): rank for s, rank in RANK.items()}),
+        "raw": _lua_table({encoded(s): _lua_string(s.value) for s in Status}),
+        "final": _lua_table({encoded(s): "true" for s in FINAL}),
+        "early_ttl": EARLY_TTL_MS,
+    }
+
+
+def source(body: str) -> str:
+    return common() + body

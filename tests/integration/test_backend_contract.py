@@ -1,0 +1,371 @@
+"""The Backend contract, run against every implementation: memory (the reference), Redis (the real server
+on 127.0.0.1, db 15) and MongoDB (mongomock; also a real server when COGMAN_TEST_MONGO_URI is set).
+
+Whatever stores the records, the same calls must give the same answers. Also here: the write buffer
+that carries the Redis and MongoDB backends through an outage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+
+from cogman import Config, Priority, Status, TaskRecord
+from cogman.backends.base import Backend, TaskQuery
+from cogman.backends.memory import MemoryBackend
+from cogman.backends.mongo import MongoBackend
+from cogman.backends.outage import NotYet, WriteBuffer
+from cogman.backends.redis import RedisBackend
+from cogman.errors import BackendUnavailable
+from cogman.record import utcnow
+from cogman.status import allows
+
+CONFIG = Config(broker_url="memory://", backend_url="memory://")
+MONGO_URI = os.environ.get("COGMAN_TEST_MONGO_URI")
+KINDS = ["memory", "redis", "mongomock", *(["mongodb"] if MONGO_URI else [])]
+
+
+def real_mongo_uri() -> str:
+    """The real server named by COGMAN_TEST_MONGO_URI; only ever one on this machine."""
+    assert MONGO_URI is not None
+    host = MONGO_URI.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if host.split(":")[0] not in ("127.0.0.1", "localhost"):
+        pytest.fail(f"COGMAN_TEST_MONGO_URI must point at 127.0.0.1, not {host}", pytrace=False)
+    return MONGO_URI
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    kind = request.param
+    made: Backend
+    if kind == "memory":
+        made = MemoryBackend()
+    elif kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushdb()
+        made = RedisBackend(url, CONFIG)
+    else:
+        database = f"cogman_contract_{uuid.uuid4().hex[:8]}"
+        url = f"mongomock://{database}" if kind == "mongomock" else real_mongo_uri()
+        made = MongoBackend(url, CONFIG.with_options(mongo_database=database))
+    yield made
+    if isinstance(made, MongoBackend):
+        made.client.drop_database(made.collection.database.name)
+    made.close()
+
+
+def record(
+    name: str = "job",
+    *,
+    age: float = 0.0,
+    status: Status = Status.INITIATED,
+    retry: int = 0,
+    primary_key: str | None = None,
+    payload: dict | None = None,
+    now: datetime | None = None,
+) -> TaskRecord:
+    """A first attempt created ``age`` seconds before ``now`` (recent: inside every backend's TTL window)."""
+    task_id = str(uuid.uuid4())
+    created = (now or utcnow()) - timedelta(seconds=age)
+    return TaskRecord(
+        task_id=task_id,
+        name=name,
+        original_task_id=task_id,
+        priority=Priority.HIGH,
+        payload=payload if payload is not None else {"args": [1, [], {"a": None}], "kwargs": {"k": 1.25}},
+        status=status,
+        primary_key=primary_key,
+        retry=retry,
+        created_at=created,
+        updated_at=created,
+    )
+
+
+def attempt_of(original: TaskRecord, number: int) -> TaskRecord:
+    return original.evolve(task_id=str(uuid.uuid4()), status=Status.RETRY, retry=0, attempt=number)
+
+
+def move_to(backend: Backend, rec: TaskRecord, status: Status) -> None:
+    """Walk a fresh record up to ``status`` through the allowed steps."""
+    for step in (Status.QUEUED, Status.IN_PROGRESS, Status.RETRY, status):
+        if allows(step, status) or step is status:
+            backend.transition(rec.task_id, step)
+
+
+# Records
+
+
+def test_create_and_get_round_trip_every_field(backend: Backend):
+    first = record(primary_key="img-42", retry=3)
+    second = record(payload={"args": [], "kwargs": {}})
+    backend.create([first, second])
+    assert backend.get(first.task_id) == first
+    assert backend.get(second.task_id) == second
+    assert backend.get("no-such-task") is None
+
+
+def test_transition_sets_fields_and_returns_the_record(backend: Backend):
+    rec = record()
+    backend.create([rec])
+    moved = backend.transition(rec.task_id, Status.IN_PROGRESS)
+    assert moved is not None and moved.status is Status.IN_PROGRESS and moved.updated_at >= rec.updated_at
+    done = backend.transition(rec.task_id, Status.SUCCESS, result={"rows": [1, 2], "empty": []}, duration=0.25)
+    assert done is not None and done.status is Status.SUCCESS
+    assert done.result == {"rows": [1, 2], "empty": []} and done.duration == 0.25
+    assert backend.get(rec.task_id) == done
+
+
+def test_refused_transition_changes_nothing(backend: Backend):
+    rec = record()
+    backend.create([rec])
+    backend.transition(rec.task_id, Status.FAILED, fail_error="ValueError: boom", duration=1.5)
+    kept = backend.transition(rec.task_id, Status.SUCCESS, result=7, duration=9.0)
+    assert kept is not None and kept.status is Status.FAILED
+    assert kept.fail_error == "ValueError: boom" and kept.duration == 1.5 and kept.result is None
+
+
+def test_transition_of_an_unknown_task_gives_none(backend: Backend):
+    assert backend.transition(str(uuid.uuid4()), Status.IN_PROGRESS) is None
+
+
+@pytest.mark.parametrize(("current", "new"), list(itertools.product(list(Status), list(Status))))
+def test_every_move_follows_the_status_machine(backend: Backend, current: Status, new: Status):
+    rec = record()
+    backend.create([rec])
+    move_to(backend, rec, current)
+    assert backend.get(rec.task_id).status is current  # type: ignore[union-attr]
+    after = backend.transition(rec.task_id, new)
+    assert after is not None
+    assert after.status is (new if allows(current, new) else current)
+
+
+def test_transition_many_moves_only_what_may_move(backend: Backend):
+    fresh, running = record(), record()
+    backend.create([fresh, running])
+    backend.transition(running.task_id, Status.IN_PROGRESS)
+    backend.transition_many([fresh.task_id, running.task_id, "unknown-id"], Status.QUEUED)
+    assert backend.get(fresh.task_id).status is Status.QUEUED  # type: ignore[union-attr]
+    assert backend.get(running.task_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+
+
+# Retry budget
+
+
+def test_spawn_retry_spends_the_budget_down_to_zero(backend: Backend):
+    original = record(retry=2)
+    backend.create([original])
+    first, second, third = (attempt_of(original, n) for n in (2, 3, 4))
+    assert backend.spawn_retry(original.task_id, first) == 1
+    assert backend.spawn_retry(original.task_id, second) == 0
+    assert backend.spawn_retry(original.task_id, third) is None
+    stored = backend.get(original.task_id)
+    assert stored is not None and stored.retry == 0 and stored.latest_attempt_id == second.task_id
+    assert backend.get(first.task_id) == first and backend.get(second.task_id) == second
+    assert backend.get(third.task_id) is None
+
+
+def test_spawn_retry_without_budget_or_original(backend: Backend):
+    original = record(retry=0)
+    backend.create([original])
+    assert backend.spawn_retry(original.task_id, attempt_of(original, 2)) is None
+    assert backend.spawn_retry("no-such-task", attempt_of(original, 2)) is None
+
+
+# Waiting
+
+
+def test_wait_returns_a_finished_record_at_once_and_times_out_on_an_unfinished_one(backend: Backend):
+    done, pending = record(), record()
+    backend.create([done, pending])
+    backend.transition(done.task_id, Status.SUCCESS, result=1)
+    assert backend.wait(done.task_id, 30).status is Status.SUCCESS  # type: ignore[union-attr]
+    assert backend.wait(pending.task_id, 0.05).status is Status.INITIATED  # type: ignore[union-attr]
+
+
+def test_wait_wakes_when_another_thread_finishes_the_task(backend: Backend):
+    rec = record()
+    backend.create([rec])
+    seen: list[TaskRecord | None] = []
+    started = threading.Event()
+
+    def waiter() -> None:
+        started.set()
+        seen.append(backend.wait(rec.task_id, 60))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    started.wait(10)
+    backend.transition(rec.task_id, Status.IN_PROGRESS)
+    backend.transition(rec.task_id, Status.SUCCESS, result="ok")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert seen[0] is not None and seen[0].status is Status.SUCCESS and seen[0].result == "ok"
+
+
+# Queries
+
+
+@pytest.fixture
+def population(backend: Backend) -> list[TaskRecord]:
+    """12 records, one a second, newest first: names a/b, two with a primary key, assorted statuses."""
+    now = utcnow()
+    records = [
+        record("a" if i % 2 else "b", age=i + 1, primary_key="pk-1" if i in (3, 7) else None, now=now)
+        for i in range(12)
+    ]
+    backend.create(records)
+    for rec in records[:4]:
+        backend.transition(rec.task_id, Status.IN_PROGRESS)
+    backend.transition(records[0].task_id, Status.SUCCESS, result=0)
+    backend.transition(records[5].task_id, Status.FAILED, fail_error="E: x")
+    return [backend.get(r.task_id) for r in records]  # type: ignore[misc]
+
+
+def ids(records: list[TaskRecord]) -> list[str]:
+    return [r.task_id for r in records]
+
+
+def test_query_lists_newest_first_with_total_and_paging(backend: Backend, population: list[TaskRecord]):
+    page = backend.query(TaskQuery(limit=5))
+    assert page.total == 12 and ids(page.records) == ids(population[:5])
+    page = backend.query(TaskQuery(skip=10, limit=5))
+    assert page.total == 12 and ids(page.records) == ids(population[10:])
+    assert backend.query(TaskQuery(limit=0)).total == 12
+    assert backend.query(TaskQuery(skip=50)).records == []
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (TaskQuery(status=Status.IN_PROGRESS), [1, 2, 3]),
+        (TaskQuery(status=Status.INITIATED, limit=3), [4, 6, 7]),
+        (TaskQuery(name="a"), [1, 3, 5, 7, 9, 11]),
+        (TaskQuery(name="a", status=Status.IN_PROGRESS), [1, 3]),
+        (TaskQuery(primary_key="pk-1"), [3, 7]),
+        (TaskQuery(primary_key="pk-1", name="a", status=Status.INITIATED), [7]),
+        (TaskQuery(status=Status.RETRY), []),
+        (TaskQuery(name="nobody"), []),
+    ],
+)
+def test_query_filters(backend: Backend, population: list[TaskRecord], query: TaskQuery, expected: list[int]):
+    page = backend.query(query)
+    everything = backend.query(
+        TaskQuery(status=query.status, name=query.name, primary_key=query.primary_key, limit=100)
+    )
+    assert ids(page.records) == ids([population[i] for i in expected])
+    assert page.total == len(everything.records)
+
+
+def test_query_by_created_range_includes_both_ends(backend: Backend, population: list[TaskRecord]):
+    after, before = population[8].created_at, population[2].created_at
+    page = backend.query(TaskQuery(created_after=after, created_before=before))
+    assert ids(page.records) == ids(population[2:9]) and page.total == 7
+    page = backend.query(TaskQuery(created_after=after, created_before=before, status=Status.INITIATED, skip=1))
+    assert ids(page.records) == ids([population[i] for i in (6, 7, 8)]) and page.total == 4
+    assert backend.query(TaskQuery(created_after=before, created_before=after)).total == 0
+
+
+def test_count_by_status_in_buckets(backend: Backend, population: list[TaskRecord]):
+    start = population[-1].created_at
+    end = population[0].created_at
+    buckets = backend.count_by_status(start, end, 4.0)
+    expected = MemoryBackend()
+    expected.create(population)
+    assert buckets == expected.count_by_status(start, end, 4.0)
+    assert [b.total for b in buckets] == [4, 4, 4]
+    assert buckets[-1].counts == {Status.SUCCESS: 1, Status.IN_PROGRESS: 3}
+    with pytest.raises(ValueError, match="bucket_seconds"):
+        backend.count_by_status(start, end, 0)
+
+
+def test_count_by_status_leaves_out_empty_buckets(backend: Backend):
+    now = utcnow()
+    old, new = record(age=100), record(age=1)
+    backend.create([old, new])
+    buckets = backend.count_by_status(now - timedelta(seconds=200), now, 10)
+    assert [b.total for b in buckets] == [1, 1]
+    assert all(b.counts == {Status.INITIATED: 1} for b in buckets)
+
+
+# The write buffer (outage behaviour shared by Redis and MongoDB)
+
+
+class Flaky:
+    """A store that is down until ``up`` is set; records what reached it, in order."""
+
+    def __init__(self) -> None:
+        self.up = threading.Event()
+        self.applied: list[str] = []
+
+    def op(self, name: str):
+        def run() -> str:
+            if not self.up.is_set():
+                raise ConnectionError("store down")
+            self.applied.append(name)
+            return name
+
+        return run
+
+
+def test_write_buffer_parks_writes_in_order_and_replays_them():
+    store = Flaky()
+    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.05)
+    try:
+        assert buffer.write(store.op("create"), "create") is None
+        assert buffer.write(store.op("move"), "move") is None  # queued behind, without trying the store
+        assert buffer.pending == 2 and store.applied == []
+        store.up.set()
+        assert buffer.flush(10)
+        assert store.applied == ["create", "move"]
+        assert buffer.write(store.op("direct"), "direct") == "direct"
+    finally:
+        buffer.close()
+
+
+def test_write_buffer_reads_raise_backend_unavailable():
+    store = Flaky()
+    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.05)
+    with pytest.raises(BackendUnavailable, match="test store unreachable while trying to read"):
+        buffer.call(store.op("read"), "read")
+    buffer.close()
+
+
+def test_write_buffer_keeps_orphans_aside_until_their_record_exists():
+    known: set[str] = set()
+    applied: list[str] = []
+    store = Flaky()
+
+    def move() -> None:
+        if not store.up.is_set():
+            raise ConnectionError("down")
+        if "t1" not in known:
+            raise NotYet("t1")
+        applied.append("move t1")
+
+    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.05)
+    try:
+        buffer.write(move, "move t1")
+        store.up.set()
+        assert not buffer.flush(0.3)  # replayed once, record unknown: kept aside, not dropped
+        known.add("t1")  # another process's create lands
+        assert buffer.flush(10) and applied == ["move t1"]
+    finally:
+        buffer.close()
+
+
+def test_write_buffer_is_bounded_and_says_what_it_drops(caplog: pytest.LogCaptureFixture):
+    store = Flaky()
+    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.01, max_pending=2)
+    try:
+        for name in ("one", "two", "three"):
+            buffer.write(store.op(name), name)
+        assert buffer.dropped == 1 and "dropping: three" in caplog.text
+    finally:
+        buffer.close(timeout=0.1)

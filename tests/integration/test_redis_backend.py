@@ -1,0 +1,350 @@
+"""The Redis backend against the real Redis on 127.0.0.1 (db 15, flushed before each test).
+
+The contract shared with the other backends is in tests/unit/test_backend_contract.py; here is what is
+Redis's own: key layout and TTLs, bounded indexes, atomicity under 50 racing threads, one round trip
+per state change, the wake-up list, corrupt records, and a Redis restart in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from cogman import App, Config, Status
+from cogman.backends import redis as redis_backend
+from cogman.backends.base import TaskQuery
+from cogman.backends.codec import to_us
+from cogman.backends.memory import MemoryBackend
+from cogman.backends.redis import RedisBackend
+from cogman.errors import CorruptRecord
+from cogman.record import TaskRecord, utcnow
+from tests.unit.test_backend_contract import attempt_of, record
+
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll state the test cannot be notified of (another component's progress, a server's client list)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def server(redis_url: str) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture
+def make(redis_url: str, server: redis.Redis) -> Iterator[Callable[..., RedisBackend]]:
+    made: list[RedisBackend] = []
+
+    def build(**options: Any) -> RedisBackend:
+        backend = RedisBackend(redis_url, Config(broker_url="memory://", backend_url=redis_url, **options))
+        made.append(backend)
+        return backend
+
+    yield build
+    for backend in made:
+        backend.close()
+
+
+# Layout and TTLs
+
+
+def test_one_hash_per_attempt_with_a_ttl_refreshed_on_every_write(make, server: redis.Redis):
+    backend = make(redis_ttl=3600, redis_prefix="app1")
+    rec = record(primary_key="order-7")
+    backend.create([rec])
+    key = f"app1:task:{rec.task_id}"
+    assert server.type(key) == b"hash"
+    assert server.hget(key, "status") == b'"initiated"' and server.hget(key, "payload").startswith(b"{")
+    assert 3_590_000 < server.pttl(key) <= 3_600_000
+    for index in ("all", "status:initiated", "name:job", "pk:order-7"):
+        assert server.zscore(f"app1:idx:{index}", rec.task_id) == to_us(rec.created_at)
+        assert 0 < server.pttl(f"app1:idx:{index}") <= 3_600_000
+    server.pexpire(key, 5000)
+    backend.transition(rec.task_id, Status.IN_PROGRESS)
+    assert server.pttl(key) > 3_590_000
+    assert server.zscore("app1:idx:status:initiated", rec.task_id) is None
+    assert server.zscore("app1:idx:status:in_progress", rec.task_id) is not None
+
+
+def test_index_entries_older_than_the_ttl_are_trimmed_and_never_listed(make, server: redis.Redis):
+    backend = make(redis_ttl=60)
+    old, new = record(age=120), record(age=1)
+    backend.create([old])
+    assert server.zscore("cogman:idx:all", old.task_id) is None  # trimmed by the very write that added it
+    backend.create([new])
+    assert backend.get(old.task_id) == old  # the record itself lives its TTL from its last write
+    assert [r.task_id for r in backend.query(TaskQuery()).records] == [new.task_id]
+    assert backend.count_by_status(utcnow() - timedelta(seconds=300), utcnow(), 600)[0].total == 1
+    for key in server.scan_iter("cogman:idx:*"):
+        assert 0 < server.pttl(key) <= 60_000, key
+
+
+def test_a_status_that_arrives_before_its_record_is_applied_when_the_record_is_created(make, server):
+    """After an outage, another process may replay its transitions before this one replays the create."""
+    backend = make()
+    rec = record()
+    assert backend.transition(rec.task_id, Status.IN_PROGRESS) is None
+    assert backend.transition(rec.task_id, Status.SUCCESS, result=5, duration=0.5) is None
+    backend.create([rec])
+    stored = backend.get(rec.task_id)
+    assert stored is not None and stored.status is Status.SUCCESS and stored.result == 5
+    assert server.exists(f"cogman:early:{rec.task_id}") == 0
+    assert server.zscore("cogman:idx:status:success", rec.task_id) is not None
+    assert backend.wait(rec.task_id, 5).status is Status.SUCCESS  # type: ignore[union-attr]
+
+
+# Atomicity and round trips
+
+
+def race(threads_count: int, action: Callable[[int], object]) -> None:
+    """Run ``action(i)`` in ``threads_count`` threads released together by a barrier."""
+    barrier = threading.Barrier(threads_count)
+
+    def run(i: int) -> None:
+        barrier.wait(10)
+        action(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_fifty_threads_racing_to_move_one_task_leave_the_highest_rank(make, server: redis.Redis):
+    backend = make()
+    order = [Status.QUEUED, Status.IN_PROGRESS, Status.RETRY, Status.FAILED, Status.SUCCESS]
+    for _ in range(10):
+        rec = record()
+        backend.create([rec])
+        race(
+            50,
+            lambda i, task_id=rec.task_id: backend.transition(
+                task_id, order[i % len(order)], fail_error=f"by {order[i % len(order)]}"
+            ),
+        )
+        final = backend.get(rec.task_id)
+        assert final is not None and final.status in (Status.FAILED, Status.SUCCESS)
+        assert final.fail_error == f"by {final.status}"  # fields written with the winning status only
+        members = [s for s in Status if server.zscore(f"cogman:idx:status:{s.value}", rec.task_id) is not None]
+        assert members == [final.status]
+
+
+def test_retry_budget_races_with_the_failed_write_and_both_survive(make):
+    """The seed system lost the original's ``failed`` to a concurrent budget update; and could go below 0."""
+    backend = make()
+    original = record(retry=10)
+    backend.create([original])
+    spent: list[int | None] = []
+
+    def act(i: int) -> None:
+        if i == 50:
+            backend.transition(original.task_id, Status.FAILED, fail_error="RuntimeError: x")
+        else:
+            spent.append(backend.spawn_retry(original.task_id, attempt_of(original, 2)))
+
+    race(51, act)
+    granted = sorted(left for left in spent if left is not None)
+    assert granted == list(range(10))
+    stored = backend.get(original.task_id)
+    assert stored is not None and stored.retry == 0 and stored.status is Status.FAILED
+    assert backend.query(TaskQuery(status=Status.RETRY)).total == 10
+
+
+def test_every_state_change_is_one_round_trip(make, monkeypatch: pytest.MonkeyPatch):
+    backend = make()
+    calls: list[str] = []
+    real = backend.client.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return real(*args, **options)
+
+    monkeypatch.setattr(backend.client, "execute_command", counting)
+    records = [record(retry=1) for _ in range(300)]
+    backend.create(records)
+    assert calls == ["EVALSHA"]
+    backend.transition_many([r.task_id for r in records], Status.QUEUED)
+    backend.transition(records[0].task_id, Status.FAILED, fail_error="E: x", duration=1.0)
+    backend.spawn_retry(records[0].task_id, attempt_of(records[0], 2))
+    assert calls == ["EVALSHA"] * 4
+
+
+# Queries
+
+
+def test_queries_page_through_hundreds_of_records_with_totals(make, server: redis.Redis):
+    backend = make()
+    now = utcnow()
+    records = [
+        record("batch" if i % 3 else "other", age=i * 0.01, now=now, primary_key=f"k{i % 5}") for i in range(300)
+    ]
+    backend.create(records)
+    backend.transition_many([r.task_id for r in records[:100]], Status.QUEUED)
+    seen: list[str] = []
+    for skip in range(0, 300, 70):
+        page = backend.query(TaskQuery(skip=skip, limit=70))
+        assert page.total == 300
+        seen += [r.task_id for r in page.records]
+    assert seen == [r.task_id for r in records]
+    page = backend.query(TaskQuery(name="batch", status=Status.QUEUED, primary_key="k1", limit=5))
+    expected = [r.task_id for i, r in enumerate(records[:100]) if i % 3 and i % 5 == 1]
+    assert page.total == len(expected) and [r.task_id for r in page.records] == expected[:5]
+    assert list(server.scan_iter("cogman:scratch:*")) == []
+
+
+def test_counts_per_bucket_agree_with_the_reference_on_both_counting_paths(make):
+    backend, reference = make(), MemoryBackend()
+    now = utcnow()
+    records = [record(age=i * 0.02, now=now) for i in range(2500)]
+    backend.create(records)
+    reference.create(records)
+    for rec in records[::7]:
+        backend.transition(rec.task_id, Status.SUCCESS)
+        reference.transition(rec.task_id, Status.SUCCESS)
+    start, end = records[-1].created_at, records[0].created_at
+    for width in (5.0, 0.5, 0.013):  # ZCOUNT per bucket for wide buckets, scores fetched for narrow ones
+        assert backend.count_by_status(start, end, width) == reference.count_by_status(start, end, width)
+
+
+# Waiting
+
+
+def test_many_waiters_wake_when_another_thread_finishes_the_task(make, server, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(redis_backend, "WAIT_SLICE", 120.0)  # only the wake-up token can end the waits in time
+    backend = make()
+    rec = record()
+    backend.create([rec])
+    results: list[TaskRecord | None] = []
+
+    def waiter() -> None:
+        results.append(backend.wait(rec.task_id, 120))
+
+    threads = [threading.Thread(target=waiter) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+
+    def blocked() -> int:
+        return sum(1 for c in server.client_list() if c.get("cmd") == "blpop" and c.get("db") == "15")
+
+    wait_until(lambda: blocked() >= 10, 30, "10 waiters blocked in BLPOP")
+    backend.transition(rec.task_id, Status.SUCCESS, result=[1, 2])
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert len(results) == 10 and all(r is not None and r.result == [1, 2] for r in results)
+
+
+# Bad data
+
+
+def test_corrupt_and_foreign_records_give_a_clear_error_and_do_not_break_anything(make, server, caplog):
+    backend = make()
+    good = record(age=1)
+    backend.create([good])
+    as_string, foreign, bad_json = (str(uuid.uuid4()) for _ in range(3))
+    server.set(f"cogman:task:{as_string}", "hello")
+    server.hset(f"cogman:task:{foreign}", mapping={"status": '"done"', "owner": "someone else"})
+    server.hset(f"cogman:task:{bad_json}", mapping={"status": '"queued"', "payload": "{not json"})
+    score = to_us(utcnow())
+    for task_id in (as_string, foreign, bad_json):
+        server.zadd("cogman:idx:all", {task_id: score})
+    for task_id in (as_string, foreign, bad_json):
+        with pytest.raises(CorruptRecord) as caught:
+            backend.get(task_id)
+        assert caught.value.key == f"cogman:task:{task_id}"
+    page = backend.query(TaskQuery())
+    assert [r.task_id for r in page.records] == [good.task_id] and page.total == 4
+    assert "query skipped" in caplog.text
+    assert backend.transition(as_string, Status.FAILED) is None
+    assert backend.transition(foreign, Status.FAILED) is None
+    assert backend.spawn_retry(as_string, attempt_of(good, 2)) is None
+    assert f"corrupt record at cogman:task:{foreign}" in caplog.text
+    assert server.get(f"cogman:task:{as_string}") == b"hello"  # never overwritten
+
+
+# Redis going away
+
+
+def redis_up() -> bool:
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping())
+    except redis.ConnectionError:
+        return False
+
+
+@contextmanager
+def redis_stopped() -> Iterator[None]:
+    """Redis shut down (``nosave``: it comes back empty) for the body; always started again."""
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30
+    )
+    try:
+        wait_until(lambda: not redis_up(), 30, "Redis to stop")
+        yield
+    finally:
+        if not redis_up():
+            subprocess.run(REDIS_START, cwd="/tmp", check=True, capture_output=True, timeout=30)
+        wait_until(redis_up, 30, "Redis to accept connections again")
+
+
+@pytest.mark.slow
+def test_a_redis_restart_during_a_run_loses_no_status(redis_url: str, server: redis.Redis):
+    app = App("redis-restart", broker="memory://", backend=redis_url, concurrency=4)
+    first_half, second_half = threading.Event(), threading.Event()
+
+    @app.task(name="restart.work")
+    def work(index: int) -> int:
+        (first_half if index < 10 else second_half).wait(60)
+        return index * 2
+
+    worker = app.start_background(concurrency=4)
+    try:
+        with redis_stopped():
+            results = [work.delay(i) for i in range(20)]  # records and statuses buffered in memory
+            first_half.set()
+            wait_until(lambda: worker.outcomes["succeeded"] >= 10, 60, "the first 10 tasks to finish")
+        server.flushdb()  # a fresh, empty Redis: everything in it from now on came from the replay
+        second_half.set()
+        backend = app.backend
+        assert isinstance(backend, RedisBackend)
+        wait_until(lambda: worker.outcomes["succeeded"] == 20, 60, "all 20 tasks to finish")
+        assert backend.flush(60)
+        assert [r.get(timeout=30) for r in results] == [i * 2 for i in range(20)]
+        assert backend.query(TaskQuery(status=Status.SUCCESS, name="restart.work")).total == 20
+    finally:
+        first_half.set()
+        second_half.set()
+        worker.stop()
+        app.close()

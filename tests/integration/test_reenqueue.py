@@ -1,0 +1,239 @@
+"""Re-enqueue: records still ``initiated`` after the grace period are published again, once, with their
+task id and retry budget; confirmed ones never are; one bad record does not stop the others."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+
+from cogman import App, Config, Status
+from cogman.backends.base import Backend, TaskQuery
+from cogman.backends.memory import MemoryBackend
+from cogman.backends.mongo import MongoBackend
+from cogman.backends.redis import RedisBackend
+from cogman.brokers.memory import MemoryBroker
+from cogman.client import Client
+from cogman.errors import BrokerUnavailable, PublishError
+from cogman.message import Message
+from cogman.middleware import MiddlewareStack
+from cogman.record import utcnow
+from cogman.reenqueue import re_enqueue
+from tests.integration.rabbit_helpers import (
+    ROOT,
+    broker_stopped,
+    broker_up,
+    depth,
+    rabbitmqctl,
+    require_rabbitmqctl,
+    reset_queues,
+    wait_for,
+)
+from tests.unit.test_backend_contract import record
+
+CONFIG = Config(broker_url="memory://", backend_url="memory://", re_enqueue=True, re_enqueue_grace=60)
+
+
+@pytest.fixture(params=["memory", "redis", "mongomock"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    made: Backend
+    if request.param == "memory":
+        made = MemoryBackend()
+    elif request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushdb()
+        made = RedisBackend(url, CONFIG)
+    else:
+        made = MongoBackend(f"mongomock://{uuid.uuid4().hex}", CONFIG)
+    yield made
+    made.close()
+
+
+class RecordingBroker(MemoryBroker):
+    """A memory broker that can refuse chosen tasks or be away altogether."""
+
+    def __init__(self, refuse: Sequence[str] = (), away: bool = False) -> None:
+        super().__init__()
+        self.refuse, self.away = set(refuse), away
+        self.published: list[Message] = []
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if self.away:
+            raise BrokerUnavailable("RabbitMQ has been away for too long")
+        refused = [m.task_id for m in messages if m.task_id in self.refuse]
+        if refused:
+            raise PublishError(f"nack for {', '.join(refused)}")
+        self.published += messages
+        super().publish(messages)
+
+
+def connect(backend: Backend, broker: MemoryBroker) -> None:
+    """A client on the broker: its listener moves confirmed records to ``queued``."""
+    Client(broker, backend, MiddlewareStack([]), CONFIG.with_options(re_enqueue=False))
+
+
+def test_only_unconfirmed_records_older_than_the_grace_period_are_republished(backend: Backend):
+    broker = RecordingBroker()
+    connect(backend, broker)
+    stale = [record(age=120 + i, retry=i) for i in range(3)]
+    confirmed, running, young = record(age=300), record(age=300), record(age=5)
+    backend.create([*stale, confirmed, running, young])
+    backend.transition(confirmed.task_id, Status.QUEUED)
+    backend.transition(running.task_id, Status.IN_PROGRESS)
+    report = re_enqueue(backend, broker, CONFIG)
+    assert sorted(report.republished) == sorted(r.task_id for r in stale)
+    assert not report.failed and report.stopped is None
+    by_id = {m.task_id: m for m in broker.published}
+    for rec in stale:  # same task id, same budget, first attempt
+        message = by_id[rec.task_id]
+        assert (message.retries_left, message.attempt, message.args) == (rec.retry, 1, tuple(rec.args))
+        assert backend.get(rec.task_id).status is Status.QUEUED  # type: ignore[union-attr]
+    assert backend.get(young.task_id).status is Status.INITIATED  # type: ignore[union-attr]
+    assert re_enqueue(backend, broker, CONFIG).republished == []  # a second pass finds nothing
+
+
+def test_pages_through_many_records_and_sends_each_once(backend: Backend):
+    broker = RecordingBroker()
+    connect(backend, broker)
+    now = utcnow()
+    records = [record(age=100 + i * 0.001, now=now) for i in range(250)]
+    backend.create(records)
+    report = re_enqueue(backend, broker, CONFIG, page_size=40)
+    assert len(report.republished) == 250 == len({m.task_id for m in broker.published}) == len(broker.published)
+
+
+def test_a_record_that_cannot_be_sent_is_marked_failed_and_the_others_go(backend: Backend):
+    refused, unencodable = record(age=200), record(age=200, payload={"args": [float("nan")], "kwargs": {}})
+    fine = [record(age=150 + i) for i in range(3)]
+    backend.create([refused, unencodable, *fine])
+    broker = RecordingBroker(refuse=[refused.task_id])
+    connect(backend, broker)
+    report = re_enqueue(backend, broker, CONFIG)
+    assert sorted(report.republished) == sorted(r.task_id for r in fine)
+    assert set(report.failed) == {refused.task_id, unencodable.task_id}
+    for rec, reason in ((refused, "PublishError: nack"), (unencodable, "TypeError")):
+        stored = backend.get(rec.task_id)
+        assert stored is not None and stored.status is Status.FAILED
+        assert stored.fail_error is not None and stored.fail_error.startswith(f"re-enqueue: {reason}")
+
+
+def test_a_broker_that_is_away_ends_the_pass_and_leaves_the_records_initiated(backend: Backend):
+    rec = record(age=200)
+    backend.create([rec])
+    report = re_enqueue(backend, RecordingBroker(away=True), CONFIG)
+    assert report.republished == [] and report.stopped is not None and "broker unavailable" in report.stopped
+    assert backend.get(rec.task_id).status is Status.INITIATED  # type: ignore[union-attr]
+
+
+def test_a_client_connecting_with_re_enqueue_runs_the_stranded_tasks(redis_url: str):
+    redis.Redis.from_url(redis_url).flushdb()
+    stranded = [record("stranded.add", age=10, payload={"args": [i, 1], "kwargs": {}}) for i in range(5)]
+    writer = RedisBackend(redis_url, CONFIG)
+    writer.create(stranded)
+    writer.close()
+    app = App("re-enqueue", broker="memory://", backend=redis_url, re_enqueue=True, re_enqueue_grace=1)
+
+    @app.task(name="stranded.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = app.start_background(concurrency=2)
+    try:
+        assert [app.result(r.task_id).get(timeout=30) for r in stranded] == [1, 2, 3, 4, 5]
+    finally:
+        worker.stop()
+        app.close()
+
+
+@pytest.fixture
+def own_vhost(rabbitmq_url: str) -> Iterator[str]:
+    """A vhost of this module's own, so no other suite's consumer takes its messages; left running."""
+    require_rabbitmqctl()
+    vhost = "cogman_test_reenqueue"
+    if vhost not in rabbitmqctl("list_vhosts", "--silent").split():
+        rabbitmqctl("add_vhost", vhost)
+    parts = urlsplit(rabbitmq_url)
+    rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", "", ""))
+    reset_queues(url)
+    yield url
+    if not broker_up(url):
+        rabbitmqctl("start_app")
+    reset_queues(url)
+
+
+SENDER = """
+import sys, time
+from cogman import App
+app = App("re-enqueue-a", broker=sys.argv[1], backend=sys.argv[2], connection_timeout=0)
+for i in range(100):
+    app.send_task("reenqueue.work", args=(i,), retry=2)
+print("sent", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_tasks_of_a_killed_client_run_once_in_the_next_process(own_vhost: str, redis_url: str):
+    rabbit = own_vhost
+    """Broker down; process A sends 100 tasks and is SIGKILLed; broker up; process B (this one, with
+    re_enqueue) runs all 100, none twice."""
+    server = redis.Redis.from_url(redis_url)
+    server.flushdb()
+    with broker_stopped(rabbit):
+        sender = subprocess.Popen(
+            [sys.executable, "-c", SENDER, rabbit, redis_url],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert sender.stdout is not None and sender.stdout.readline().strip() == b"sent"
+        finally:
+            os.kill(sender.pid, signal.SIGKILL)
+            sender.wait(30)
+    probe = RedisBackend(redis_url, CONFIG)
+    stranded = probe.query(TaskQuery(status=Status.INITIATED, limit=1000))
+    probe.close()
+    assert stranded.total == 100 and all(r.retry == 2 for r in stranded.records)
+
+    app = App("re-enqueue-b", broker=rabbit, backend=redis_url, re_enqueue=True, re_enqueue_grace=0)
+
+    @app.task(name="reenqueue.work")
+    def work(index: int) -> int:
+        server.hincrby("test:runs", str(index), 1)
+        return index
+
+    worker = app.start_background(concurrency=8)
+    try:
+        backend = app.backend
+        # The broker tells its listener, the client, when it (re)connects; the RabbitMQ publisher connects
+        # lazily, at its first send, and this process sends nothing: so report the connection here. A
+        # second report from the broker itself waits for this pass and finds nothing left to send.
+        app.client.connected()
+        wait_for(
+            lambda: backend.query(TaskQuery(status=Status.SUCCESS, limit=0)).total == 100,
+            120,
+            "the 100 stranded tasks to succeed",
+        )
+        wait_for(
+            lambda: all(depth(rabbit, q) == 0 for q in ("high_priority_queue_0", "low_priority_queue_0")),
+            60,
+            "the queues to drain",
+        )
+        runs = {int(k): int(v) for k, v in server.hgetall("test:runs").items()}
+        assert runs == {i: 1 for i in range(100)}
+        assert worker.outcomes["skipped"] == 0  # no duplicate was even delivered
+        assert backend.query(TaskQuery(status=Status.INITIATED, limit=0)).total == 0
+        results = {r.task_id: r.result for r in backend.query(TaskQuery(limit=1000)).records}
+        assert sorted(results.values()) == list(range(100))
+    finally:
+        worker.stop()
+        app.close()
