@@ -2,7 +2,7 @@
 
 Runs on mongomock by default (no MongoDB server can be installed on our machines) and, from the same
 tests, against a real server when ``COGMAN_TEST_MONGO_URI`` points at one on 127.0.0.1. The contract
-shared with the other backends is in tests/unit/test_backend_contract.py.
+shared with the other backends is in tests/integration/test_backend_contract.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cogman.backends.base import TaskQuery
 from cogman.backends.mongo import MongoBackend
 from cogman.errors import BackendUnavailable, CorruptRecord
 from cogman.record import utcnow
-from tests.unit.test_backend_contract import MONGO_URI, attempt_of, real_mongo_uri, record
+from tests.integration.test_backend_contract import MONGO_URI, attempt_of, real_mongo_uri, record
 
 TARGETS = ["mongomock", *(["mongodb"] if MONGO_URI else [])]
 

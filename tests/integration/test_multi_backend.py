@@ -17,7 +17,7 @@ from cogman.backends.mongo import MongoBackend
 from cogman.backends.multi import MultiBackend
 from cogman.backends.redis import RedisBackend
 from cogman.errors import BackendUnavailable
-from tests.unit.test_backend_contract import CONFIG, attempt_of, record
+from tests.integration.test_backend_contract import CONFIG, attempt_of, record
 
 
 def mock_mongo() -> MongoBackend:

@@ -1,6 +1,6 @@
 """The Redis backend against the real Redis on 127.0.0.1 (db 15, flushed before each test).
 
-The contract shared with the other backends is in tests/unit/test_backend_contract.py; here is what is
+The contract shared with the other backends is in tests/integration/test_backend_contract.py; here is what is
 Redis's own: key layout and TTLs, bounded indexes, atomicity under 50 racing threads, one round trip
 per state change, the wake-up list, corrupt records, and a Redis restart in the middle of a run.
 """
@@ -27,7 +27,7 @@ from cogman.backends.memory import MemoryBackend
 from cogman.backends.redis import RedisBackend
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
-from tests.unit.test_backend_contract import attempt_of, record
+from tests.integration.test_backend_contract import attempt_of, record
 
 REDIS_START = [
     "redis-server",

@@ -36,7 +36,7 @@ from tests.integration.rabbit_helpers import (
     reset_queues,
     wait_for,
 )
-from tests.unit.test_backend_contract import record
+from tests.integration.test_backend_contract import record
 
 CONFIG = Config(broker_url="memory://", backend_url="memory://", re_enqueue=True, re_enqueue_grace=60)
 
