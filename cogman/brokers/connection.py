@@ -1,0 +1,253 @@
+"""Connections to RabbitMQ: dialling, reconnect backoff, publisher-confirm bookkeeping, socket readiness.
+
+Shared by the publishing side (``rabbitmq.py``) and the consuming side (``rabbitmq_consumer.py``).
+kombu's ``Connection`` and py-amqp's channel do the AMQP; this module only adds what cogman needs on
+top: pipelined confirms (many publishes in flight, acks matched by delivery tag, which py-amqp's own
+``confirm_publish`` mode cannot do because it waits after every message) and waiting on the socket
+*and* a wake-up pipe, so another thread's ack does not sit in a queue until a read times out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import amqp.exceptions
+import kombu as _kombu
+import tenacity
+from kombu.transport.pyamqp import Transport as PyAMQPTransport
+
+#: kombu's API is mostly unannotated; cogman treats it as dynamic here rather than sprinkle ignores.
+kombu: Any = _kombu
+Connection = Any  # a kombu.Connection
+
+log = logging.getLogger("cogman.rabbitmq")
+
+#: Everything that means "this connection is gone, dial again". Channel errors are in the list because
+#: a channel closed by the broker (e.g. a queue deleted under a consumer) is healed the same way.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    *PyAMQPTransport.connection_errors,
+    *PyAMQPTransport.channel_errors,
+    amqp.exceptions.AMQPError,
+    OSError,
+    EOFError,
+)
+
+#: Reconnect backoff: 0.1 s, 0.2 s, ... capped at this, each with up to half a second of jitter.
+MAX_BACKOFF = 5.0
+#: AMQP heartbeat asked for on every connection; the I/O loops tick it about once a second.
+HEARTBEAT = 10
+
+
+def dial(url: str, timeout: float) -> Connection:
+    """One connection attempt per host, each bounded by ``timeout``; raises one of CONNECTION_ERRORS.
+
+    ``url`` may list several cluster nodes separated by ``;`` (kombu's failover syntax): they are tried
+    in order within one attempt, so a dead first node costs one connect, not a backoff round.
+    """
+    connection = kombu.Connection(url, connect_timeout=timeout, heartbeat=HEARTBEAT, failover_strategy="round-robin")
+    try:
+        connection.ensure_connection(
+            max_retries=max(1, len(connection.alt)) - 1,
+            interval_start=0,
+            interval_step=0,
+            interval_max=0,
+            reraise_as_library_errors=False,
+        )
+    except BaseException:
+        discard(connection)
+        raise
+    return connection
+
+
+def discard(connection: Connection | None) -> None:
+    """Drop a connection without talking to the broker (it may be gone); never raises."""
+    if connection is None:
+        return
+    try:
+        connection.collect()
+    except Exception:
+        log.debug("error while discarding a connection", exc_info=True)
+
+
+def close_quietly(connection: Connection | None) -> None:
+    """Close politely when the broker is there (unacked messages go back at once), else discard."""
+    if connection is None:
+        return
+    try:
+        connection.release()
+    except Exception:
+        discard(connection)
+
+
+def retrying(stop: threading.Event, what: str, on_failure: Callable[[BaseException], None]) -> tenacity.Retrying:
+    """Tenacity policy for reconnecting: exponential backoff with jitter, capped, until ``stop`` is set.
+
+    The sleep is ``stop.wait`` so closing a broker or consumer interrupts a backoff at once.
+    ``on_failure`` sees every failed attempt (the publisher uses it to enforce connection_timeout).
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is not None:
+            on_failure(exc)
+            log.warning("%s: RabbitMQ unreachable (attempt %d): %s", what, state.attempt_number, exc)
+
+    def pause(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return tenacity.Retrying(
+        sleep=pause,
+        stop=lambda _state: stop.is_set(),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=MAX_BACKOFF) + tenacity.wait_random(0, 0.5),
+        retry=tenacity.retry_if_exception_type(CONNECTION_ERRORS),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+T = TypeVar("T")
+
+
+class Confirms(Generic[T]):
+    """Publisher confirms for one channel: delivery tag -> item, settled as acks and nacks arrive.
+
+    The channel is put in confirm mode here. RabbitMQ numbers published messages 1, 2, 3... per channel
+    and acks them in any grouping (``multiple``), so a batch is published in one go and its confirms
+    are collected while draining, instead of one round trip per message. A message published with
+    ``mandatory`` that no queue took comes back (basic.return) before its ack; it is reported as
+    returned, not confirmed.
+    """
+
+    def __init__(self, channel: Any, on_settle: Callable[[T, str | None], None]) -> None:
+        self.channel = channel
+        self._on_settle = on_settle
+        self._next_tag = 1
+        self.outstanding: dict[int, T] = {}
+        self._returned: set[str] = set()
+        self._ids: dict[int, str] = {}
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        channel.events["basic_return"].add(self._on_return)
+
+    def sent(self, item: T, message_id: str) -> None:
+        """Record one published message (call right after basic_publish, in publish order)."""
+        self.outstanding[self._next_tag] = item
+        self._ids[self._next_tag] = message_id
+        self._next_tag += 1
+
+    def _settle(self, delivery_tag: int, multiple: bool, failure: str | None) -> None:
+        if multiple:
+            tags = []
+            for tag in self.outstanding:  # insertion order is tag order
+                if tag > delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [delivery_tag]
+        for tag in tags:
+            item = self.outstanding.pop(tag, None)
+            message_id = self._ids.pop(tag, "")
+            if item is None:
+                continue
+            if failure is None and message_id in self._returned:
+                self._returned.discard(message_id)
+                self._on_settle(item, "no queue took the message (basic.return); the queue was deleted?")
+            else:
+                self._on_settle(item, failure)
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple, None)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple, "the broker refused the message (basic.nack)")
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        message_id = (getattr(message, "properties", None) or {}).get("message_id")
+        if message_id:
+            self._returned.add(str(message_id))
+
+    def take_outstanding(self) -> list[T]:
+        """The unconfirmed items in publish order, forgotten here (their connection is gone)."""
+        items = [self.outstanding[tag] for tag in sorted(self.outstanding)]
+        self.outstanding.clear()
+        self._ids.clear()
+        return items
+
+
+class Waker:
+    """A pipe another thread writes to so a select() on the AMQP socket returns at once."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._closed:  # never write to a closed descriptor: its number may be reused already
+                return
+            with contextlib.suppress(OSError):  # a full pipe means a wake-up is already pending
+                os.write(self._write, b"x")
+
+    def clear(self) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._read, self._write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def wait_readable(connection: Connection, waker: Waker, timeout: float) -> bool:
+    """Wait until the AMQP socket has data (True) or ``waker`` fires or ``timeout`` passes (False).
+
+    py-amqp reads frames exactly (it never reads ahead), so bytes of a frame it has not finished are
+    either in its small read buffer or still in the socket; both are checked.
+    """
+    transport = connection.connection.transport
+    sock = transport.sock
+    if getattr(transport, "_read_buffer", b"") or (hasattr(sock, "pending") and sock.pending()):
+        return True
+    readable, _, _ = select.select([sock, waker], [], [], timeout)
+    if waker in readable:
+        waker.clear()
+    return sock in readable
+
+
+def drain_ready(connection: Connection, limit: int = 256) -> int:
+    """Process the frames already arrived, without waiting for more; returns how many methods ran."""
+    handled = 0
+    transport = connection.connection.transport
+    while handled < limit:
+        sock = transport.sock
+        buffered = getattr(transport, "_read_buffer", b"") or (hasattr(sock, "pending") and sock.pending())
+        if not buffered:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                break
+        try:
+            connection.drain_events(timeout=0.5)
+        except TimeoutError:
+            break
+        handled += 1
+    return handled

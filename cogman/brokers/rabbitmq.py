@@ -1,0 +1,74 @@
+"""RabbitMQ broker on kombu: Cogman's topology, confirmed publishing with an offline outbox, and
+consumers that survive broker restarts.
+
+The work is split by direction: ``publisher.py`` (confirms, outbox, reconnecting flusher),
+``rabbitmq_consumer.py`` (one I/O thread per consumer, acks from any thread, reconnect), with
+``topology.py`` (queues and their arguments) and ``connection.py`` (dialling, backoff, confirm
+bookkeeping) shared. docs/reliability.md says what each fault does and what was measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from cogman.brokers.base import Delivery, PublishListener
+from cogman.brokers.connection import close_quietly, dial
+from cogman.brokers.publisher import Publisher
+from cogman.brokers.rabbitmq_consumer import RabbitMQConsumer, delivery_from
+from cogman.brokers.topology import Topology
+from cogman.config import Config
+from cogman.message import Message
+from cogman.priority import Priority
+
+
+class RabbitMQBroker:
+    """``amqp://user:password@host:5672/vhost``. Connects lazily: creating one never blocks or raises.
+
+    One publishing connection per broker (shared by every thread of the process that sends), and one
+    connection per consumer, so a slow consumer never holds up a publish and the other way round.
+    """
+
+    def __init__(self, url: str, config: Config) -> None:
+        self.url = url
+        self.config = config
+        self.topology = Topology(config.high_priority_queue_count, config.low_priority_queue_count, config.queue_type)
+        self.publisher = Publisher(url, config, self.topology)
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQBroker {self.url.split('@')[-1]} pending={self.pending()}>"
+
+    def set_listener(self, listener: PublishListener) -> None:
+        self.publisher.set_listener(listener)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        self.publisher.publish(messages)
+
+    def pending(self) -> int:
+        """Messages accepted by ``publish`` and not yet confirmed by the broker (the outbox and in flight)."""
+        return self.publisher.pending()
+
+    def consume(self, priorities: Iterable[Priority], prefetch: int) -> RabbitMQConsumer:
+        return RabbitMQConsumer(self.url, self.config, self.topology, tuple(priorities), prefetch)
+
+    def dead_letters(self) -> list[Delivery]:
+        """Every message in ``cogman.dead_letter``, read without ack and given back when the channel closes."""
+        connection = dial(self.url, timeout=max(1.0, self.config.request_timeout))
+        try:
+            channel = connection.channel()
+            channel.auto_decode = False
+            queue = self.topology.dead_letter_queue()(channel)
+            queue.declare()
+            _, count, _ = queue.queue_declare(passive=True)
+            found = []
+            for _ in range(count):
+                message = queue.get(no_ack=False, accept=None)
+                if message is None:
+                    break
+                found.append(delivery_from(message, queue.name, Priority.HIGH, None))
+            return found
+        finally:
+            close_quietly(connection)
+
+    def close(self) -> None:
+        """Flush the outbox once more if the broker is there, then release the publishing connection."""
+        self.publisher.close()

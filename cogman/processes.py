@@ -1,0 +1,124 @@
+"""``cogman -A app worker --processes P -c N``: P worker processes with N handler threads each.
+
+Threads share one GIL, so CPU-bound handlers need processes; Dramatiq does the same. The parent only
+supervises: it starts P children with the ``spawn`` method (a fresh interpreter that imports the app
+itself, so no broker connection or lock is ever inherited half-used from a fork), forwards SIGINT and
+SIGTERM to them, and waits. Each child is an ordinary worker: its own RabbitMQ consumer with its own
+prefetch, so the broker spreads messages over the children and a child that dies loses nothing (its
+unacked messages are redelivered to the others).
+
+A child that exits on its own is a fault (a crash, an OOM kill): the parent does not restart it in a
+loop, it stops the others and exits non-zero, so the process manager above (systemd, Kubernetes,
+supervisord) sees the failure and applies its own restart policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger("cogman.processes")
+
+#: How long stopping children get beyond the app's grace period before they are killed.
+KILL_AFTER = 10.0
+
+
+def run_processes(app_path: str, *, processes: int, concurrency: int | None, queues: Sequence[str]) -> int:
+    """Run ``processes`` workers for the app at ``app_path`` (``module[:attr]``) until SIGINT/SIGTERM.
+
+    Returns the exit code: 0 after a requested stop, otherwise the first unexpected child exit code.
+    """
+    if processes < 1:
+        raise ValueError(f"--processes must be at least 1, got {processes}")
+    from cogman.cli import load_app
+
+    grace = load_app(app_path).config.grace_period  # also fails early, in the parent, on a bad -A
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    children = [
+        context.Process(
+            target=_child_main,
+            args=(app_path, concurrency, list(queues), level),
+            name=f"cogman-worker-{index}",
+            daemon=False,
+        )
+        for index in range(processes)
+    ]
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("received %s; stopping %d worker process(es)", signal.Signals(signum).name, len(children))
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for child in children:
+            child.start()
+        log.info("started %d worker process(es): %s", len(children), ", ".join(str(c.pid) for c in children))
+        exit_code = _supervise(children, stop)
+    finally:
+        _stop_children(children, grace + KILL_AFTER)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code
+
+
+def _supervise(children: Sequence[multiprocessing.process.BaseProcess], stop: threading.Event) -> int:
+    """Wait for a stop request or for a child to exit on its own (then stop the rest)."""
+    sentinels = {child.sentinel: child for child in children}
+    while not stop.is_set():
+        ready = multiprocessing.connection.wait(list(sentinels), timeout=0.5)
+        if stop.is_set():
+            break  # a Ctrl-C reaches the children too: them exiting now is the requested stop
+        for sentinel in ready:
+            child = sentinels[sentinel]  # type: ignore[index]
+            child.join()
+            log.error(
+                "worker process %s exited unexpectedly (exit code %s); stopping the others", child.pid, child.exitcode
+            )
+            return child.exitcode if child.exitcode and child.exitcode > 0 else 1  # killed by a signal: 1
+    return 0
+
+
+def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
+    """SIGTERM every live child (each stops gracefully), wait, and SIGKILL what is left."""
+    for child in children:
+        if child.is_alive() and child.pid is not None:
+            os.kill(child.pid, signal.SIGTERM)
+    for child in children:
+        child.join(timeout)
+        if child.is_alive():
+            log.warning("worker process %s did not stop in %.0f s; killing it", child.pid, timeout)
+            child.kill()
+            child.join()
+
+
+def _child_main(app_path: str, concurrency: int | None, queues: list[str], level: int) -> None:
+    """Entry point of one worker process: load the app fresh and run a worker until told to stop.
+
+    The child keeps its own SIGINT/SIGTERM handlers for its whole life: a Ctrl-C reaches it from the
+    terminal *and* as the parent's SIGTERM, and the second signal must not kill a graceful stop.
+    """
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    from cogman.cli import load_app
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    app = load_app(app_path)
+    worker = app.worker(concurrency=concurrency, priorities=queues)
+    worker.start(block=False)
+    try:
+        while not stop.wait(1.0):
+            pass
+        log.info("worker process %s stopping", os.getpid())
+    finally:
+        worker.stop()
+        app.close()

@@ -1,0 +1,45 @@
+"""Fixtures for the integration tests that need the real RabbitMQ (see rabbit_helpers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cogman import App
+from tests.integration.rabbit_helpers import broker_up, rabbitmqctl, require_rabbitmqctl, reset_queues, vhost_url
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost_url() -> str:
+    """The test vhost on the local RabbitMQ, created once per session."""
+    require_rabbitmqctl()
+    from tests.conftest import RABBITMQ_URL
+
+    return vhost_url(RABBITMQ_URL)
+
+
+@pytest.fixture
+def rabbit(rabbitmq_url: str, rabbit_vhost_url: str) -> Iterator[str]:
+    """An AMQP URL to a vhost with no cogman queue in it; the broker is left running afterwards."""
+    reset_queues(rabbit_vhost_url)
+    yield rabbit_vhost_url
+    if not broker_up(rabbit_vhost_url):  # a test failed between stop_app and start_app
+        rabbitmqctl("start_app")
+    reset_queues(rabbit_vhost_url)
+
+
+@pytest.fixture
+def rabbit_app(rabbit: str) -> Iterator[Callable[..., App]]:
+    """``rabbit_app(**options)``: an App on the test vhost with a memory backend; all closed afterwards."""
+    apps: list[App] = []
+
+    def make(name: str = "rabbit", broker: str | None = None, backend: str | None = None, **options: Any) -> App:
+        app = App(name, broker=broker or rabbit, backend=backend or "memory://", **options)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in reversed(apps):
+        app.close()

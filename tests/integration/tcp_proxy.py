@@ -1,0 +1,105 @@
+"""A TCP proxy in front of RabbitMQ that a test can kill, restart or freeze.
+
+``rabbitmqctl stop_app`` closes connections politely (an AMQP connection.close). A crashed or killed
+server, or a cut cable, does not: the socket is reset, or just goes silent. This proxy produces those
+faults without touching the shared RabbitMQ: ``kill()`` resets every connection and refuses new ones
+until ``start()``; ``freeze()`` keeps the sockets open but forwards nothing until ``thaw()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import threading
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self.connections = 0
+
+    def url(self, amqp_url: str) -> str:
+        """``amqp_url`` pointed at this proxy instead of the broker."""
+        scheme, rest = amqp_url.split("://", 1)
+        credentials, _, hostpath = rest.rpartition("@")
+        path = hostpath.split("/", 1)[1] if "/" in hostpath else ""
+        return f"{scheme}://{credentials}@127.0.0.1:{self.port}/{path}"
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._running.set()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def kill(self) -> None:
+        """Reset every connection (as a killed server's kernel does) and refuse new ones."""
+        self._running.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+    def freeze(self) -> None:
+        """Stop forwarding bytes, keeping every socket open: a silent network."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._running.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+                self.connections += 1
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
+        pair = {client: upstream, upstream: client}
+        try:
+            while True:
+                self._flowing.wait()
+                readable, _, _ = select.select(list(pair), [], [], 0.2)
+                if not self._flowing.is_set():
+                    continue
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            with self._lock:
+                self._sockets.difference_update(pair)
