@@ -117,4 +117,4 @@ class Client:
     def abandoned(self, messages: Sequence[Message], reason: str) -> None:
         for message in messages:
             log.error("task %s (%s) abandoned, never published: %s", message.task_id, message.name, reason)
-            self.backend.transition(message.task_id, Status.FAILED, fail_error=f"BrokerUnavailable: {reason}")
+            self.backend.transition(message.task_id, Status.FAILED, fail_error=f"not published: {reason}")

@@ -70,9 +70,15 @@ class Publisher:
         self._confirms: Confirms[Entry] | None = None
         self._closing = threading.Event()
         self._flusher: threading.Thread | None = None
+        #: Connect without waiting for a first send (re-enqueue must run in worker-only processes too).
+        self._want_connection = config.re_enqueue
+        #: A (re)connection the listener has not been told about yet.
+        self._unannounced = False
 
     def set_listener(self, listener: PublishListener) -> None:
         self._listener = listener
+        if self._want_connection:
+            self._ensure_flusher()
 
     def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
@@ -182,6 +188,9 @@ class Publisher:
                 log.info("publisher reconnected to RabbitMQ; %d message(s) in the outbox", len(self._outbox))
             self._down_since = None
             self._gone = None
+            self._want_connection = False
+            self._unannounced = True
+            self._state.notify_all()
 
     def _lost(self, exc: BaseException, unsent: list[Entry]) -> None:
         """The connection broke (``_io`` held): unconfirmed and unsent go back to the outbox front."""
@@ -239,7 +248,7 @@ class Publisher:
     def _run_flusher(self) -> None:
         while not self._closing.is_set():
             with self._state:
-                if not self._busy():
+                if not self._busy() and not self._unannounced:
                     self._state.wait(1.0)
                 busy = self._busy()
             try:
@@ -253,9 +262,23 @@ class Publisher:
                 log.exception("outbox flusher error; retrying")
                 self._closing.wait(1.0)
             self._deliver_reports()
+            self._announce_connection()
+
+    def _announce_connection(self) -> None:
+        """Tell the listener about a (re)connection once the outbox is flushed and its confirms reported,
+        so what re-enqueue finds ``initiated`` is not also on its way from this process's outbox."""
+        with self._state:
+            ready = self._unannounced and self._conn is not None and not self._busy()
+            if ready:
+                self._unannounced = False
+        if ready and self._listener is not None:
+            try:
+                self._listener.connected()
+            except Exception:
+                log.exception("the publish listener failed on connect; carrying on")
 
     def _busy(self) -> bool:
-        return bool(self._outbox) or self._down_since is not None or self._orphans
+        return bool(self._outbox) or self._down_since is not None or self._orphans or self._want_connection
 
     def _reconnect(self) -> None:
         try:

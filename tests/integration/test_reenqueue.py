@@ -182,9 +182,9 @@ time.sleep(600)
 
 @pytest.mark.slow
 def test_tasks_of_a_killed_client_run_once_in_the_next_process(own_vhost: str, redis_url: str):
-    rabbit = own_vhost
     """Broker down; process A sends 100 tasks and is SIGKILLed; broker up; process B (this one, with
     re_enqueue) runs all 100, none twice."""
+    rabbit = own_vhost
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     with broker_stopped(rabbit):
@@ -214,10 +214,8 @@ def test_tasks_of_a_killed_client_run_once_in_the_next_process(own_vhost: str, r
     worker = app.start_background(concurrency=8)
     try:
         backend = app.backend
-        # The broker tells its listener, the client, when it (re)connects; the RabbitMQ publisher connects
-        # lazily, at its first send, and this process sends nothing: so report the connection here. A
-        # second report from the broker itself waits for this pass and finds nothing left to send.
-        app.client.connected()
+        # Nothing is sent from this process: with re_enqueue on, the publisher connects by itself and the
+        # connection report starts the re-enqueue pass.
         wait_for(
             lambda: backend.query(TaskQuery(status=Status.SUCCESS, limit=0)).total == 100,
             120,
