@@ -26,7 +26,7 @@ def test_equal_rank_is_ignored(status):
     assert not allows(status, status)
 
 
-@pytest.mark.parametrize(("final", "other"), itertools.product(FINAL, list(Status)))
+@pytest.mark.parametrize(("final", "other"), list(itertools.product(FINAL, list(Status))))
 def test_final_states_never_move(final, other):
     assert not allows(final, other)
 
