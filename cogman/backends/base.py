@@ -64,6 +64,16 @@ class StatusBucket:
         return sum(self.counts.values())
 
 
+def buckets_from_counts(
+    start: datetime, bucket_seconds: float, counts: dict[int, dict[Status, int]]
+) -> list[StatusBucket]:
+    """StatusBuckets from counts keyed by bucket index (0 = the one starting at ``start``), in order."""
+    return [
+        StatusBucket(start=datetime.fromtimestamp(start.timestamp() + i * bucket_seconds, start.tzinfo), counts=c)
+        for i, c in sorted(counts.items())
+    ]
+
+
 class Backend(Protocol):
     """Stores one record per attempt; see docs/backends.md for each implementation's layout."""
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status, allows
 
@@ -96,10 +96,7 @@ class MemoryBackend:
             index = int((record.created_at - start).total_seconds() // bucket_seconds)
             counts = buckets.setdefault(index, {})
             counts[record.status] = counts.get(record.status, 0) + 1
-        return [
-            StatusBucket(start=datetime.fromtimestamp(start.timestamp() + i * bucket_seconds, start.tzinfo), counts=c)
-            for i, c in sorted(buckets.items())
-        ]
+        return buckets_from_counts(start, bucket_seconds, buckets)
 
     def close(self) -> None:
         """Nothing to release; records stay readable."""

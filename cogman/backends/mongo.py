@@ -20,7 +20,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from cogman.backends import codec
-from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.outage import NotYet, WriteBuffer
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
@@ -243,10 +243,7 @@ class MongoBackend:
                 log.warning("count skipped %d record(s) with unknown status %r", row["n"], row["_id"]["status"])
                 continue
             buckets.setdefault(int(row["_id"]["bucket"]), {})[status] = int(row["n"])
-        return [
-            StatusBucket(start=datetime.fromtimestamp(start.timestamp() + i * bucket_seconds, start.tzinfo), counts=c)
-            for i, c in sorted(buckets.items())
-        ]
+        return buckets_from_counts(start, bucket_seconds, buckets)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until writes buffered during an outage are replayed."""

@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from cogman.backends import codec
 from cogman.backends import redis_scripts as scripts
-from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.codec import to_us
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import BackendUnavailable, CorruptRecord
@@ -276,10 +276,7 @@ class RedisBackend:
             return buckets
 
         found = self.buffer.call(read, "count task records")
-        return [
-            StatusBucket(start=datetime.fromtimestamp(start.timestamp() + i * bucket_seconds, start.tzinfo), counts=c)
-            for i, c in sorted(found.items())
-        ]
+        return buckets_from_counts(start, bucket_seconds, found)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until writes buffered during an outage are replayed (for tests and clean shutdowns)."""
