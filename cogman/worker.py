@@ -150,13 +150,20 @@ class Worker:
 
     def _handle(self) -> None:
         assert self._consumer is not None
+        takes_high = Priority.HIGH in self.priorities
         while True:
-            _, _, delivery = self._local.get()
+            order, sequence, delivery = self._local.get()
             if delivery is None:
                 return
-            with self._room:
-                self._unstarted -= 1
-                self._room.notify()
+            if takes_high and delivery.priority is Priority.LOW and not self._stopping.is_set():
+                high = self._consumer.receive(0, (Priority.HIGH,))
+                if high is not None:  # a high task waits outside our full local queue: it goes first
+                    self._local.put((order, sequence, delivery))
+                    delivery = high
+                else:
+                    self._took_one()
+            else:
+                self._took_one()
             if self._stopping.is_set():
                 self._consumer.requeue(delivery)
                 continue
@@ -168,6 +175,11 @@ class Worker:
                 continue
             with self._outcomes_lock:
                 self.outcomes[outcome] += 1
+
+    def _took_one(self) -> None:
+        with self._room:
+            self._unstarted -= 1
+            self._room.notify()
 
     def _give_back_unstarted(self) -> None:
         assert self._consumer is not None

@@ -8,7 +8,7 @@ this, so the worker never knows which one it talks to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,10 +52,13 @@ class PublishListener(Protocol):
 
 
 class Consumer(Protocol):
-    """Messages from a set of queues. ``receive`` is called from one thread; the rest from any thread."""
+    """Messages from a set of queues. Every method may be called from any thread."""
 
-    def receive(self, timeout: float) -> Delivery | None:
-        """Next delivery, high priority first when both are waiting; None after ``timeout`` seconds."""
+    def receive(self, timeout: float, priorities: Collection[Priority] | None = None) -> Delivery | None:
+        """Next delivery, high priority first when both are waiting; None after ``timeout`` seconds.
+
+        ``priorities`` narrows it to some families: a handler thread about to start a low task asks
+        for a waiting high one with ``receive(0, (Priority.HIGH,))``."""
 
     def ack(self, delivery: Delivery) -> None:
         """The outcome is recorded: remove the message for good."""

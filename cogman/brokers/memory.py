@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from cogman.brokers.base import HEADER_DEAD_LETTER_REASON, Delivery, PublishListener, queue_names
 from cogman.message import Message
@@ -90,11 +90,12 @@ class MemoryConsumer:
         self._tags = itertools.count()
         self._lock = threading.Lock()
 
-    def receive(self, timeout: float) -> Delivery | None:
+    def receive(self, timeout: float, priorities: Collection[Priority] | None = None) -> Delivery | None:
         deadline = time.monotonic() + timeout
+        wanted = self._priorities if priorities is None else tuple(p for p in self._priorities if p in priorities)
         with self._broker._ready:
             while True:
-                delivery = self._broker._take(self._priorities)
+                delivery = self._broker._take(wanted)
                 remaining = deadline - time.monotonic()
                 if delivery is not None or remaining <= 0:
                     break

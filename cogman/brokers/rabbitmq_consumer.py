@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +108,14 @@ class RabbitMQConsumer:
 
     # The worker's side
 
-    def receive(self, timeout: float) -> Delivery | None:
+    def receive(self, timeout: float, priorities: Collection[Priority] | None = None) -> Delivery | None:
         deadline = time.monotonic() + timeout
+        wanted = self.priorities if priorities is None else [p for p in self.priorities if p in priorities]
         with self._ready:
             while True:
                 if self._fatal is not None:
                     raise self._fatal
-                for priority in self.priorities:
+                for priority in wanted:
                     if self._buffers[priority]:
                         return self._buffers[priority].popleft()
                 remaining = deadline - time.monotonic()

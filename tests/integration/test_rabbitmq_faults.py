@@ -254,11 +254,10 @@ def test_high_tasks_start_before_a_low_backlog_drains(rabbit_app: Callable[..., 
     last_high = max(i for i, (kind, _) in enumerate(starts) if kind == "high")
     lows_in_between = sum(1 for kind, _ in starts[started_before_high:last_high] if kind == "low")
     low_left = sum(1 for kind, _ in starts[last_high:] if kind == "low")
-    # Lows that may still start first: those the worker already held (each is an unacked delivery, so at
-    # most the per-consumer prefetch), plus at most one per high while the 20 highs trickle from the broker
-    # into the worker's bounded local queue (a handler freed before the next high arrived takes a low).
-    # Typical runs: 7 to 10, out of 1,000.
-    bound = (worker.concurrency + worker.prefetch) + 20
+    # Lows that may still start first: only those a handler took before the highs reached the consumer
+    # (RabbitMQ pushes them at once: the high consumer has its own prefetch). From then on a handler about
+    # to start a held low asks the consumer for a waiting high first, so no low overtakes a delivered high.
+    bound = worker.concurrency + worker.prefetch
     figures("priority", low_sent=1000, high_sent=20, lows_started_while_highs_waited=lows_in_between,
             lows_still_waiting_when_last_high_started=low_left)  # fmt: skip
     assert Counter(kind for kind, _ in starts) == Counter({"low": 1000, "high": 20})

@@ -402,3 +402,33 @@ def test_worker_config_from_app():
     app = App("cfg", config=Config(broker_url="memory://", backend_url="memory://", concurrency=3))
     worker = app.worker(priorities=["low"])
     assert worker.concurrency == 3 and worker.prefetch == 6 and worker.priorities == (Priority.LOW,)
+
+
+def test_new_high_task_overtakes_a_full_local_queue_of_low_ones():
+    """A high task sent while the worker's local queue is full of lows starts as soon as the running
+    task ends, before any held low."""
+    app = App("overtake", broker="memory://", backend="memory://", prefetch=2)
+    order: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.task(name="work")
+    def work(label: str) -> None:
+        order.append(label)
+        if label == "low-0":
+            entered.set()
+            release.wait(timeout=30)
+
+    work.send_many([(f"low-{i}",) for i in range(6)], priority="low")
+    worker = app.start_background(concurrency=1)
+    try:
+        assert entered.wait(timeout=10)
+        wait_until(lambda: memory_broker(app).pending() == 6 - 1 - 2)  # one running, two held
+        work.send(args=("high",), priority="high")
+        release.set()
+        wait_until(lambda: len(order) == 7)
+    finally:
+        release.set()
+        worker.stop()
+    assert order[:2] == ["low-0", "high"]
+    assert sorted(order[2:]) == [f"low-{i}" for i in range(1, 6)]
