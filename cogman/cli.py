@@ -105,7 +105,10 @@ def _worker(app: App, args: argparse.Namespace) -> int:
         from cogman.processes import run_processes
 
         return run_processes(args.app, processes=args.processes, concurrency=args.concurrency, queues=priorities)
-    app.worker(concurrency=args.concurrency, priorities=priorities).start()
+    try:
+        app.worker(concurrency=args.concurrency, priorities=priorities).start()
+    finally:
+        app.close()
     return 0
 
 

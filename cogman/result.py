@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from cogman.errors import TaskFailed, TaskNotFound
 from cogman.record import TaskRecord
@@ -89,6 +89,3 @@ class AsyncResult(Generic[R]):
         """Re-read the chain's pointer: a retry may have been spawned while we read the attempt."""
         fresh = self._backend.get(original.task_id) or original
         return fresh.latest_attempt_id or fresh.task_id
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.latest().to_dict()
