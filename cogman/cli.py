@@ -113,11 +113,16 @@ def _worker(app: App, args: argparse.Namespace) -> int:
 
 
 def _status(app: App, task_id: str) -> int:
+    """The record as JSON; when retries followed, the chain's latest attempt under ``latest_attempt``."""
     record = app.backend.get(task_id)
     if record is None:
         print(f"cogman: no record for task {task_id}", file=sys.stderr)
         return 1
-    print(json.dumps(record.to_dict(), indent=2, default=str))
+    shown = record.to_dict()
+    latest = app.result(task_id).latest()
+    if latest.task_id != record.task_id:
+        shown["latest_attempt"] = latest.to_dict()
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 

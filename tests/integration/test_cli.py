@@ -85,3 +85,31 @@ def test_demo_runs_and_summarises():
     assert done.returncode == 0, done.stderr
     assert "cogman demo summary" in done.stdout
     assert "tasks succeeded / failed" in done.stdout
+
+
+def test_status_shows_the_record_and_the_chains_latest_attempt(capsys: pytest.CaptureFixture[str]):
+    import json
+
+    from cogman import App, TaskFailed
+
+    app = App("status", broker="memory://", backend="memory://")
+
+    @app.task(name="status.flaky", retry=1)
+    def flaky() -> None:
+        raise OSError("disk full")
+
+    worker = app.start_background(concurrency=1)
+    try:
+        result = flaky.delay()
+        with pytest.raises(TaskFailed):
+            result.get(timeout=10)
+    finally:
+        worker.stop()
+    from cogman.cli import _status
+
+    assert _status(app, result.id) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["task_id"] == result.id and shown["status"] == "failed" and shown["retry"] == 0
+    assert shown["latest_attempt"]["original_task_id"] == result.id
+    assert shown["latest_attempt"]["attempt"] == 2
+    assert shown["latest_attempt"]["fail_error"] == "OSError: disk full"
