@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,3 +151,32 @@ def require_rabbitmqctl() -> None:
         rabbitmqctl("status")
     except (OSError, RuntimeError) as exc:
         pytest.fail(f"rabbitmqctl is needed to run the RabbitMQ tests: {exc}", pytrace=False)
+
+
+class CountingLoad:
+    """A task that counts its runs per index, and a thread sending ``total`` of them through ``.delay()``;
+    ``marked`` is set once ``mark`` have been sent. For the fault tests that break the broker mid-run."""
+
+    def __init__(self, app: Any, name: str, total: int, mark: int) -> None:
+        self.runs: Counter[int] = Counter()
+        self.results: list[Any] = []
+        self.marked = threading.Event()
+        lock = threading.Lock()
+
+        @app.task(name=name)
+        def count(index: int) -> int:
+            with lock:
+                self.runs[index] += 1
+            return index
+
+        def send() -> None:
+            for index in range(total):
+                self.results.append(count.delay(index))
+                if index == mark:
+                    self.marked.set()
+
+        self.sender = threading.Thread(target=send, name="fault-test-sender")
+
+    @property
+    def duplicated(self) -> int:
+        return sum(n - 1 for n in self.runs.values())

@@ -31,6 +31,7 @@ from cogman.execution import Outcome
 from cogman.priority import Priority
 from tests.integration.rabbit_app import read_runs
 from tests.integration.rabbit_helpers import (
+    CountingLoad,
     broker_stopped,
     consumer_count,
     depth,
@@ -57,30 +58,13 @@ def all_succeeded(app: App, results: list) -> bool:
 
 def test_broker_restart_while_sending_and_running(rabbit: str, rabbit_app: Callable[..., App]):
     app = rabbit_app(connection_timeout=0)
-    runs: Counter[int] = Counter()
-    lock = threading.Lock()
-
-    @app.task(name="faults.count")
-    def count(index: int) -> int:
-        with lock:
-            runs[index] += 1
-        return index
-
+    load = CountingLoad(app, "faults.count", TASKS, mark=TASKS // 4)
+    runs, results, sender = load.runs, load.results, load.sender
     worker = app.start_background(concurrency=4)
     consumer = worker._consumer
-    results: list = []
-    quarter_sent = threading.Event()
-
-    def send() -> None:
-        for index in range(TASKS):
-            results.append(count.delay(index))
-            if index == TASKS // 4:
-                quarter_sent.set()
-
-    sender = threading.Thread(target=send)
     sender.start()
     try:
-        assert quarter_sent.wait(60)
+        assert load.marked.wait(60)
         with broker_stopped(rabbit):
             # sends keep returning while the broker is away: they land in the outbox
             wait_for(lambda: len(results) >= TASKS // 2, 60, "sends to go on into the outbox")
@@ -91,7 +75,7 @@ def test_broker_restart_while_sending_and_running(rabbit: str, rabbit_app: Calla
         sender.join(120)
         worker.stop()
 
-    duplicated = sum(n - 1 for n in runs.values())
+    duplicated = load.duplicated
     figures(
         "broker restart", sent=TASKS, succeeded=statuses(app, results)[Status.SUCCESS], lost=TASKS - len(runs),
         duplicated=duplicated, worker_reconnects=getattr(consumer, "reconnects", None),

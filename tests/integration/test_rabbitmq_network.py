@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from cogman import App, Status
-from tests.integration.rabbit_helpers import figures, wait_for
+from tests.integration.rabbit_helpers import CountingLoad, figures, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -34,30 +34,13 @@ def statuses(app: App, results: list) -> Counter[Status]:
 
 def test_killed_server_while_sending_and_running(rabbit: str, proxy: TcpProxy, rabbit_app: Callable[..., App]):
     app = rabbit_app(broker=proxy.url(rabbit), connection_timeout=0)
-    runs: Counter[int] = Counter()
-    lock = threading.Lock()
-
-    @app.task(name="network.count")
-    def count(index: int) -> int:
-        with lock:
-            runs[index] += 1
-        return index
-
+    load = CountingLoad(app, "network.count", 1000, mark=250)
+    runs, results, sender = load.runs, load.results, load.sender
     worker = app.start_background(concurrency=4)
     consumer = worker._consumer
-    results: list = []
-    some_sent = threading.Event()
-
-    def send() -> None:
-        for index in range(1000):
-            results.append(count.delay(index))
-            if index == 250:
-                some_sent.set()
-
-    sender = threading.Thread(target=send)
     sender.start()
     try:
-        assert some_sent.wait(60)
+        assert load.marked.wait(60)
         proxy.kill()  # every connection reset, new ones refused: a crashed server
         wait_for(lambda: len(results) >= 500, 60, "sends to go on into the outbox")
         proxy.start()
@@ -70,7 +53,7 @@ def test_killed_server_while_sending_and_running(rabbit: str, proxy: TcpProxy, r
         worker.stop()
 
     figures("killed server (connection reset)", sent=1000, succeeded=1000, lost=1000 - len(runs),
-            duplicated=sum(n - 1 for n in runs.values()))  # fmt: skip
+            duplicated=load.duplicated)  # fmt: skip
     assert sorted(runs) == list(range(1000))
     assert getattr(consumer, "reconnects", 0) >= 1
 
