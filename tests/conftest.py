@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from cogman import App
+from tests.service_lock import services
 
 RABBITMQ_URL = os.environ.get("COGMAN_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("COGMAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -26,6 +27,13 @@ def require_service(port: int, name: str) -> None:
             return
     except OSError as exc:
         pytest.fail(f"{name} is not reachable on 127.0.0.1:{port} ({exc}); {START_HINT.get(port, '')}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _service_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Disruptive tests (broker stops, Redis shutdowns, alarms) run alone among concurrent suites."""
+    with services(exclusive=request.node.get_closest_marker("disruptive") is not None):
+        yield
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Helpers for the tests against the real RabbitMQ on 127.0.0.1: a private vhost, queue inspection,
 stopping and starting the broker (always started again), and waiting on external state.
 
-The tests run in their own vhost, ``cogman_test``, so they never touch queues of another suite, and
+The tests run in their own vhost, ``cogman_test`` (``$COGMAN_TEST_VHOST``), so they never touch queues of
+another suite, and
 every test starts from deleted queues. Stopping the broker (``rabbitmqctl stop_app``) stops every vhost:
 ``broker_stopped`` restarts it in a ``finally`` and waits until it accepts AMQP connections again.
 """
@@ -26,8 +27,9 @@ from kombu import Connection
 
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
 from cogman.priority import Priority
+from tests.service_lock import require_exclusive
 
-VHOST = "cogman_test"
+VHOST = os.environ.get("COGMAN_TEST_VHOST", "cogman_test")
 ROOT = Path(__file__).resolve().parents[2]
 #: Every queue name a test may create (the tests use at most 4 queues per family).
 ALL_QUEUES = [*queue_names(Priority.HIGH, 4), *queue_names(Priority.LOW, 4), DEAD_LETTER_QUEUE]
@@ -105,6 +107,7 @@ def broker_up(url: str) -> bool:
 
 
 def stop_broker() -> None:
+    require_exclusive("rabbitmqctl stop_app")
     rabbitmqctl("stop_app")
 
 

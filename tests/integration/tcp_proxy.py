@@ -58,6 +58,8 @@ class TcpProxy:
         return f"{scheme}://{credentials}@127.0.0.1:{self.port}/{path}"
 
     def start(self) -> None:
+        if self._running.is_set():
+            raise RuntimeError("the proxy is already running")
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -67,17 +69,19 @@ class TcpProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def kill(self) -> None:
-        """Reset every connection (as a killed server's kernel does) and refuse new ones."""
-        self._running.clear()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        """Reset every connection (as a killed server's kernel does) and refuse new ones.
+
+        Deterministic: once this returns, no socket of the proxy is open on its port, including one
+        the accept thread took while this ran (it sees ``_running`` cleared under the lock and resets it).
+        """
         with self._lock:
+            self._running.clear()
+            listener, self._listener = self._listener, None
             sockets, self._sockets = self._sockets, set()
+        if listener is not None:
+            listener.close()
         for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
+            _reset(sock)
 
     def freeze(self) -> None:
         """Stop forwarding bytes, keeping every socket open: a silent network."""
@@ -95,11 +99,17 @@ class TcpProxy:
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
-                client.close()
+                _reset(client)
                 continue
             with self._lock:
-                self._sockets.update((client, upstream))
-                self.connections += 1
+                alive = self._running.is_set()
+                if alive:
+                    self._sockets.update((client, upstream))
+                    self.connections += 1
+            if not alive:  # accepted while kill() ran: reset it as kill() did the others
+                _reset(client)
+                _reset(upstream)
+                return
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
     def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
@@ -123,3 +133,11 @@ class TcpProxy:
                     sock.close()
             with self._lock:
                 self._sockets.difference_update(pair)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0): no TIME_WAIT is left holding the proxy's port."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()

@@ -56,6 +56,7 @@ def all_succeeded(app: App, results: list) -> bool:
 # Scenario 2: broker restart while sending and running
 
 
+@pytest.mark.disruptive
 def test_broker_restart_while_sending_and_running(rabbit: str, rabbit_app: Callable[..., App]):
     app = rabbit_app(connection_timeout=0)
     load = CountingLoad(app, "faults.count", TASKS, mark=TASKS // 4)
@@ -91,6 +92,7 @@ def test_broker_restart_while_sending_and_running(rabbit: str, rabbit_app: Calla
 # Scenario 4: started while the broker is down; connection_timeout
 
 
+@pytest.mark.disruptive
 def test_client_and_worker_started_while_broker_is_down(rabbit: str, rabbit_app: Callable[..., App]):
     app = rabbit_app()
     order: list[int] = []
@@ -115,6 +117,7 @@ def test_client_and_worker_started_while_broker_is_down(rabbit: str, rabbit_app:
     assert app.broker.pending() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.disruptive
 def test_past_connection_timeout_sends_fail_loudly_and_nothing_is_dropped(rabbit: str, rabbit_app: Callable[..., App]):
     app = rabbit_app(connection_timeout=1.0, request_timeout=1.0)
 

@@ -28,6 +28,7 @@ from cogman.backends.redis import RedisBackend
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from tests.integration.test_backend_contract import attempt_of, record
+from tests.service_lock import require_exclusive
 
 REDIS_START = [
     "redis-server",
@@ -307,6 +308,7 @@ def redis_up() -> bool:
 @contextmanager
 def redis_stopped() -> Iterator[None]:
     """Redis shut down (``nosave``: it comes back empty) for the body; always started again."""
+    require_exclusive("shutting Redis down")
     subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30
     )
@@ -320,6 +322,7 @@ def redis_stopped() -> Iterator[None]:
 
 
 @pytest.mark.slow
+@pytest.mark.disruptive
 def test_a_redis_restart_during_a_run_loses_no_status(redis_url: str, server: redis.Redis):
     app = App("redis-restart", broker="memory://", backend=redis_url, concurrency=4)
     first_half, second_half = threading.Event(), threading.Event()

@@ -28,6 +28,7 @@ from cogman.record import utcnow
 from cogman.reenqueue import re_enqueue
 from tests.integration.rabbit_helpers import (
     ROOT,
+    VHOST,
     broker_stopped,
     broker_up,
     depth,
@@ -156,7 +157,7 @@ def test_a_client_connecting_with_re_enqueue_runs_the_stranded_tasks(redis_url: 
 def own_vhost(rabbitmq_url: str) -> Iterator[str]:
     """A vhost of this module's own, so no other suite's consumer takes its messages; left running."""
     require_rabbitmqctl()
-    vhost = "cogman_test_reenqueue"
+    vhost = f"{VHOST}_reenqueue"
     if vhost not in rabbitmqctl("list_vhosts", "--silent").split():
         rabbitmqctl("add_vhost", vhost)
     parts = urlsplit(rabbitmq_url)
@@ -181,6 +182,7 @@ time.sleep(600)
 
 
 @pytest.mark.slow
+@pytest.mark.disruptive
 def test_tasks_of_a_killed_client_run_once_in_the_next_process(own_vhost: str, redis_url: str):
     """Broker down; process A sends 100 tasks and is SIGKILLed; broker up; process B (this one, with
     re_enqueue) runs all 100, none twice."""
