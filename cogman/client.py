@@ -102,7 +102,7 @@ class Client:
     # PublishListener
 
     def connected(self) -> None:
-        if self.config.re_enqueue:
+        if self.config.re_enqueue:  # None (auto) is decided by the worker; see reenqueue.py
             from cogman.reenqueue import re_enqueue
 
             threading.Thread(

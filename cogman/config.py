@@ -39,8 +39,20 @@ class Config:
     concurrency: int = 8
     #: Unstarted messages a worker may hold; None means twice its concurrency.
     prefetch: int | None = None
-    #: How long a stopping worker lets running handlers finish before it gives up on them.
-    grace_period: float = 30.0
+    #: How long a stopping worker lets running handlers finish, in all (not per handler), before it
+    #: gives up on them; under Kubernetes' default 30 s termination grace.
+    grace_period: float = 25.0
+    #: Largest message body sent or read, in bytes: checked at ``.delay()`` before anything is recorded,
+    #: and a larger delivery is dead-lettered unread (RabbitMQ's own default limit is 128 MiB).
+    max_message_size: int = 8 * 1024 * 1024
+    #: How long ``close()`` (and interpreter exit) waits for the outbox to be confirmed.
+    close_timeout: float = 10.0
+    #: Most messages a process holds unconfirmed (outbox and in flight); a send into a full outbox waits
+    #: up to ``request_timeout``, then raises BrokerUnavailable.
+    outbox_limit: int = 100_000
+    #: How often a delivery whose processing failed unexpectedly (not the handler's own exception) is
+    #: given back to the broker before it is dead-lettered with the error.
+    max_redeliveries: int = 5
 
     redis_ttl: float = 7 * DAY
     redis_prefix: str = "cogman"
@@ -48,21 +60,41 @@ class Config:
     mongo_database: str = "cogman"
     mongo_collection: str = "tasks"
 
-    #: On connect and reconnect, republish records still ``initiated`` and older than the grace period.
-    re_enqueue: bool = False
+    #: Republish records still unconfirmed (``initiated``, or ``retry`` attempts) once older than
+    #: ``re_enqueue_grace``: on connect, on reconnect and every ``re_enqueue_interval`` seconds. None
+    #: means on in workers whose backend outlives the process (Redis, MongoDB), off elsewhere.
+    re_enqueue: bool | None = None
     re_enqueue_grace: float = 60.0
+    re_enqueue_interval: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("high_priority_queue_count", "low_priority_queue_count", "concurrency"):
+        for name in (
+            "high_priority_queue_count",
+            "low_priority_queue_count",
+            "concurrency",
+            "max_message_size",
+            "outbox_limit",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        for name in ("connection_timeout", "request_timeout", "grace_period", "redis_ttl", "mongo_ttl"):
+        for name in (
+            "connection_timeout",
+            "request_timeout",
+            "grace_period",
+            "redis_ttl",
+            "mongo_ttl",
+            "close_timeout",
+            "max_redeliveries",
+            "re_enqueue_grace",
+        ):
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if self.redis_ttl < 1:
             raise ConfigError(f"redis_ttl must be at least 1 second, got {self.redis_ttl!r}")
         if self.prefetch is not None and self.prefetch < 1:
             raise ConfigError(f"prefetch must be at least 1, got {self.prefetch!r}")
+        if self.re_enqueue_interval <= 0:
+            raise ConfigError(f"re_enqueue_interval must be positive, got {self.re_enqueue_interval!r}")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
 

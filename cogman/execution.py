@@ -38,7 +38,16 @@ class Outcome(StrEnum):
 
 
 def execute(app: App, consumer: Consumer, delivery: Delivery, loop: EventLoopThread | None) -> Outcome:
+    message, outcome = _execute(app, consumer, delivery, loop)
+    app.middleware.after("after_outcome", message, outcome.value)
+    return outcome
+
+
+def _execute(
+    app: App, consumer: Consumer, delivery: Delivery, loop: EventLoopThread | None
+) -> tuple[Message | None, Outcome]:
     backend = app.backend
+    message: Message | None = None
     try:
         message = Message.decode(delivery.body, delivery.headers)
         task = app.tasks.get(message.name)
@@ -53,13 +62,13 @@ def execute(app: App, consumer: Consumer, delivery: Delivery, loop: EventLoopThr
         if poison.task_id is not None:
             backend.transition(poison.task_id, Status.FAILED, fail_error=poison.reason)
         consumer.dead_letter(delivery, poison.reason)
-        return Outcome.DEAD_LETTERED
+        return message, Outcome.DEAD_LETTERED
 
     record = backend.transition(message.task_id, Status.IN_PROGRESS)
     if record is not None and record.status.is_final:
         log.info("task %s already %s; acking its redelivery without running it", message.task_id, record.status)
         consumer.ack(delivery)
-        return Outcome.SKIPPED
+        return message, Outcome.SKIPPED
 
     app.middleware.before("before_execute", message)
     started = time.perf_counter()
@@ -75,15 +84,15 @@ def execute(app: App, consumer: Consumer, delivery: Delivery, loop: EventLoopThr
         consumer.ack(delivery)
         if retry is not None:
             log.warning("task %s (%s) failed, retrying as %s: %s", message.task_id, message.name, retry.task_id, error)
-            return Outcome.RETRIED
+            return message, Outcome.RETRIED
         log.error("task %s (%s) failed: %s", message.task_id, message.name, error)
-        return Outcome.FAILED
+        return message, Outcome.FAILED
 
     duration = time.perf_counter() - started
     backend.transition(message.task_id, Status.SUCCESS, result=result, duration=duration)
     app.middleware.after("after_execute", message, result=result)
     consumer.ack(delivery)
-    return Outcome.SUCCEEDED
+    return message, Outcome.SUCCEEDED
 
 
 def run_handler(task: Task[Any, Any], message: Message, loop: EventLoopThread | None) -> Any:

@@ -31,6 +31,10 @@ class Middleware:
     def after_execute(self, message: Message, *, result: Any = None, exception: BaseException | None = None) -> None:
         """The handler returned ``result`` or raised ``exception``; the outcome is recorded."""
 
+    def after_outcome(self, message: Message | None, outcome: str) -> None:
+        """A delivery is settled: ``outcome`` is one of ``succeeded failed retried dead_lettered skipped``
+        (``message`` is None when the delivery could not be decoded)."""
+
     def worker_boot(self, worker: Worker) -> None:
         """A worker is starting its threads."""
 

@@ -35,6 +35,11 @@ class Delivery:
     tag: Any = None
     redelivered: bool = False
     properties: dict[str, Any] = field(default_factory=dict)
+    #: How often cogman gave this message back after an unexpected error (``Consumer.redeliver``).
+    redeliveries: int = 0
+    #: Set by the transport when the delivery can never run (undecodable properties, a ``compression``
+    #: header, a body over ``max_message_size``): the worker dead-letters it with this reason.
+    poison: str | None = None
 
 
 class PublishListener(Protocol):

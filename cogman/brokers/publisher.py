@@ -71,7 +71,7 @@ class Publisher:
         self._closing = threading.Event()
         self._flusher: threading.Thread | None = None
         #: Connect without waiting for a first send (re-enqueue must run in worker-only processes too).
-        self._want_connection = config.re_enqueue
+        self._want_connection = bool(config.re_enqueue)
         #: A (re)connection the listener has not been told about yet.
         self._unannounced = False
 
