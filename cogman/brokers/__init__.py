@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cogman.brokers.base import DEAD_LETTER_QUEUE, Broker, Consumer, Delivery, PublishListener, queue_names
+from cogman.brokers.base import DEAD_LETTER_QUEUE, Broker, Consumer, Delivery, PublishListener, Receipt, queue_names
 from cogman.errors import ConfigError
 
 if TYPE_CHECKING:
     from cogman.config import Config
 
-__all__ = ["DEAD_LETTER_QUEUE", "Broker", "Consumer", "Delivery", "PublishListener", "create_broker", "queue_names"]
+__all__ = [
+    "DEAD_LETTER_QUEUE",
+    "Broker",
+    "Consumer",
+    "Delivery",
+    "PublishListener",
+    "Receipt",
+    "create_broker",
+    "queue_names",
+]
 
 
 def create_broker(config: Config) -> Broker:
@@ -20,7 +29,9 @@ def create_broker(config: Config) -> Broker:
     if scheme == "memory":
         from cogman.brokers.memory import MemoryBroker
 
-        return MemoryBroker(config.high_priority_queue_count, config.low_priority_queue_count)
+        return MemoryBroker(
+            config.high_priority_queue_count, config.low_priority_queue_count, max_redeliveries=config.max_redeliveries
+        )
     if scheme in ("amqp", "amqps", "pyamqp"):
         from cogman.brokers.rabbitmq import RabbitMQBroker
 

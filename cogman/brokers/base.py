@@ -8,12 +8,17 @@ this, so the worker never knows which one it talks to.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+import logging
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cogman.errors import PublishError
 from cogman.message import Message
 from cogman.priority import Priority
+
+log = logging.getLogger("cogman.brokers")
 
 DEAD_LETTER_QUEUE = "cogman.dead_letter"
 HEADER_DEAD_LETTER_REASON = "x-cogman-dead-letter-reason"
@@ -40,6 +45,72 @@ class Delivery:
     #: Set by the transport when the delivery can never run (undecodable properties, a ``compression``
     #: header, a body over ``max_message_size``): the worker dead-letters it with this reason.
     poison: str | None = None
+
+
+class Receipt:
+    """What became of the messages of one ``publish`` call: each is confirmed, or refused with a reason.
+
+    The broker settles it from its own threads; a sender may wait on it, or leave a callback (the
+    worker acks a failed attempt only once its retry is confirmed, without blocking a thread on it).
+    """
+
+    __slots__ = ("_callbacks", "_done", "_lock", "_unsettled", "failure")
+
+    def __init__(self, count: int) -> None:
+        self._unsettled = count
+        #: The first reason a message of this call was refused or abandoned; None while all are fine.
+        self.failure: str | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[str | None], None]] = []
+        if count <= 0:
+            self._done.set()
+
+    @classmethod
+    def confirmed(cls) -> Receipt:
+        return cls(0)
+
+    def settle(self, count: int = 1, failure: str | None = None) -> None:
+        """The broker's side: ``count`` more messages are confirmed (``failure`` None) or refused."""
+        with self._lock:
+            if failure is not None and self.failure is None:
+                self.failure = failure
+            self._unsettled -= count
+            if self._unsettled > 0 or self._done.is_set():
+                return
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._call(callback)
+
+    @property
+    def done(self) -> bool:
+        """Every message is settled (confirmed or refused)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every message is confirmed, False if some are still unsettled at ``timeout``.
+
+        Raises PublishError naming the broker's reason when one was refused or abandoned."""
+        settled = self._done.wait(timeout)
+        if settled and self.failure is not None:
+            raise PublishError(self.failure)
+        return settled
+
+    def add_done_callback(self, callback: Callable[[str | None], None]) -> None:
+        """``callback(failure)`` once every message is settled (at once if already). It runs on a broker
+        thread: it must be quick and must not publish."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        self._call(callback)
+
+    def _call(self, callback: Callable[[str | None], None]) -> None:
+        try:
+            callback(self.failure)
+        except BaseException:
+            log.exception("a publish receipt callback failed; the broker carries on")
 
 
 class PublishListener(Protocol):
@@ -74,6 +145,19 @@ class Consumer(Protocol):
     def requeue(self, delivery: Delivery) -> None:
         """Give an unstarted message back, so another worker (or this one later) can take it."""
 
+    def redeliver(self, delivery: Delivery, reason: str) -> None:
+        """Processing failed unexpectedly (not the handler's own exception): give the message back with
+        its redelivery count raised by one, or, once ``max_redeliveries`` is reached, dead-letter it
+        with ``reason``. So no message loops forever between the broker and a worker."""
+
+    def is_current(self, delivery: Delivery) -> bool:
+        """False for a delivery of a connection that has since dropped: the broker requeued it already
+        (another worker may be running it), so it must not run here."""
+
+    def cancel(self) -> None:
+        """Stop new deliveries (basic.cancel) and give back the ones received but not handed out; acks
+        of running tasks still go through until ``close``."""
+
     def close(self) -> None:
         """Stop receiving; messages not yet acked go back to the broker."""
 
@@ -84,10 +168,18 @@ class Broker(Protocol):
     def set_listener(self, listener: PublishListener) -> None:
         """Where to report confirmed and abandoned messages."""
 
-    def publish(self, messages: Sequence[Message]) -> None:
-        """Publish and wait for the confirms (pipelined), or park the messages in an outbox while the
-        broker is away. Reports each message to the listener. Raises BrokerUnavailable once the broker
-        has been away longer than ``connection_timeout``."""
+    def publish(self, messages: Sequence[Message]) -> Receipt:
+        """Publish and wait (up to ``request_timeout``) for the confirms, pipelined, or park the
+        messages in an outbox while the broker is away. Reports each message to the listener and
+        settles the returned receipt. Raises PublishError naming the broker's reason when it refused a
+        message this call waited for; BrokerUnavailable when the outbox stays full for
+        ``request_timeout``, or the broker has been away longer than ``connection_timeout``."""
+
+    def pending(self) -> int:
+        """Messages accepted by ``publish`` and not yet confirmed (the outbox and those in flight)."""
+
+    def unconfirmed_ids(self) -> list[str]:
+        """Task ids of those messages: the client renews their re-enqueue lease while it holds them."""
 
     def consume(self, priorities: Iterable[Priority], prefetch: int) -> Consumer:
         """A consumer over every queue of the given families. ``prefetch`` bounds the unacked messages

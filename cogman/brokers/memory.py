@@ -12,13 +12,14 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from cogman.brokers.base import HEADER_DEAD_LETTER_REASON, Delivery, PublishListener, queue_names
+from cogman.brokers.base import HEADER_DEAD_LETTER_REASON, Delivery, PublishListener, Receipt, queue_names
 from cogman.message import Message
 from cogman.priority import Priority
 
 
 class MemoryBroker:
-    def __init__(self, high_queue_count: int = 1, low_queue_count: int = 1) -> None:
+    def __init__(self, high_queue_count: int = 1, low_queue_count: int = 1, *, max_redeliveries: int = 5) -> None:
+        self.max_redeliveries = max_redeliveries
         self.queues: dict[Priority, dict[str, deque[Delivery]]] = {
             Priority.HIGH: {name: deque() for name in queue_names(Priority.HIGH, high_queue_count)},
             Priority.LOW: {name: deque() for name in queue_names(Priority.LOW, low_queue_count)},
@@ -32,12 +33,20 @@ class MemoryBroker:
         self._listener = listener
         listener.connected()
 
-    def publish(self, messages: Sequence[Message]) -> None:
+    def publish(self, messages: Sequence[Message]) -> Receipt:
         with self._ready:
             for message in messages:
                 self.put(message.encode(), message.headers, message.priority)
         if self._listener is not None:
             self._listener.confirmed(messages)
+        return Receipt.confirmed()
+
+    def pending(self) -> int:
+        """Nothing waits for a confirm: a memory queue takes every message at once."""
+        return 0
+
+    def unconfirmed_ids(self) -> list[str]:
+        return []
 
     def put(self, body: bytes, headers: Mapping[str, object], priority: Priority, queue: str | None = None) -> None:
         """Enqueue raw bytes, as a foreign producer would (tests use it to send poison messages)."""
@@ -53,7 +62,7 @@ class MemoryBroker:
         with self._ready:
             return list(self._dead)
 
-    def pending(self) -> int:
+    def depth(self) -> int:
         """Messages waiting in the queues (not delivered)."""
         with self._ready:
             return sum(len(q) for family in self.queues.values() for q in family.values())
@@ -89,13 +98,14 @@ class MemoryConsumer:
         self._unacked: dict[int, Delivery] = {}
         self._tags = itertools.count()
         self._lock = threading.Lock()
+        self._cancelled = False
 
     def receive(self, timeout: float, priorities: Collection[Priority] | None = None) -> Delivery | None:
         deadline = time.monotonic() + timeout
         wanted = self._priorities if priorities is None else tuple(p for p in self._priorities if p in priorities)
         with self._broker._ready:
             while True:
-                delivery = self._broker._take(wanted)
+                delivery = None if self._cancelled else self._broker._take(wanted)
                 remaining = deadline - time.monotonic()
                 if delivery is not None or remaining <= 0:
                     break
@@ -120,6 +130,23 @@ class MemoryConsumer:
     def requeue(self, delivery: Delivery) -> None:
         if self._settle(delivery):
             self._broker._give_back(delivery)
+
+    def redeliver(self, delivery: Delivery, reason: str) -> None:
+        if delivery.redeliveries >= self._broker.max_redeliveries:
+            self.dead_letter(delivery, f"{reason} (given back {delivery.redeliveries} time(s) already)")
+            return
+        if self._settle(delivery):
+            delivery.redeliveries += 1
+            self._broker._give_back(delivery)
+
+    def is_current(self, delivery: Delivery) -> bool:
+        """A memory consumer never loses its connection."""
+        return True
+
+    def cancel(self) -> None:
+        with self._broker._ready:
+            self._cancelled = True
+            self._broker._ready.notify_all()
 
     def close(self) -> None:
         with self._lock:

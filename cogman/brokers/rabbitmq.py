@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cogman.brokers.base import Delivery, PublishListener
+from cogman.brokers.base import Delivery, PublishListener, Receipt
 from cogman.brokers.connection import close_quietly, dial
 from cogman.brokers.publisher import Publisher
 from cogman.brokers.rabbitmq_consumer import RabbitMQConsumer, delivery_from
@@ -40,8 +40,12 @@ class RabbitMQBroker:
     def set_listener(self, listener: PublishListener) -> None:
         self.publisher.set_listener(listener)
 
-    def publish(self, messages: Sequence[Message]) -> None:
+    def publish(self, messages: Sequence[Message]) -> Receipt:
         self.publisher.publish(messages)
+        return Receipt.confirmed()  # placeholder until the publisher settles receipts (issue 7)
+
+    def unconfirmed_ids(self) -> list[str]:
+        raise NotImplementedError("issue 7: the publisher reports the task ids it holds")
 
     def pending(self) -> int:
         """Messages accepted by ``publish`` and not yet confirmed by the broker (the outbox and in flight)."""

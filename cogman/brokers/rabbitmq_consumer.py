@@ -132,6 +132,16 @@ class RabbitMQConsumer:
     def requeue(self, delivery: Delivery) -> None:
         self._queue_action("requeue", delivery)
 
+    def redeliver(self, delivery: Delivery, reason: str) -> None:
+        raise NotImplementedError("issue 7: counted redelivery")
+
+    def is_current(self, delivery: Delivery) -> bool:
+        tag = delivery.tag
+        return isinstance(tag, Tag) and tag.generation == self._generation
+
+    def cancel(self) -> None:
+        raise NotImplementedError("issue 7: basic.cancel on stop")
+
     def _queue_action(self, action: str, delivery: Delivery, reason: str = "") -> None:
         self._actions.append((action, delivery, reason))  # deque.append is thread-safe
         self._waker.wake()

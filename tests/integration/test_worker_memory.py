@@ -246,7 +246,7 @@ def test_bad_arguments_raise_at_send_and_record_nothing(app: App):
     with pytest.raises(ValueError, match="retry must be a non-negative integer"):
         resize.send(args=(1,), retry=-1)
     assert app.backend.query(TaskQuery()).total == 0
-    assert memory_broker(app).pending() == 0
+    assert memory_broker(app).depth() == 0
 
 
 def test_concurrency_bound_and_prefetch_bound():
@@ -272,10 +272,10 @@ def test_concurrency_bound_and_prefetch_bound():
         with changed:
             assert changed.wait_for(lambda: running == 3, timeout=10)
             assert not changed.wait_for(lambda: running > 3, timeout=0.3)
-        wait_until(lambda: memory_broker(app).pending() == 40 - 3 - 2)
+        wait_until(lambda: memory_broker(app).depth() == 40 - 3 - 2)
         with changed:  # an absence cannot be awaited: give the fetch thread a chance to over-take
             changed.wait(0.2)
-        assert memory_broker(app).pending() == 35
+        assert memory_broker(app).depth() == 35
         release.set()
         for result in results:
             result.get(timeout=10)
@@ -299,7 +299,7 @@ def test_graceful_stop_finishes_running_and_gives_back_unstarted():
     results = slow.send_many([(i,) for i in range(10)])
     worker = app.start_background(concurrency=2)
     assert started.acquire(timeout=10) and started.acquire(timeout=10)
-    wait_until(lambda: memory_broker(app).pending() == 10 - 2 - 4)
+    wait_until(lambda: memory_broker(app).depth() == 10 - 2 - 4)
     stopper = threading.Thread(target=worker.stop)
     stopper.start()
     stopper.join(timeout=0.3)
@@ -310,7 +310,7 @@ def test_graceful_stop_finishes_running_and_gives_back_unstarted():
     statuses = [r.status for r in results]
     assert statuses.count(Status.SUCCESS) == 2
     assert statuses.count(Status.QUEUED) == 8
-    assert memory_broker(app).pending() == 8
+    assert memory_broker(app).depth() == 8
     second = app.start_background(concurrency=4)
     try:
         assert sorted(r.get(timeout=10) for r in results) == list(range(10))
@@ -335,7 +335,7 @@ def test_handler_past_the_grace_period_is_redelivered():
     worker = app.start_background(concurrency=1)
     assert entered.wait(timeout=10)
     worker.stop()
-    assert memory_broker(app).pending() == 1  # not acked: given back for another worker
+    assert memory_broker(app).depth() == 1  # not acked: given back for another worker
     second = app.start_background(concurrency=1)
     try:
         wait_until(lambda: len(runs) == 2)  # at-least-once: the abandoned run is run again
@@ -365,7 +365,7 @@ def test_redelivered_final_task_is_acked_without_running(app: App):
             {"TaskName": "once", "TaskID": record.task_id},
             Priority.HIGH,
         )
-        wait_until(lambda: memory_broker(app).pending() == 0)
+        wait_until(lambda: memory_broker(app).depth() == 0)
     finally:
         worker.stop()
     assert len(runs) == 1
@@ -423,7 +423,7 @@ def test_new_high_task_overtakes_a_full_local_queue_of_low_ones():
     worker = app.start_background(concurrency=1)
     try:
         assert entered.wait(timeout=10)
-        wait_until(lambda: memory_broker(app).pending() == 6 - 1 - 2)  # one running, two held
+        wait_until(lambda: memory_broker(app).depth() == 6 - 1 - 2)  # one running, two held
         work.send(args=("high",), priority="high")
         release.set()
         wait_until(lambda: len(order) == 7)
