@@ -59,6 +59,11 @@ class BackendUnavailable(CogmanError, ConnectionError):
     Status writes never raise it: they are buffered and replayed (see docs/backends.md)."""
 
 
+class BrokerAccessRefused(CogmanError):
+    """The broker refused the login or the vhost: a configuration mistake, not an outage. The message
+    names the user, host:port and vhost, never the password."""
+
+
 class TopologyError(CogmanError):
     """A broker queue exists with other arguments than cogman declares; the message names the queue."""
 

@@ -22,6 +22,8 @@ import kombu as _kombu
 import tenacity
 from kombu.transport.pyamqp import Transport as PyAMQPTransport
 
+from cogman.errors import BrokerAccessRefused
+
 #: kombu's API is mostly unannotated; cogman treats it as dynamic here rather than sprinkle ignores.
 kombu: Any = _kombu
 Connection = Any  # a kombu.Connection
@@ -49,6 +51,9 @@ def dial(url: str, timeout: float) -> Connection:
 
     ``url`` may list several cluster nodes separated by ``;`` (kombu's failover syntax): they are tried
     in order within one attempt, so a dead first node costs one connect, not a backoff round.
+
+    A refused login (403) or vhost (530) raises BrokerAccessRefused at once: retrying cannot fix a
+    wrong password, and an outage that never ends would hide the mistake.
     """
     connection = kombu.Connection(url, connect_timeout=timeout, heartbeat=HEARTBEAT, failover_strategy="round-robin")
     try:
@@ -59,10 +64,21 @@ def dial(url: str, timeout: float) -> Connection:
             interval_max=0,
             reraise_as_library_errors=False,
         )
+    except (amqp.exceptions.AccessRefused, amqp.exceptions.NotAllowed) as exc:
+        where = describe(connection)
+        discard(connection)
+        raise BrokerAccessRefused(f"RabbitMQ refused {where}: {exc.reply_text or exc}") from None
     except BaseException:
         discard(connection)
         raise
     return connection
+
+
+def describe(connection: Connection) -> str:
+    """``user guest at 127.0.0.1:5672, vhost '/'``: where a connection goes, without the password."""
+    host = connection.hostname or "localhost"
+    port = connection.port or 5672
+    return f"user {connection.userid!r} at {host}:{port}, vhost {connection.virtual_host!r}"
 
 
 def discard(connection: Connection | None) -> None:
