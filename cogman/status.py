@@ -3,9 +3,17 @@
 Every backend (memory, Redis, MongoDB) asks :func:`allows` (or, inside Redis, a Lua script fed from
 :data:`RANK`) before it writes a status, so the rules below hold whatever stores the record.
 
-Cogman's ranks are kept: ``initiated < queued < in_progress < retry < failed = success``. A write whose
-rank is lower than or equal to the current one is ignored, which makes every write idempotent and lets
-late or reordered writes (a client's ``queued`` arriving after the worker's ``success``) lose safely.
+A write whose rank is lower than or equal to the current one is ignored, which makes every write
+idempotent and lets late or reordered writes (a client's ``queued`` arriving after the worker's
+``success``) lose safely. The ranks::
+
+    initiated = retry  <  queued  <  in_progress  <  failed = success
+
+``initiated`` and ``retry`` are the two creation states, of a first attempt and of a retry attempt: both
+mean "recorded, not yet confirmed by the broker", which is what re-enqueue looks for. Cogman's Go code
+ranked ``retry`` between ``in_progress`` and the final states, so a retry attempt jumped straight from
+``retry`` to ``success`` and never showed that it was running; here it moves through ``queued`` and
+``in_progress`` like a first attempt, and ``attempt > 1`` tells it is a retry.
 """
 
 from __future__ import annotations
@@ -16,10 +24,10 @@ from enum import StrEnum
 class Status(StrEnum):
     """Where one attempt of a task stands."""
 
-    INITIATED = "initiated"  #: recorded, not yet confirmed by the broker
+    INITIATED = "initiated"  #: a first attempt, recorded, not yet confirmed by the broker
     QUEUED = "queued"  #: the broker confirmed the message
     IN_PROGRESS = "in_progress"  #: a worker started the handler
-    RETRY = "retry"  #: a retry attempt, created after an earlier attempt failed
+    RETRY = "retry"  #: a retry attempt (after an earlier one failed), recorded, not yet confirmed
     FAILED = "failed"  #: final: the handler raised, or the message could not be run
     SUCCESS = "success"  #: final: the handler returned
 
@@ -30,14 +38,16 @@ class Status(StrEnum):
 
 RANK: dict[Status, int] = {
     Status.INITIATED: 1,
+    Status.RETRY: 1,
     Status.QUEUED: 2,
     Status.IN_PROGRESS: 3,
-    Status.RETRY: 4,
     Status.FAILED: 5,
     Status.SUCCESS: 5,
 }
 
 FINAL: frozenset[Status] = frozenset({Status.FAILED, Status.SUCCESS})
+#: Recorded but not confirmed by the broker: what re-enqueue republishes once stale.
+UNCONFIRMED: tuple[Status, ...] = (Status.INITIATED, Status.RETRY)
 
 
 def allows(current: Status | None, new: Status) -> bool:
@@ -46,7 +56,7 @@ def allows(current: Status | None, new: Status) -> bool:
     ``current`` is None for a record that does not exist yet; only creation states may start one.
     """
     if current is None:
-        return new in (Status.INITIATED, Status.RETRY)
+        return new in UNCONFIRMED
     return RANK[new] > RANK[current]
 
 

@@ -7,7 +7,7 @@ Redis round trip, one conditional Mongo update), and each status change is check
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,6 +16,19 @@ from cogman.record import TaskRecord
 from cogman.status import Status
 
 UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What a worker learns from the backend when it starts an attempt: the record's status after the
+    move (``in_progress``, or a final status for a redelivery of a finished task), and the chain facts
+    it must not take from the message body, which anyone able to publish could forge."""
+
+    status: Status
+    original_task_id: str
+    attempt: int
+    #: The chain's retry budget, read from the original attempt's record.
+    retries_left: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +91,8 @@ class Backend(Protocol):
     """Stores one record per attempt; see docs/backends.md for each implementation's layout."""
 
     def create(self, records: Sequence[TaskRecord]) -> None:
-        """Store new records (status ``initiated`` or ``retry``) in one round trip."""
+        """Store new records (status ``initiated`` or ``retry``) in one round trip. Insert if absent: a
+        replayed or repeated create never resets a record that moved on."""
 
     def transition(
         self,
@@ -95,9 +109,27 @@ class Backend(Protocol):
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         """The same move for many records in one round trip, for batch sends (no fields, no result)."""
 
+    def start(self, task_id: str) -> Started | None:
+        """Move the record to ``in_progress`` if allowed, in one round trip, and return what the worker
+        needs; None when the record is unknown or the write had to be parked (store unreachable)."""
+
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         """If the original's budget is above 0: decrement it, point the original's ``latest_attempt_id``
-        at ``attempt`` and store ``attempt``, all atomically; return the budget left. Else None."""
+        at ``attempt`` and store ``attempt``, all atomically; return the budget left. Else None.
+        Idempotent per attempt id: when ``attempt`` exists already, nothing changes and the budget left
+        is returned (a redelivered failure spawns its retry once)."""
+
+    def durable(self, callback: Callable[[str | None], None]) -> None:
+        """``callback(None)`` once every write this process made so far is in the store (at once when
+        none is parked), ``callback(reason)`` if one failed for good. The worker acks through it."""
+
+    def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        """Of these records, atomically take a lease of ``lease_seconds`` on those still unconfirmed
+        (``initiated`` or ``retry``) whose lease is free or expired; return the ids taken. Re-enqueue
+        publishes only those, so N sweeping processes republish each stale record once."""
+
+    def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
+        """Hold a lease on records this process still has in its outbox, so no sweep republishes them."""
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The record, or None. A record that is not cogman's raises CorruptRecord naming the key."""

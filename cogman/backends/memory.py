@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.record import TaskRecord, utcnow
-from cogman.status import Status, allows
+from cogman.status import UNCONFIRMED, Status, allows
 
 
 class MemoryBackend:
@@ -18,12 +18,22 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self._records: dict[str, TaskRecord] = {}
+        self._leases: dict[str, float] = {}
+        #: Changes that arrived before their record, applied by its create (the reference behaviour).
+        self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
 
     def create(self, records: Sequence[TaskRecord]) -> None:
         with self._changed:
             for record in records:
+                if record.task_id in self._records:
+                    continue
+                early = self._early.pop(record.task_id, None)
+                if early is not None and allows(record.status, early["status"]):
+                    record = record.evolve(**early)
                 self._records[record.task_id] = record
+                if record.status.is_final:
+                    self._changed.notify_all()
 
     def transition(
         self,
@@ -34,17 +44,22 @@ class MemoryBackend:
         result: Any = UNSET,
         duration: float | None = None,
     ) -> TaskRecord | None:
+        changes: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+        if fail_error is not None:
+            changes["fail_error"] = fail_error
+        if duration is not None:
+            changes["duration"] = duration
+        if result is not UNSET:
+            changes["result"] = result
         with self._changed:
             record = self._records.get(task_id)
-            if record is None or not allows(record.status, status):
+            if record is None:
+                early = self._early.get(task_id)
+                if early is None or allows(early["status"], status):
+                    self._early[task_id] = changes
+                return None
+            if not allows(record.status, status):
                 return record
-            changes: dict[str, Any] = {"status": status, "updated_at": utcnow()}
-            if fail_error is not None:
-                changes["fail_error"] = fail_error
-            if duration is not None:
-                changes["duration"] = duration
-            if result is not UNSET:
-                changes["result"] = result
             record = self._records[task_id] = record.evolve(**changes)
             if status.is_final:
                 self._changed.notify_all()
@@ -54,9 +69,19 @@ class MemoryBackend:
         for task_id in task_ids:
             self.transition(task_id, status)
 
+    def start(self, task_id: str) -> Started | None:
+        with self._changed:
+            record = self.transition(task_id, Status.IN_PROGRESS)
+            if record is None:
+                return None
+            original = self._records.get(record.original_task_id, record)
+            return Started(record.status, record.original_task_id, record.attempt, original.retry)
+
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         with self._changed:
             original = self._records.get(original_task_id)
+            if original is not None and attempt.task_id in self._records:
+                return original.retry
             if original is None or original.retry <= 0:
                 return None
             left = original.retry - 1
@@ -65,6 +90,29 @@ class MemoryBackend:
             )
             self._records[attempt.task_id] = attempt
             return left
+
+    def durable(self, callback: Callable[[str | None], None]) -> None:
+        """Every write is in the dict as soon as it returns."""
+        callback(None)
+
+    def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        now = time.time()
+        claimed = []
+        with self._changed:
+            for task_id in task_ids:
+                record = self._records.get(task_id)
+                if record is None or record.status not in UNCONFIRMED or self._leases.get(task_id, 0.0) > now:
+                    continue
+                self._leases[task_id] = now + lease_seconds
+                claimed.append(task_id)
+        return claimed
+
+    def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
+        until = time.time() + lease_seconds
+        with self._changed:
+            for task_id in task_ids:
+                if task_id in self._records:
+                    self._leases[task_id] = until
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._changed:

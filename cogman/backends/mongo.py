@@ -8,30 +8,41 @@ standalone server, so ``wait`` polls with a growing interval. See docs/backends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from cogman.backends import codec
-from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
-from cogman.backends.outage import NotYet, WriteBuffer
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.outage import WriteBuffer
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
-from cogman.status import Status, allows
+from cogman.status import RANK, UNCONFIRMED, Status, allows
 
 if TYPE_CHECKING:
     from cogman.config import Config
 
 log = logging.getLogger("cogman.backends.mongo")
 
-TRANSIENT: tuple[type[BaseException], ...] = (ConnectionFailure,)
+#: How long a status that arrived before its record is kept, waiting for the record's create.
+EARLY_TTL_SECONDS = 3600
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An unreachable server, a failover (not primary), or a write the driver labels retryable."""
+    if isinstance(exc, ConnectionFailure):
+        return True
+    return isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError")
+
+
 #: ``mongomock://NAME`` clients, shared per URL so two backends on one URL see the same data.
 _MOCKS: dict[str, Any] = {}
 _MOCKS_LOCK = threading.Lock()
@@ -58,9 +69,11 @@ class MongoBackend:
             chosen: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in url.lower()}
             self.client = pymongo.MongoClient(url, tz_aware=True, appname="cogman", **chosen)
         self.collection = self.client[config.mongo_database][config.mongo_collection]
+        #: Statuses that arrived before their record (a create still parked in another process).
+        self.early = self.client[config.mongo_database][f"{config.mongo_collection}_early"]
         self.where = f"{config.mongo_database}.{config.mongo_collection}"
         self.buffer = WriteBuffer(
-            f"MongoDB {self.where}", TRANSIENT, retry_seconds=retry_seconds, max_pending=max_buffered
+            f"MongoDB {self.where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered
         )
         self._indexes_ready = False
         try:
@@ -88,6 +101,10 @@ class MongoBackend:
         ]
         if self.ttl_seconds <= 0:  # mongo_ttl=0: keep records for good
             specs.pop()
+        self.early.create_index([("task_id", pymongo.ASCENDING)], name="task_id_unique", unique=True)
+        self.early.create_index(
+            [("created_at", pymongo.ASCENDING)], name="created_at_ttl", expireAfterSeconds=EARLY_TTL_SECONDS
+        )
         for name, keys, options in specs:
             try:
                 self.collection.create_index(keys, name=name, **options)
@@ -134,11 +151,12 @@ class MongoBackend:
             )
             doc = doc or self.collection.find_one({"task_id": task_id}, {"_id": False})
             if doc is None:
-                raise NotYet(task_id)
+                self._keep_early(task_id, status, changes)
+                return {}
             return dict(doc)
 
         doc = self.buffer.write(move, f"move task {task_id} to {status}")
-        if doc is None:
+        if not doc:
             return None
         try:
             return codec.from_document(doc, self.key(task_id))
@@ -159,9 +177,56 @@ class MongoBackend:
 
         self.buffer.write(move, f"move {len(ids)} task(s) to {status}")
 
+    def start(self, task_id: str) -> Started | None:
+        record = self.transition(task_id, Status.IN_PROGRESS)
+        if record is None:
+            return None
+        budget = record.retry
+        if not record.is_original:
+            doc = self.buffer.call(
+                lambda: self.collection.find_one({"task_id": record.original_task_id}, {"retry": True}),
+                f"read the retry budget of task {record.original_task_id}",
+            )
+            budget = doc.get("retry", 0) if doc else 0
+        return Started(record.status, record.original_task_id, record.attempt, max(0, int(budget or 0)))
+
+    def durable(self, callback: Callable[[str | None], None]) -> None:
+        self.buffer.durable(callback)
+
+    def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        unconfirmed = [s.value for s in UNCONFIRMED]
+
+        def claim() -> list[str]:
+            now = time.time()
+            claimed = []
+            for task_id in task_ids:
+                free = {"$or": [{"_lease": {"$exists": False}}, {"_lease": {"$lt": now}}]}
+                found = self.collection.find_one_and_update(
+                    {"task_id": task_id, "status": {"$in": unconfirmed}, **free},
+                    {"$set": {"_lease": now + lease_seconds}},
+                    projection={"_id": True},
+                )
+                if found is not None:
+                    claimed.append(task_id)
+            return claimed
+
+        return self.buffer.call(claim, "claim stale records for re-enqueue")
+
+    def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
+        ids = list(task_ids)
+        self.buffer.call(
+            lambda: self.collection.update_many(
+                {"task_id": {"$in": ids}}, {"$set": {"_lease": time.time() + lease_seconds}}
+            ),
+            "renew re-enqueue leases",
+        )
+
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         def spawn() -> int | None:
             self._indexes()
+            if self.collection.find_one({"task_id": attempt.task_id}, {"_id": True}) is not None:
+                doc = self.collection.find_one({"task_id": original_task_id}, {"retry": True})
+                return int(doc.get("retry", 0)) if doc else None
             doc = self.collection.find_one_and_update(
                 {"task_id": original_task_id, "retry": {"$gt": 0}, "latest_attempt_id": {"$ne": attempt.task_id}},
                 {"$inc": {"retry": -1}, "$set": {"latest_attempt_id": attempt.task_id, **self._updated()}},
@@ -287,15 +352,39 @@ class MongoBackend:
         return {"updated_at": now, "updated_us": codec.to_us(now)}
 
     def _insert(self, records: Sequence[TaskRecord]) -> None:
-        """Insert; a record that exists already (a replayed insert, a re-create) is replaced."""
+        """Insert if absent: a record that exists already (a replayed insert) is left as it stands. Then
+        apply the statuses that arrived before their record."""
         self._indexes()
         docs = [codec.to_document(r) for r in records]
         try:
             self.collection.insert_many([dict(d) for d in docs], ordered=False)
         except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != 11000 for e in errors):
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
-            for error in errors:
-                doc = docs[error["index"]]
-                self.collection.replace_one({"task_id": doc["task_id"]}, dict(doc), upsert=True)
+        self._apply_early([doc["task_id"] for doc in docs])
+
+    def _apply_early(self, ids: list[str]) -> None:
+        for stub in list(self.early.find({"task_id": {"$in": ids}}, {"_id": False})):
+            status = Status(stub.pop("status"))
+            task_id = stub.pop("task_id")
+            stub.pop("created_at", None)
+            allowed = [s.value for s in Status if allows(s, status)]
+            self.collection.update_one(
+                {"task_id": task_id, "status": {"$in": allowed}}, {"$set": {"status": status.value, **stub}}
+            )
+            self.early.delete_one({"task_id": task_id})
+
+    def _keep_early(self, task_id: str, status: Status, changes: dict[str, Any]) -> None:
+        """Keep a status whose record is not here yet (its create may be parked in another process),
+        unless a higher one is kept already; the record's create applies it."""
+        lower = [s.value for s in Status if RANK[s] < RANK[status]]
+        stub = {**changes, "status": status.value}
+        # A DuplicateKeyError means a higher status is kept already: this one loses, as the status machine says.
+        with contextlib.suppress(pymongo.errors.DuplicateKeyError):
+            self.early.update_one(
+                {"task_id": task_id, "$or": [{"status": {"$in": lower}}, {"status": {"$exists": False}}]},
+                {"$set": stub, "$setOnInsert": {"created_at": utcnow()}},
+                upsert=True,
+            )
+        if self.collection.find_one({"task_id": task_id}, {"_id": True}) is not None:
+            self._apply_early([task_id])  # the create landed meanwhile and may have missed the stub

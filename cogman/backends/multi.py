@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from cogman.backends.base import UNSET, Backend, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.base import UNSET, Backend, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.errors import ConfigError
 from cogman.record import TaskRecord
 from cogman.status import Status
@@ -59,6 +59,21 @@ class MultiBackend:
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         self.primary.transition_many(task_ids, status)
         self._mirror(lambda b: b.transition_many(task_ids, status), f"move {len(task_ids)} task(s) to {status}")
+
+    def start(self, task_id: str) -> Started | None:
+        started = self.primary.start(task_id)
+        self._mirror(lambda b: b.transition(task_id, Status.IN_PROGRESS), f"move task {task_id} to in_progress")
+        return started
+
+    def durable(self, callback: Callable[[str | None], None]) -> None:
+        """The primary decides: a secondary that lags never holds an ack back."""
+        self.primary.durable(callback)
+
+    def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        return self.primary.claim_stale(task_ids, lease_seconds)
+
+    def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
+        self.primary.renew_leases(task_ids, lease_seconds)
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         left = self.primary.spawn_retry(original_task_id, attempt)

@@ -8,6 +8,7 @@ reach Redis are buffered and replayed in order (:mod:`cogman.backends.outage`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from redis.retry import Retry
 
 from cogman.backends import codec
 from cogman.backends import redis_scripts as scripts
-from cogman.backends.base import UNSET, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.codec import to_us
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import BackendUnavailable, CorruptRecord
@@ -40,7 +41,27 @@ WAIT_SLICE = 5.0
 DONE_TTL_MS = 300_000
 #: Records per create script call and ids per transition_many call (keeps each script short).
 CHUNK = 500
-TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: Error replies a failover or a busy server gives for a while; the write is retried, never failed for good.
+TRANSIENT_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
+TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+#: A wrong password is a ConnectionError for redis-py, but waiting will not fix it.
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an outage or a failover (retry later), False for a mistake (fail now)."""
+    if isinstance(exc, NOT_TRANSIENT):
+        return False
+    if isinstance(exc, TRANSIENT_CLASSES):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES
 
 
 class RedisBackend:
@@ -55,10 +76,13 @@ class RedisBackend:
         self._create = self.client.register_script(scripts.source(scripts.CREATE))
         self._transition = self.client.register_script(scripts.source(scripts.TRANSITION))
         self._spawn = self.client.register_script(scripts.source(scripts.SPAWN_RETRY))
+        self._start = self.client.register_script(scripts.source(scripts.START))
+        self._claim = self.client.register_script(scripts.source(scripts.CLAIM))
+        self._renew = self.client.register_script(scripts.source(scripts.RENEW))
         self._query = self.client.register_script(scripts.source(scripts.QUERY))
         kwargs = self.client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
-        self.buffer = WriteBuffer(f"Redis {where}", TRANSIENT, retry_seconds=retry_seconds, max_pending=max_buffered)
+        self.buffer = WriteBuffer(f"Redis {where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.buffer.name} prefix={self.prefix}>"
@@ -131,6 +155,40 @@ class RedisBackend:
                         outcome.decode(),
                     )
 
+    def start(self, task_id: str) -> Started | None:
+        args = [*self._common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
+        out = self.buffer.write(self._run(self._start, args), f"move task {task_id} to in_progress")
+        if not out:
+            return None
+        outcome = out[0].decode()
+        if outcome.startswith("corrupt"):
+            log.error("not starting task %s: corrupt record at %s (%s)", task_id, self.key(task_id), outcome)
+            return None
+        if outcome == "unknown":
+            return None
+        try:
+            status, original, attempt, budget = (json.loads(value) for value in out[1:5])
+            return Started(Status(status), str(original), int(attempt), max(0, int(budget or 0)))
+        except (TypeError, ValueError) as exc:
+            log.error("task %s started over an unreadable record at %s: %s", task_id, self.key(task_id), exc)
+            return None
+
+    def durable(self, callback: Callable[[str | None], None]) -> None:
+        self.buffer.durable(callback)
+
+    def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        claimed: list[str] = []
+        for start in range(0, len(task_ids), CHUNK):
+            args = [*self._common(), int(lease_seconds * 1000), *task_ids[start : start + CHUNK]]
+            out = self.buffer.call(self._run(self._claim, args), "claim stale records for re-enqueue")
+            claimed += [task_id.decode() for task_id in out]
+        return claimed
+
+    def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
+        for start in range(0, len(task_ids), CHUNK):
+            args = [*self._common(), int(lease_seconds * 1000), *task_ids[start : start + CHUNK]]
+            self.buffer.call(self._run(self._renew, args), "renew re-enqueue leases")
+
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         args = [
             *self._common(),
@@ -189,7 +247,7 @@ class RedisBackend:
                     pipe.rpush(done, token[1])
                     pipe.pexpire(done, DONE_TTL_MS)
                     pipe.execute()
-            except TRANSIENT:
+            except (redis.ConnectionError, redis.TimeoutError):
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def query(self, query: TaskQuery) -> TaskPage:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from cogman.status import FINAL, RANK, Status
+from cogman.status import FINAL, RANK, UNCONFIRMED, Status
 
 #: How long a transition for a record that does not exist yet is kept, waiting for the record's create
 #: (which another process may still be replaying after an outage).
@@ -27,7 +27,13 @@ local P, TTL, TRIM, DONE_TTL = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local RANK = {%(rank)s}
 local RAW = {%(raw)s}
 local FINAL = {%(final)s}
+local UNCONFIRMED = {%(unconfirmed)s}
 local EARLY_TTL = %(early_ttl)d
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local function touch_index(key, score, member)
   redis.call('ZADD', key, score, member)
@@ -49,15 +55,12 @@ local function field(flat, name)
   return nil
 end
 
--- Store one record: fields is the flat field/value list (with status and _score). A transition that
--- arrived before the record (an early stub) is applied if the status machine allows it.
+-- Store one record if absent (a replayed or repeated create never resets a record that moved on): fields
+-- is the flat field/value list (with status and _score). A transition that arrived before the record (an
+-- early stub) is applied if the status machine allows it. Returns 'created' or 'exists'.
 local function create(id, name, pk, fields)
   local key = P .. ':task:' .. id
-  if redis.call('TYPE', key)['ok'] == 'hash' then
-    local old = redis.call('HGET', key, 'status')
-    if old and RAW[old] then redis.call('ZREM', P .. ':idx:status:' .. RAW[old], id) end
-  end
-  redis.call('DEL', key)
+  if redis.call('EXISTS', key) == 1 then return 'exists' end
   redis.call('HSET', key, unpack(fields))
   local status, score = field(fields, 'status'), field(fields, '_score')
   local early = P .. ':early:' .. id
@@ -76,6 +79,7 @@ local function create(id, name, pk, fields)
   touch_index(P .. ':idx:name:' .. name, score, id)
   if string.sub(pk, 1, 1) == '1' then touch_index(P .. ':idx:pk:' .. string.sub(pk, 2), score, id) end
   if FINAL[status] then signal_done(id) end
+  return 'created'
 end
 
 -- Move one record; returns 'moved', 'kept' (not allowed), 'unknown' or 'corrupt: <why>'.
@@ -141,6 +145,24 @@ end
 return out
 """
 
+# ARGV: common(4), status (JSON), updated_at (JSON), id. Moves the record to the status (in_progress) if
+# allowed and returns {outcome, status, original_task_id, attempt, budget}: the fields as stored (JSON),
+# the budget read from the original's record; or {'unknown'} / {'corrupt: <why>'}.
+START = """
+local id = ARGV[7]
+local outcome = transition(id, ARGV[5], {'updated_at', ARGV[6]})
+if outcome == 'unknown' or string.sub(outcome, 1, 7) == 'corrupt' then return {outcome} end
+local f = redis.call('HMGET', P .. ':task:' .. id, 'status', 'original_task_id', 'attempt', 'retry')
+local budget = f[4]
+if f[2] then
+  local ok, original = pcall(cjson.decode, f[2])
+  if ok and type(original) == 'string' and original ~= id then
+    budget = redis.call('HGET', P .. ':task:' .. original, 'retry')
+  end
+end
+return {outcome, f[1] or 'null', f[2] or 'null', f[3] or '1', budget or '0'}
+"""
+
 # ARGV: common(4), original id, attempt id (JSON), updated_at (JSON), then one record (the attempt).
 # Returns {'spawned', left}, {'again', left} (this attempt was already spawned), {'spent'}, {'unknown'}
 # or {'corrupt: <why>'}.
@@ -150,7 +172,9 @@ local kind = redis.call('TYPE', okey)['ok']
 if kind == 'none' then return {'unknown'} end
 if kind ~= 'hash' then return {'corrupt: a Redis ' .. kind .. ', not a hash'} end
 local flat = redis.call('HMGET', okey, 'retry', 'latest_attempt_id')
-if flat[2] == ARGV[6] then return {'again', flat[1]} end
+if flat[2] == ARGV[6] or redis.call('EXISTS', P .. ':task:' .. ARGV[8]) == 1 then
+  return {'again', flat[1] or '0'}
+end
 local left = tonumber(flat[1])
 if not left then return {'corrupt: bad retry field ' .. tostring(flat[1])} end
 if left <= 0 then return {'spent'} end
@@ -160,6 +184,35 @@ redis.call('PEXPIRE', okey, TTL)
 local id, name, pk, fields = read_record(8)
 create(id, name, pk, fields)
 return {'spawned', tostring(left)}
+"""
+
+# ARGV: common(4), lease_ms, then task ids. Takes a lease (field _lease, server time in ms) on each record
+# still unconfirmed whose lease is free or expired; returns the ids taken.
+CLAIM = """
+local now = now_ms()
+local lease = tostring(now + tonumber(ARGV[5]))
+local out = {}
+for i = 6, #ARGV do
+  local key = P .. ':task:' .. ARGV[i]
+  if redis.call('TYPE', key)['ok'] == 'hash' then
+    local f = redis.call('HMGET', key, 'status', '_lease')
+    if f[1] and UNCONFIRMED[f[1]] and ((not f[2]) or (tonumber(f[2]) or 0) < now) then
+      redis.call('HSET', key, '_lease', lease)
+      out[#out + 1] = ARGV[i]
+    end
+  end
+end
+return out
+"""
+
+# ARGV: common(4), lease_ms, then task ids: sets the lease of every existing record.
+RENEW = """
+local lease = tostring(now_ms() + tonumber(ARGV[5]))
+for i = 6, #ARGV do
+  local key = P .. ':task:' .. ARGV[i]
+  if redis.call('TYPE', key)['ok'] == 'hash' then redis.call('HSET', key, '_lease', lease) end
+end
+return 'ok'
 """
 
 # ARGV: common(4), min, max, skip, limit, scratch key, then the index keys to intersect (at least one).
@@ -214,6 +267,7 @@ def common() -> str:
         "rank": _lua_table({encoded(s): rank for s, rank in RANK.items()}),
         "raw": _lua_table({encoded(s): _lua_string(s.value) for s in Status}),
         "final": _lua_table({encoded(s): "true" for s in FINAL}),
+        "unconfirmed": _lua_table({encoded(s): "true" for s in UNCONFIRMED}),
         "early_ttl": EARLY_TTL_MS,
     }
 

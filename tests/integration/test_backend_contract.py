@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from cogman import Config, Priority, Status, TaskRecord
 from cogman.backends.base import Backend, TaskQuery
 from cogman.backends.memory import MemoryBackend
 from cogman.backends.mongo import MongoBackend
-from cogman.backends.outage import NotYet, WriteBuffer
+from cogman.backends.outage import WriteBuffer
 from cogman.backends.redis import RedisBackend
 from cogman.errors import BackendUnavailable
 from cogman.record import utcnow
@@ -93,8 +94,12 @@ def attempt_of(original: TaskRecord, number: int) -> TaskRecord:
 
 
 def move_to(backend: Backend, rec: TaskRecord, status: Status) -> None:
-    """Walk a fresh record up to ``status`` through the allowed steps."""
-    for step in (Status.QUEUED, Status.IN_PROGRESS, Status.RETRY, status):
+    """Walk a fresh record up to ``status`` through the allowed steps (a retry record starts there)."""
+    if status is Status.RETRY:
+        backend.create([attempt_of(rec, 2).evolve(task_id=rec.task_id)])
+        return
+    backend.create([rec])
+    for step in (Status.QUEUED, Status.IN_PROGRESS, status):
         if allows(step, status) or step is status:
             backend.transition(rec.task_id, step)
 
@@ -138,12 +143,49 @@ def test_transition_of_an_unknown_task_gives_none(backend: Backend):
 @pytest.mark.parametrize(("current", "new"), list(itertools.product(list(Status), list(Status))))
 def test_every_move_follows_the_status_machine(backend: Backend, current: Status, new: Status):
     rec = record()
-    backend.create([rec])
     move_to(backend, rec, current)
     assert backend.get(rec.task_id).status is current  # type: ignore[union-attr]
     after = backend.transition(rec.task_id, new)
     assert after is not None
     assert after.status is (new if allows(current, new) else current)
+
+
+def test_a_repeated_create_never_resets_a_record_that_moved_on(backend: Backend):
+    """A create replayed after an outage, or sent twice, must not undo the worker's progress."""
+    rec = record(retry=2)
+    backend.create([rec])
+    backend.transition(rec.task_id, Status.SUCCESS, result=5, duration=0.5)
+    backend.create([rec])
+    stored = backend.get(rec.task_id)
+    assert stored is not None and stored.status is Status.SUCCESS and stored.result == 5
+
+
+def test_a_status_that_arrives_before_its_record_is_kept_and_applied(backend: Backend):
+    """Another process's create may still be parked when the worker's status arrives."""
+    rec = record()
+    assert backend.transition(rec.task_id, Status.QUEUED) is None
+    assert backend.transition(rec.task_id, Status.SUCCESS, result=[1], duration=0.1) is None
+    assert backend.transition(rec.task_id, Status.IN_PROGRESS) is None  # lower: loses to the kept success
+    backend.create([rec])
+    stored = backend.get(rec.task_id)
+    assert stored is not None and stored.status is Status.SUCCESS and stored.result == [1]
+
+
+def test_start_moves_to_in_progress_and_reads_the_chain_from_the_store(backend: Backend):
+    original = record(retry=3)
+    backend.create([original])
+    started = backend.start(original.task_id)
+    assert started is not None and started.status is Status.IN_PROGRESS
+    assert (started.original_task_id, started.attempt, started.retries_left) == (original.task_id, 1, 3)
+    attempt = attempt_of(original, 2)
+    assert backend.spawn_retry(original.task_id, attempt) == 2
+    started = backend.start(attempt.task_id)
+    assert started is not None and started.status is Status.IN_PROGRESS  # a retry attempt shows it runs
+    assert (started.original_task_id, started.attempt, started.retries_left) == (original.task_id, 2, 2)
+    backend.transition(attempt.task_id, Status.FAILED, fail_error="E: x")
+    again = backend.start(attempt.task_id)
+    assert again is not None and again.status is Status.FAILED  # a redelivery of a finished attempt
+    assert backend.start("no-such-task") is None
 
 
 def test_transition_many_moves_only_what_may_move(backend: Backend):
@@ -171,11 +213,57 @@ def test_spawn_retry_spends_the_budget_down_to_zero(backend: Backend):
     assert backend.get(third.task_id) is None
 
 
+def test_spawn_retry_is_idempotent_per_attempt(backend: Backend):
+    """A redelivered failure spawns the same attempt id again: the budget is spent once, the pointer
+    never moves back, and the attempt's progress is kept."""
+    original = record(retry=3)
+    backend.create([original])
+    second, third = attempt_of(original, 2), attempt_of(original, 3)
+    assert backend.spawn_retry(original.task_id, second) == 2
+    backend.transition(second.task_id, Status.FAILED, fail_error="E: again")
+    assert backend.spawn_retry(original.task_id, third) == 1
+    assert backend.spawn_retry(original.task_id, second) == 1  # again: nothing changes
+    stored = backend.get(original.task_id)
+    assert stored is not None and stored.retry == 1 and stored.latest_attempt_id == third.task_id
+    assert backend.get(second.task_id).status is Status.FAILED  # type: ignore[union-attr]
+
+
 def test_spawn_retry_without_budget_or_original(backend: Backend):
     original = record(retry=0)
     backend.create([original])
     assert backend.spawn_retry(original.task_id, attempt_of(original, 2)) is None
     assert backend.spawn_retry("no-such-task", attempt_of(original, 2)) is None
+
+
+# Re-enqueue leases
+
+
+def test_claims_take_each_stale_unconfirmed_record_once(backend: Backend):
+    fresh, other, confirmed = record(), record(), record()
+    retry_attempt = attempt_of(fresh, 2)
+    backend.create([fresh, other, confirmed, retry_attempt])
+    backend.transition(confirmed.task_id, Status.QUEUED)
+    ids = [fresh.task_id, other.task_id, confirmed.task_id, retry_attempt.task_id, "no-such-task"]
+    assert sorted(backend.claim_stale(ids, 60)) == sorted([fresh.task_id, other.task_id, retry_attempt.task_id])
+    assert backend.claim_stale(ids, 60) == []  # leased: a second sweeper takes nothing
+
+
+def test_an_expired_lease_can_be_claimed_again_and_a_renewed_one_cannot(backend: Backend):
+    rec, held = record(), record()
+    backend.create([rec, held])
+    assert sorted(backend.claim_stale([rec.task_id, held.task_id], 0.001)) == sorted([rec.task_id, held.task_id])
+    time.sleep(0.01)  # the lease is a wall-clock time: let it pass
+    backend.renew_leases([held.task_id], 60)  # the client that holds it in its outbox keeps it
+    assert backend.claim_stale([rec.task_id, held.task_id], 60) == [rec.task_id]
+
+
+def test_durable_fires_once_the_writes_are_in_the_store(backend: Backend):
+    rec = record()
+    backend.create([rec])
+    backend.transition(rec.task_id, Status.SUCCESS, result=1)
+    fired: list[str | None] = []
+    backend.durable(fired.append)
+    assert fired == [None]  # nothing parked: at once
 
 
 # Waiting
@@ -304,19 +392,25 @@ class Flaky:
         self.up = threading.Event()
         self.applied: list[str] = []
 
-    def op(self, name: str):
+    def op(self, name: str, fail: Exception | None = None):
         def run() -> str:
             if not self.up.is_set():
                 raise ConnectionError("store down")
+            if fail is not None:
+                raise fail
             self.applied.append(name)
             return name
 
         return run
 
 
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError)
+
+
 def test_write_buffer_parks_writes_in_order_and_replays_them():
     store = Flaky()
-    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.05)
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.05)
     try:
         assert buffer.write(store.op("create"), "create") is None
         assert buffer.write(store.op("move"), "move") is None  # queued behind, without trying the store
@@ -329,43 +423,55 @@ def test_write_buffer_parks_writes_in_order_and_replays_them():
         buffer.close()
 
 
+def test_a_durability_barrier_fires_only_after_the_writes_before_it():
+    """The worker acks through the barrier: never while the outcome lives only in this process."""
+    store = Flaky()
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.05)
+    fired: list[tuple[str | None, list[str]]] = []
+    try:
+        buffer.write(store.op("success of t1"), "success of t1")
+        buffer.durable(lambda failure: fired.append((failure, list(store.applied))))
+        buffer.write(store.op("success of t2"), "success of t2")
+        assert fired == []
+        store.up.set()
+        assert buffer.flush(10)
+        assert fired == [(None, ["success of t1"])]
+    finally:
+        buffer.close()
+
+
+def test_a_barrier_reports_a_write_that_failed_for_good():
+    store = Flaky()
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.05)
+    fired: list[str | None] = []
+    try:
+        buffer.write(store.op("bad", fail=ValueError("corrupt record")), "move t1")
+        buffer.durable(fired.append)
+        buffer.durable(fired.append)  # nothing failed between the two barriers
+        store.up.set()
+        assert buffer.flush(10)
+        assert len(fired) == 2 and fired[0] is not None and "corrupt record" in fired[0] and fired[1] is None
+    finally:
+        buffer.close()
+
+
 def test_write_buffer_reads_raise_backend_unavailable():
     store = Flaky()
-    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.05)
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.05)
     with pytest.raises(BackendUnavailable, match="test store unreachable while trying to read"):
         buffer.call(store.op("read"), "read")
     buffer.close()
 
 
-def test_write_buffer_keeps_orphans_aside_until_their_record_exists():
-    known: set[str] = set()
-    applied: list[str] = []
+def test_a_full_write_buffer_refuses_loudly_and_drops_nothing():
     store = Flaky()
-
-    def move() -> None:
-        if not store.up.is_set():
-            raise ConnectionError("down")
-        if "t1" not in known:
-            raise NotYet("t1")
-        applied.append("move t1")
-
-    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.05)
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.01, max_pending=2)
     try:
-        buffer.write(move, "move t1")
-        store.up.set()
-        assert not buffer.flush(0.3)  # replayed once, record unknown: kept aside, not dropped
-        known.add("t1")  # another process's create lands
-        assert buffer.flush(10) and applied == ["move t1"]
-    finally:
-        buffer.close()
-
-
-def test_write_buffer_is_bounded_and_says_what_it_drops(caplog: pytest.LogCaptureFixture):
-    store = Flaky()
-    buffer = WriteBuffer("test store", (ConnectionError,), retry_seconds=0.01, max_pending=2)
-    try:
-        for name in ("one", "two", "three"):
+        for name in ("one", "two"):
             buffer.write(store.op(name), name)
-        assert buffer.dropped == 1 and "dropping: three" in caplog.text
+        with pytest.raises(BackendUnavailable, match="2 writes already buffered; cannot three"):
+            buffer.write(store.op("three"), "three")
+        store.up.set()
+        assert buffer.flush(10) and store.applied == ["one", "two"]
     finally:
         buffer.close(timeout=0.1)

@@ -149,7 +149,7 @@ def test_an_unreachable_server_never_fails_a_write_and_the_buffer_replays_it(cap
             backend.spawn_retry(rec.task_id, attempt_of(rec, 2))
         # "The server comes back": point the backend at a live (mock) collection and let the buffer drain.
         live = mongomock.MongoClient(tz_aware=True)
-        backend.client, backend.collection = live, live.cogman.tasks
+        backend.client, backend.collection, backend.early = live, live.cogman.tasks, live.cogman.tasks_early
         assert backend.flush(30)
         stored = backend.get(rec.task_id)
         assert stored is not None and stored.status is Status.IN_PROGRESS

@@ -7,6 +7,8 @@ per state change, the wake-up list, corrupt records, and a Redis restart in the 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import threading
 import time
@@ -351,3 +353,82 @@ def test_a_redis_restart_during_a_run_loses_no_status(redis_url: str, server: re
         second_half.set()
         worker.stop()
         app.close()
+
+
+# Failover and busy replies: a private redis-server of the test's own (the shared one is never touched)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, redis.Redis]]:
+    """A throwaway redis-server on a free port, killed after the test."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        cwd="/tmp",
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        wait_until(lambda: _pings(client), 30, "the private redis-server to start")
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_read_only_replica_is_a_failover_not_a_failure(private_redis: tuple[str, redis.Redis]):
+    """READONLY (a demoted primary) parks the write; once promoted, it is replayed, never failed for good."""
+    url, admin = private_redis
+    admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that never answers: read-only
+    backend = RedisBackend(url, Config(broker_url="memory://", backend_url=url), retry_seconds=0.2)
+    try:
+        rec = record()
+        fired: list[str | None] = []
+        backend.create([rec])
+        backend.durable(fired.append)
+        assert backend.buffer.pending == 1 and fired == []
+        admin.execute_command("REPLICAOF", "NO", "ONE")  # promoted
+        assert backend.flush(30)
+        assert fired == [None] and backend.get(rec.task_id) == rec
+    finally:
+        backend.close()
+
+
+def test_a_busy_server_is_waited_for(private_redis: tuple[str, redis.Redis]):
+    """BUSY (a long script runs) is transient too: the write lands once the script is killed."""
+    url, admin = private_redis
+    admin.config_set("busy-reply-threshold", 50)
+    runner = threading.Thread(target=lambda: _run_forever(url), daemon=True)
+    runner.start()
+    wait_until(lambda: _busy(admin), 30, "the private server to reply BUSY")
+    backend = RedisBackend(url, Config(broker_url="memory://", backend_url=url), retry_seconds=0.2)
+    try:
+        rec = record()
+        backend.create([rec])
+        assert backend.buffer.pending == 1
+        redis.Redis.from_url(url).script_kill()
+        assert backend.flush(30) and backend.get(rec.task_id) == rec
+    finally:
+        backend.close()
+
+
+def _run_forever(url: str) -> None:
+    with contextlib.suppress(redis.RedisError):
+        redis.Redis.from_url(url).eval("while true do end", 0)
+
+
+def _busy(client: redis.Redis) -> bool:
+    try:
+        client.get("probe")
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False

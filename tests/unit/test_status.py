@@ -8,7 +8,7 @@ import pytest
 
 from cogman.status import FINAL, RANK, Status, allows, parse
 
-ORDER = [Status.INITIATED, Status.QUEUED, Status.IN_PROGRESS, Status.RETRY]
+ORDER = [Status.INITIATED, Status.QUEUED, Status.IN_PROGRESS, Status.SUCCESS]
 
 
 def test_values_are_cogmans():
@@ -32,12 +32,16 @@ def test_final_states_never_move(final, other):
 
 
 def test_failed_and_success_share_the_top_rank():
-    assert RANK[Status.FAILED] == RANK[Status.SUCCESS] > RANK[Status.RETRY]
+    assert RANK[Status.FAILED] == RANK[Status.SUCCESS] > RANK[Status.IN_PROGRESS]
 
 
-def test_retry_attempt_jumps_straight_to_a_final_state():
-    assert not allows(Status.RETRY, Status.IN_PROGRESS)
-    assert allows(Status.RETRY, Status.SUCCESS) and allows(Status.RETRY, Status.FAILED)
+def test_a_retry_attempt_moves_like_a_first_one():
+    """Both creation states are unconfirmed; a retry attempt is queued, then shows in_progress."""
+    for creation in (Status.INITIATED, Status.RETRY):
+        assert allows(creation, Status.QUEUED) and allows(creation, Status.IN_PROGRESS)
+        assert allows(creation, Status.SUCCESS) and allows(creation, Status.FAILED)
+    assert not allows(Status.RETRY, Status.INITIATED) and not allows(Status.INITIATED, Status.RETRY)
+    assert not allows(Status.QUEUED, Status.RETRY) and not allows(Status.IN_PROGRESS, Status.RETRY)
 
 
 def test_only_creation_states_start_a_record():
