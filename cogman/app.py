@@ -119,6 +119,7 @@ class App:
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
+            client.close()
             client.broker.close()
             client.backend.close()
 

@@ -1,8 +1,10 @@
 """Client: records and publishes task attempts, and hears back from the broker about them.
 
-Order is what makes it safe: a record is written ``initiated`` before its message is published, and
-moved to ``queued`` only once the broker confirmed it. A message parked in the offline outbox stays
-``initiated`` until the broker takes it; one the broker never takes is recorded ``failed`` with why.
+Order is what makes it safe: a record is written ``initiated`` (a retry attempt: ``retry``) before its
+message is published, and moved to ``queued`` only once the broker confirmed it. A message parked in the
+offline outbox stays unconfirmed until the broker takes it, and the client renews a lease on its record
+meanwhile, so no re-enqueue sweep publishes it a second time; one the broker never takes is recorded
+``failed`` with why.
 """
 
 from __future__ import annotations
@@ -11,22 +13,33 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cogman.backends.base import Backend
-from cogman.brokers.base import Broker
+from cogman.brokers.base import Broker, Receipt
 from cogman.config import Config
+from cogman.errors import BrokerUnavailable, PublishError
 from cogman.message import Message
 from cogman.middleware import MiddlewareStack
 from cogman.priority import Priority
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
+if TYPE_CHECKING:
+    from cogman.reenqueue import Sweeper
+
 log = logging.getLogger("cogman.client")
+
+#: Retry attempt ids derive from the failed attempt's id, so a redelivered failure spawns the same one.
+RETRY_NAMESPACE = uuid.UUID("6f1c1d2e-9a4b-4c7e-8f3a-2b5d7e9c1a04")
 
 
 def new_task_id() -> str:
     return str(uuid.uuid4())
+
+
+def retry_task_id(failed_task_id: str) -> str:
+    return str(uuid.uuid5(RETRY_NAMESPACE, failed_task_id))
 
 
 def new_record(
@@ -62,6 +75,10 @@ class Client:
         self.backend = backend
         self.middleware = middleware
         self.config = config
+        #: The worker's re-enqueue sweeper, woken on every (re)connection; None in a pure client.
+        self.sweeper: Sweeper | None = None
+        self._leases: LeaseKeeper | None = None
+        self._leases_lock = threading.Lock()
         broker.set_listener(self)
 
     def send(self, records: Sequence[TaskRecord]) -> None:
@@ -70,39 +87,59 @@ class Client:
         for message in messages:
             self.middleware.before("before_send", message)
         self.backend.create(records)
+        self._keep_leases()
         self.broker.publish(messages)
         for message in messages:
             self.middleware.after("after_send", message)
 
-    def retry(self, failed: Message) -> Message | None:
-        """Spawn the next attempt of a failed one if the chain's budget allows; None when spent."""
+    def spawn_retry(
+        self, failed: Message, original_task_id: str, failed_attempt: int
+    ) -> tuple[Message, Receipt | None] | None:
+        """Record and publish the next attempt of a failed one if the chain's budget allows; None when
+        spent. The attempt's id derives from the failed one's, so doing this twice (a redelivered
+        failure) spends the budget once. The receipt says when the broker confirmed it; None when the
+        publish raised: the attempt's record stays ``retry`` and re-enqueue republishes it."""
         now = utcnow()
         attempt = TaskRecord(
-            task_id=new_task_id(),
+            task_id=retry_task_id(failed.task_id),
             name=failed.name,
-            original_task_id=failed.original_task_id,
+            original_task_id=original_task_id,
             priority=failed.priority,
             payload={"args": list(failed.args), "kwargs": failed.kwargs or {}},
             status=Status.RETRY,
             primary_key=failed.primary_key,
             retry=0,
-            attempt=failed.attempt + 1,
+            attempt=failed_attempt + 1,
             created_at=now,
             updated_at=now,
         )
-        left = self.backend.spawn_retry(failed.original_task_id, attempt)
+        left = self.backend.spawn_retry(original_task_id, attempt)
         if left is None:
             return None
         message = Message.for_record(attempt, retries_left=left)
         self.middleware.before("before_send", message)
-        self.broker.publish([message])
+        self._keep_leases()
+        try:
+            receipt = self.broker.publish([message])
+        except (BrokerUnavailable, PublishError) as exc:
+            log.warning(
+                "retry %s of task %s recorded but not published (%s); re-enqueue will publish it",
+                message.task_id,
+                failed.task_id,
+                exc,
+            )
+            return message, None
         self.middleware.after("after_send", message)
-        return message
+        return message, receipt
 
     # PublishListener
 
     def connected(self) -> None:
-        if self.config.re_enqueue:  # None (auto) is decided by the worker; see reenqueue.py
+        """A (re)connection: what a crashed client left unconfirmed can be sent now. A worker's sweeper
+        is woken; a pure client runs a pass only with ``re_enqueue=True``."""
+        if self.sweeper is not None:
+            self.sweeper.wake()
+        elif self.config.re_enqueue:
             from cogman.reenqueue import re_enqueue
 
             threading.Thread(
@@ -110,11 +147,46 @@ class Client:
             ).start()
 
     def confirmed(self, messages: Sequence[Message]) -> None:
-        first_attempts = [m.task_id for m in messages if m.attempt == 1]
-        if first_attempts:
-            self.backend.transition_many(first_attempts, Status.QUEUED)
+        """First attempts and retry attempts alike: confirmed means ``queued``."""
+        self.backend.transition_many([m.task_id for m in messages], Status.QUEUED)
+
+    def close(self) -> None:
+        if self._leases is not None:
+            self._leases.stop()
+
+    def _keep_leases(self) -> None:
+        if self._leases is None:
+            with self._leases_lock:
+                if self._leases is None:
+                    self._leases = LeaseKeeper(self.broker, self.backend, self.config.re_enqueue_grace)
 
     def abandoned(self, messages: Sequence[Message], reason: str) -> None:
         for message in messages:
             log.error("task %s (%s) abandoned, never published: %s", message.task_id, message.name, reason)
             self.backend.transition(message.task_id, Status.FAILED, fail_error=f"not published: {reason}")
+
+
+class LeaseKeeper:
+    """Renews the re-enqueue lease of every record whose message this process still holds unconfirmed
+    (a long broker outage), every third of the grace period, so no sweep republishes what the outbox
+    will send. Idle (one cheap call, no I/O) when nothing is unconfirmed."""
+
+    def __init__(self, broker: Broker, backend: Backend, grace: float) -> None:
+        self.broker = broker
+        self.backend = backend
+        self.grace = grace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cogman-leases", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.05, self.grace / 3)):
+            try:
+                held = self.broker.unconfirmed_ids()
+                if held:
+                    self.backend.renew_leases(held, self.grace)
+            except BaseException:
+                log.exception("could not renew the re-enqueue leases of unconfirmed messages; trying again")
+
+    def stop(self) -> None:
+        self._stop.set()

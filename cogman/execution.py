@@ -1,32 +1,40 @@
-"""How one delivery is run: every outcome a task can have, on one screen.
+"""How one delivery is run: every outcome a task can have, on one screen (:meth:`Executor._execute`).
 
-The order of the steps is the at-least-once contract: the outcome is recorded first, the message acked
-last, so a worker killed anywhere in between leaves the message to be redelivered. A retry attempt is
-published before the failing attempt is recorded ``failed``, so no moment exists where the chain looks
-finished while a retry is still to come.
+The order of the steps is the at-least-once contract. The outcome is written first and the message is
+acked last, and only once the backend holds the outcome (:meth:`Backend.durable`: a write parked in
+memory during an outage holds the ack back) and, for a failure, once the retry attempt's message is
+confirmed by the broker. A worker killed anywhere in between leaves the message unacked, so the broker
+redelivers it, and the redelivery finds the record final (acked, skipped) or runs the task again.
+
+The chain a task belongs to (original id, attempt number, retry budget) is read from the backend when
+the attempt starts, never trusted from the message body: anyone able to publish could otherwise point
+another chain's ``latest_attempt_id`` at their own message.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from cogman.errors import PoisonMessage
+from cogman.errors import BackendUnavailable, PoisonMessage
+from cogman.handlers import EventLoopThread, ensure_json_result, run_handler
 from cogman.message import Message
 from cogman.status import Status
-from cogman.task import Task, TaskContext
 
 if TYPE_CHECKING:
     from cogman.app import App
-    from cogman.brokers.base import Consumer, Delivery
+    from cogman.backends.base import Started
+    from cogman.brokers.base import Consumer, Delivery, Receipt
+    from cogman.task import Task
 
 log = logging.getLogger("cogman.worker")
+
+#: Longest pause between two tries of a write the backend cannot take right now.
+MAX_BACKEND_PAUSE = 5.0
 
 
 class Outcome(StrEnum):
@@ -35,101 +43,199 @@ class Outcome(StrEnum):
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
     SKIPPED = "skipped"  #: a redelivery of a task that already finished
+    REQUEUED = "requeued"  #: given back to the broker unfinished (a stopping worker, an unexpected error)
 
 
-def execute(app: App, consumer: Consumer, delivery: Delivery, loop: EventLoopThread | None) -> Outcome:
-    message, outcome = _execute(app, consumer, delivery, loop)
-    app.middleware.after("after_outcome", message, outcome.value)
-    return outcome
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Where an attempt stands in its retry chain, as the backend says."""
+
+    original_task_id: str
+    attempt: int
+    retries_left: int
 
 
-def _execute(
-    app: App, consumer: Consumer, delivery: Delivery, loop: EventLoopThread | None
-) -> tuple[Message | None, Outcome]:
-    backend = app.backend
-    message: Message | None = None
-    try:
+class GiveBack(Exception):
+    """The worker is stopping while the backend is away: the delivery goes back unacked."""
+
+
+class Executor:
+    """Runs deliveries for one worker and settles them; counts the acks it holds back."""
+
+    def __init__(self, app: App, consumer: Consumer, loop: EventLoopThread | None, stopping: threading.Event) -> None:
+        self.app = app
+        self.backend = app.backend
+        self.consumer = consumer
+        self.loop = loop
+        self.stopping = stopping
+        self._held = 0
+        self._held_lock = threading.Condition()
+
+    @property
+    def held(self) -> int:
+        """Deliveries whose outcome is decided but not yet durable (or whose retry is unconfirmed)."""
+        with self._held_lock:
+            return self._held
+
+    def execute(self, delivery: Delivery) -> Outcome:
+        message: Message | None = None
+        try:
+            message, outcome = self._execute(delivery)
+        except GiveBack:
+            self.consumer.requeue(delivery)
+            outcome = Outcome.REQUEUED
+        except Exception as exc:
+            reason = f"unexpected {type(exc).__name__} while running a delivery from {delivery.queue}: {exc}"
+            log.exception("%s; giving it back (at most max_redeliveries times)", reason)
+            self.consumer.redeliver(delivery, reason)
+            outcome = Outcome.REQUEUED
+        self.app.middleware.after("after_outcome", message, outcome.value)
+        return outcome
+
+    def _execute(self, delivery: Delivery) -> tuple[Message | None, Outcome]:
+        try:
+            message, task = self._decode(delivery)
+        except PoisonMessage as poison:
+            return None, self._dead_letter(delivery, poison)
+
+        started = self._until_recorded(lambda: self.backend.start(message.task_id), f"start task {message.task_id}")
+        if started is not None and started.status.is_final:
+            log.info("task %s already %s; acking its redelivery without running it", message.task_id, started.status)
+            self._ack_when_durable(delivery)
+            return message, Outcome.SKIPPED
+        chain = _chain_of(message, started)
+
+        self.app.middleware.before("before_execute", message)
+        begun = time.perf_counter()
+        try:
+            result = ensure_json_result(task, run_handler(task, message, chain, self.loop))
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the attempt fails, the thread lives on
+            return message, self._failed(delivery, message, started, exc, time.perf_counter() - begun)
+        duration = time.perf_counter() - begun
+        self._until_recorded(
+            lambda: self.backend.transition(message.task_id, Status.SUCCESS, result=result, duration=duration),
+            f"record the success of task {message.task_id}",
+        )
+        self.app.middleware.after("after_execute", message, result=result)
+        self._ack_when_durable(delivery)
+        return message, Outcome.SUCCEEDED
+
+    # The steps
+
+    def _decode(self, delivery: Delivery) -> tuple[Message, Task[Any, Any]]:
+        if delivery.poison is not None:
+            raise PoisonMessage(delivery.poison, _header_task_id(delivery))
+        limit = self.app.config.max_message_size
+        if len(delivery.body) > limit:
+            raise PoisonMessage(f"body of {len(delivery.body)} bytes over max_message_size={limit}", None)
         message = Message.decode(delivery.body, delivery.headers)
-        task = app.tasks.get(message.name)
+        task = self.app.tasks.get(message.name)
         if task is None:
             raise PoisonMessage(f"unhandled task: {message.name}", message.task_id)
         try:
             task.check_arguments(message.args, message.kwargs or {})
         except PoisonMessage as exc:
             raise PoisonMessage(exc.reason, message.task_id) from None
-    except PoisonMessage as poison:
+        return message, task
+
+    def _dead_letter(self, delivery: Delivery, poison: PoisonMessage) -> Outcome:
+        """The message can never run: it moves to the dead-letter queue (the consumer acks the source
+        only once the copy is confirmed), and its record, when the task id is known, says why."""
         log.error("dead-lettering message from %s: %s", delivery.queue, poison.reason)
         if poison.task_id is not None:
-            backend.transition(poison.task_id, Status.FAILED, fail_error=poison.reason)
-        consumer.dead_letter(delivery, poison.reason)
-        return message, Outcome.DEAD_LETTERED
+            self._until_recorded(
+                lambda: self.backend.transition(poison.task_id or "", Status.FAILED, fail_error=poison.reason),
+                f"record the dead-lettering of task {poison.task_id}",
+            )
+        self.consumer.dead_letter(delivery, poison.reason)
+        return Outcome.DEAD_LETTERED
 
-    record = backend.transition(message.task_id, Status.IN_PROGRESS)
-    if record is not None and record.status.is_final:
-        log.info("task %s already %s; acking its redelivery without running it", message.task_id, record.status)
-        consumer.ack(delivery)
-        return message, Outcome.SKIPPED
-
-    app.middleware.before("before_execute", message)
-    started = time.perf_counter()
-    try:
-        result = run_handler(task, message, loop)
-        json.dumps(result, allow_nan=False)
-    except Exception as exc:
-        duration = time.perf_counter() - started
+    def _failed(
+        self, delivery: Delivery, message: Message, started: Started | None, exc: BaseException, duration: float
+    ) -> Outcome:
+        """The handler raised: spawn the retry attempt (if the budget allows) and publish it, record this
+        attempt failed, and ack once both the record is durable and the retry is confirmed."""
         error = f"{type(exc).__name__}: {exc}"
-        retry = app.client.retry(message)
-        backend.transition(message.task_id, Status.FAILED, fail_error=error, duration=duration)
-        app.middleware.after("after_execute", message, exception=exc)
-        consumer.ack(delivery)
-        if retry is not None:
-            log.warning("task %s (%s) failed, retrying as %s: %s", message.task_id, message.name, retry.task_id, error)
-            return message, Outcome.RETRIED
-        log.error("task %s (%s) failed: %s", message.task_id, message.name, error)
-        return message, Outcome.FAILED
-
-    duration = time.perf_counter() - started
-    backend.transition(message.task_id, Status.SUCCESS, result=result, duration=duration)
-    app.middleware.after("after_execute", message, result=result)
-    consumer.ack(delivery)
-    return message, Outcome.SUCCEEDED
-
-
-def run_handler(task: Task[Any, Any], message: Message, loop: EventLoopThread | None) -> Any:
-    args: tuple[Any, ...] = message.args
-    if task.bind:
-        context = TaskContext(
-            task_id=message.task_id,
-            name=message.name,
-            original_task_id=message.original_task_id,
-            attempt=message.attempt,
-            retries_left=message.retries_left,
-            primary_key=message.primary_key,
+        self.app.middleware.after("after_execute", message, exception=exc)
+        original_task_id, attempt = self._place_of(message, started)
+        spawned = self._until_recorded(
+            lambda: self.app.client.spawn_retry(message, original_task_id, attempt),
+            f"spawn a retry of task {message.task_id}",
         )
-        args = (context, *args)
-    outcome = task.fn(*args, **(message.kwargs or {}))
-    if task.is_async:
-        if loop is None:
-            raise RuntimeError(f"async task {task.name} needs the worker's event loop")
-        return loop.run(outcome)
-    return outcome
+        self._until_recorded(
+            lambda: self.backend.transition(message.task_id, Status.FAILED, fail_error=error, duration=duration),
+            f"record the failure of task {message.task_id}",
+        )
+        if spawned is None:
+            log.error("task %s (%s) failed: %s", message.task_id, message.name, error)
+            self._ack_when_durable(delivery)
+            return Outcome.FAILED
+        retry, receipt = spawned
+        log.warning("task %s (%s) failed, retrying as %s: %s", message.task_id, message.name, retry.task_id, error)
+        self._ack_when_durable(delivery, after=receipt)
+        return Outcome.RETRIED
+
+    def _place_of(self, message: Message, started: Started | None) -> tuple[str, int]:
+        """(original id, attempt number) from the backend; read again if the start could not tell (an
+        outage). A task with no record at all (a foreign producer) is its own chain, with no budget."""
+        if started is not None:
+            return started.original_task_id, started.attempt
+        record = self._until_recorded(lambda: self.backend.get(message.task_id), f"read task {message.task_id}")
+        return (record.original_task_id, record.attempt) if record is not None else (message.task_id, 1)
+
+    # Settling
+
+    def _ack_when_durable(self, delivery: Delivery, after: Receipt | None = None) -> None:
+        """Ack once every outcome write is in the backend (and ``after``, the retry's receipt, settled).
+        A write that failed for good gives the message back instead, counted."""
+        with self._held_lock:
+            self._held += 1
+
+        def durable(failure: str | None) -> None:
+            try:
+                if failure is None:
+                    self.consumer.ack(delivery)
+                else:
+                    self.consumer.redeliver(delivery, f"outcome not recorded: {failure}")
+            finally:
+                with self._held_lock:
+                    self._held -= 1
+                    self._held_lock.notify_all()
+
+        if after is None:
+            self.backend.durable(durable)
+        else:
+            after.add_done_callback(lambda _failure: self.backend.durable(durable))
+
+    def wait_for_room(self, limit: int, timeout: float) -> None:
+        """Block (up to ``timeout``) while ``limit`` or more acks are held: a worker whose backend is
+        away stops fetching instead of piling up outcomes that live only in its memory."""
+        with self._held_lock:
+            self._held_lock.wait_for(lambda: self._held < limit or self.stopping.is_set(), timeout)
+
+    def _until_recorded(self, write: Any, what: str) -> Any:
+        """Run a backend call, waiting out an outage (the handler is not run again for it); a stopping
+        worker gives the delivery back instead of waiting."""
+        pause = 0.2
+        while True:
+            try:
+                return write()
+            except BackendUnavailable as exc:
+                if self.stopping.is_set():
+                    raise GiveBack(what) from exc
+                log.warning("cannot %s yet (%s); trying again in %.1f s", what, exc, pause)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, MAX_BACKEND_PAUSE)
 
 
-class EventLoopThread:
-    """One asyncio loop in its own thread; handler threads hand it coroutines and wait for them.
+def _chain_of(message: Message, started: Started | None) -> Chain:
+    if started is None:  # no record (a foreign producer) or the backend is away: nothing to trust yet
+        return Chain(message.task_id, 1, 0)
+    return Chain(started.original_task_id, started.attempt, started.retries_left)
 
-    The waiting handler thread keeps its slot, so async tasks count against ``concurrency`` like
-    sync ones.
-    """
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="cogman-asyncio", daemon=True)
-        self._thread.start()
+def _header_task_id(delivery: Delivery) -> str | None:
+    from cogman.message import HEADER_TASK_ID
 
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+    value = delivery.headers.get(HEADER_TASK_ID) if isinstance(delivery.headers, dict) else None
+    return value if isinstance(value, str) and value else None

@@ -32,7 +32,7 @@ class Middleware:
         """The handler returned ``result`` or raised ``exception``; the outcome is recorded."""
 
     def after_outcome(self, message: Message | None, outcome: str) -> None:
-        """A delivery is settled: ``outcome`` is one of ``succeeded failed retried dead_lettered skipped``
+        """A delivery is settled: ``outcome`` is one of ``succeeded failed retried dead_lettered skipped requeued``
         (``message`` is None when the delivery could not be decoded)."""
 
     def worker_boot(self, worker: Worker) -> None:

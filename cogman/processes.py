@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -53,8 +54,12 @@ def run_processes(app_path: str, *, processes: int, concurrency: int | None, que
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        if not stop.is_set():
-            log.info("received %s; stopping %d worker process(es)", signal.Signals(signum).name, len(children))
+        name = signal.Signals(signum).name
+        if stop.is_set():  # the second signal: the children stop at once (their second SIGTERM)
+            log.warning("received %s again; stopping %d worker process(es) at once", name, len(children))
+            _signal_children(children)
+            return
+        log.info("received %s; stopping %d worker process(es) gracefully (again: at once)", name, len(children))
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -87,11 +92,15 @@ def _supervise(children: Sequence[multiprocessing.process.BaseProcess], stop: th
     return 0
 
 
-def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
-    """SIGTERM every live child (each stops gracefully), wait, and SIGKILL what is left."""
+def _signal_children(children: Sequence[multiprocessing.process.BaseProcess]) -> None:
     for child in children:
         if child.is_alive() and child.pid is not None:
             os.kill(child.pid, signal.SIGTERM)
+
+
+def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
+    """SIGTERM every live child (each stops gracefully), wait, and SIGKILL what is left."""
+    _signal_children(children)
     for child in children:
         child.join(timeout)
         if child.is_alive():
@@ -103,22 +112,22 @@ def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], time
 def _child_main(app_path: str, concurrency: int | None, queues: list[str], level: int) -> None:
     """Entry point of one worker process: load the app fresh and run a worker until told to stop.
 
-    The child keeps its own SIGINT/SIGTERM handlers for its whole life: a Ctrl-C reaches it from the
-    terminal *and* as the parent's SIGTERM, and the second signal must not kill a graceful stop.
+    A child ignores SIGINT: a Ctrl-C reaches it from the terminal *and* as the parent's SIGTERM, and
+    must count once. The parent's first SIGTERM stops it gracefully, a second one at once. A fatal
+    broker error exits with code 2, which the parent reports.
     """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     from cogman.cli import load_app
+    from cogman.errors import CogmanError
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(app_path)
     worker = app.worker(concurrency=concurrency, priorities=queues)
-    worker.start(block=False)
     try:
-        while not stop.wait(1.0):
-            pass
-        log.info("worker process %s stopping", os.getpid())
-    finally:
-        worker.stop()
+        worker.start(block=True, signals=(signal.SIGTERM,))
+        log.info("worker process %s stopped", os.getpid())
+    except CogmanError as exc:
+        log.critical("worker process %s: %s", os.getpid(), exc)
         app.close()
+        sys.exit(2)
+    app.close()

@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -20,7 +22,7 @@ from cogman.backends.memory import MemoryBackend
 from cogman.backends.mongo import MongoBackend
 from cogman.backends.redis import RedisBackend
 from cogman.brokers.memory import MemoryBroker
-from cogman.client import Client
+from cogman.client import Client, LeaseKeeper
 from cogman.errors import BrokerUnavailable, PublishError
 from cogman.message import Message
 from cogman.middleware import MiddlewareStack
@@ -237,3 +239,91 @@ def test_tasks_of_a_killed_client_run_once_in_the_next_process(own_vhost: str, r
     finally:
         worker.stop()
         app.close()
+
+
+# Sweeps: periodic, claimed once among many sweepers, kept off records a live client still holds
+
+
+def test_two_sweepers_at_once_republish_each_stale_record_once(redis_url: str):
+    redis.Redis.from_url(redis_url).flushdb()
+    stale = [record(age=120 + i * 0.01) for i in range(60)]
+    writer = RedisBackend(redis_url, CONFIG)
+    writer.create(stale)
+    backends = [RedisBackend(redis_url, CONFIG) for _ in range(2)]
+    brokers = [RecordingBroker(), RecordingBroker()]
+    reports: list[object] = []
+    go = threading.Barrier(2)
+
+    def sweep(index: int) -> None:
+        go.wait()
+        reports.append(re_enqueue(backends[index], brokers[index], CONFIG, page_size=7))
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    published = [m.task_id for broker in brokers for m in broker.published]
+    assert sorted(published) == sorted(r.task_id for r in stale)  # every one, none twice
+    for made in (writer, *backends):
+        made.close()
+
+
+def test_a_record_held_in_a_live_clients_outbox_is_not_swept(backend: Backend):
+    """A long broker outage: the client still holds the message and renews its lease, so a sweep leaves
+    the record to it instead of publishing it a second time."""
+    held, stranded = record(age=300), record(age=300)
+    backend.create([held, stranded])
+
+    class HoldingBroker(RecordingBroker):
+        def unconfirmed_ids(self) -> list[str]:
+            return [held.task_id]
+
+    keeper = LeaseKeeper(HoldingBroker(), backend, grace=0.3)
+    try:
+        # The keeper renews within a third of its grace: from then on, no claim takes the held record.
+        wait_for(lambda: backend.claim_stale([held.task_id], 0.001) == [], 10, "the client's lease")
+        broker = RecordingBroker()
+        report = re_enqueue(backend, broker, CONFIG.with_options(re_enqueue_grace=60))
+        assert report.republished == [stranded.task_id]
+    finally:
+        keeper.stop()
+
+
+def test_a_worker_sweeps_on_its_own_without_any_reconnect(redis_url: str):
+    """Records left unconfirmed by a crashed client, written after the worker started, are published by
+    the worker's periodic sweep; the old re-enqueue only ran when a client (re)connected."""
+    redis.Redis.from_url(redis_url).flushdb()
+    app = App("sweeps", broker="memory://", backend=redis_url, re_enqueue_grace=1, re_enqueue_interval=0.2)
+    done: list[int] = []
+
+    @app.task(name="sweeps.add")
+    def add(a: int, b: int) -> int:
+        done.append(a)
+        return a + b
+
+    worker = app.start_background(concurrency=2)
+    try:
+        assert worker._sweeper is not None  # on by default: the backend outlives the process
+        wait_for(lambda: worker._sweeper is not None and worker._sweeper.passes >= 1, 10, "the first sweep")
+        stranded = [record("sweeps.add", age=5, payload={"args": [i, 1], "kwargs": {}}) for i in range(5)]
+        writer = RedisBackend(redis_url, CONFIG)
+        writer.create(stranded)
+        writer.close()
+        assert [app.result(r.task_id).get(timeout=30) for r in stranded] == [1, 2, 3, 4, 5]
+        assert sorted(done) == [0, 1, 2, 3, 4]
+    finally:
+        worker.stop()
+        app.close()
+
+
+def test_retry_attempts_left_unconfirmed_are_swept_too(backend: Backend):
+    original = record(age=300, retry=1)
+    backend.create([original])
+    attempt = original.evolve(task_id="retry-of-" + original.task_id, status=Status.RETRY, attempt=2, retry=0)
+    assert backend.spawn_retry(original.task_id, attempt) == 0
+    broker = RecordingBroker()
+    connect(backend, broker)
+    report = re_enqueue(backend, broker, CONFIG, now=utcnow() + timedelta(seconds=120))
+    assert attempt.task_id in report.republished
+    assert backend.get(attempt.task_id).status is Status.QUEUED  # type: ignore[union-attr]

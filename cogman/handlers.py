@@ -1,0 +1,102 @@
+"""Calling a task's handler: sync on the handler thread, async on the worker's one event-loop thread.
+
+Whatever a handler raises, including ``SystemExit``, ``KeyboardInterrupt`` or ``GeneratorExit``, comes
+back to the caller as an exception of that attempt: it fails the attempt, and the handler thread (or the
+event loop, for async handlers) lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from cogman.task import TaskContext
+
+if TYPE_CHECKING:
+    from cogman.execution import Chain
+    from cogman.message import Message
+    from cogman.task import Task
+
+log = logging.getLogger("cogman.worker")
+
+
+class HandlerExit(Exception):
+    """An async handler raised a BaseException (SystemExit...): carried out of the event loop as this,
+    since letting it through would stop the loop for every other async task."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def run_handler(task: Task[Any, Any], message: Message, chain: Chain, loop: EventLoopThread | None) -> Any:
+    args: tuple[Any, ...] = message.args
+    if task.bind:
+        context = TaskContext(
+            task_id=message.task_id,
+            name=message.name,
+            original_task_id=chain.original_task_id,
+            attempt=chain.attempt,
+            retries_left=chain.retries_left,
+            primary_key=message.primary_key,
+        )
+        args = (context, *args)
+    outcome = task.fn(*args, **(message.kwargs or {}))
+    if not task.is_async:
+        return outcome
+    if loop is None:
+        raise RuntimeError(f"async task {task.name} needs the worker's event loop")
+    try:
+        return loop.run(outcome)
+    except HandlerExit as wrapped:
+        raise wrapped.original from None
+
+
+def ensure_json_result(task: Task[Any, Any], result: Any) -> Any:
+    """The return value travels as JSON: anything else fails the attempt with a clear error."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        kind = type(result).__name__
+        raise TypeError(f"return value of {task.name} is not JSON-serialisable ({kind}): {exc}") from None
+    return result
+
+
+async def _guarded(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await coroutine
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        raise HandlerExit(exc) from exc
+
+
+class EventLoopThread:
+    """One asyncio loop in its own thread; handler threads hand it coroutines and wait for them.
+
+    The waiting handler thread keeps its slot, so async tasks count against ``concurrency`` like
+    sync ones.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="cogman-asyncio", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_forever()
+        except BaseException:
+            log.critical("the worker's event loop stopped unexpectedly; async tasks cannot run", exc_info=True)
+            raise
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(_guarded(coroutine), self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
