@@ -1,8 +1,10 @@
-"""Worker: one fetch thread feeding a local priority queue, and ``concurrency`` handler threads.
+"""Worker: ``concurrency`` handler threads, each taking its next delivery straight from the consumer.
 
-The fetch thread holds at most ``prefetch`` unstarted messages, and stops fetching while ``prefetch``
-acks are held back (outcomes the backend has not taken yet); handler threads take the high ones first.
-Nothing here knows which broker or backend is behind ``app``: it sees the protocols only.
+One thread hop between the socket and the handler: the consumer's I/O thread buffers what the broker
+pushes (at most ``concurrency + prefetch`` unacked messages: the broker's prefetch), and a free handler
+thread takes the next one, high before low. A handler thread stops taking new deliveries while
+``prefetch`` acks are held back (outcomes the backend has not taken yet). Nothing here knows which
+broker or backend is behind ``app``: it sees the protocols only.
 
 Stopping: the consumers are cancelled first (nothing new arrives), unstarted messages go back at once,
 and running handlers get one overall ``grace_period``. A second SIGINT/SIGTERM stops at once: what was
@@ -12,9 +14,7 @@ login) stops the worker and is raised by :meth:`Worker.start`, so the process ex
 
 from __future__ import annotations
 
-import itertools
 import logging
-import queue
 import signal
 import threading
 import time
@@ -31,13 +31,12 @@ from cogman.reenqueue import Sweeper, sweeps
 
 if TYPE_CHECKING:
     from cogman.app import App
-    from cogman.brokers.base import Consumer, Delivery
+    from cogman.brokers.base import Consumer
 
 log = logging.getLogger("cogman.worker")
 
-#: How often an idle fetch thread wakes to notice a stop request.
+#: How often an idle handler thread wakes to notice a stop request.
 RECEIVE_TIMEOUT = 0.2
-_STOP_ORDER = -1  # sorts before every priority, so handler threads see the stop first
 #: Errors that no reconnect can heal: the worker stops and says why.
 FATAL = (TopologyError, BrokerAccessRefused)
 
@@ -67,10 +66,6 @@ class Worker:
         #: The error that stopped the worker on its own (TopologyError, BrokerAccessRefused), if any.
         self.fatal: BaseException | None = None
         self._outcomes_lock = threading.Lock()
-        self._local: queue.PriorityQueue[tuple[int, int, Delivery | None]] = queue.PriorityQueue()
-        self._sequence = itertools.count()
-        self._room = threading.Condition()
-        self._unstarted = 0
         self._running: dict[str, str] = {}  # handler thread name -> what it runs, for the stop log
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
@@ -92,23 +87,11 @@ class Worker:
         gracefully (a second signal: at once); a fatal error is raised."""
         if self._threads:
             raise RuntimeError("this worker was already started; create a new one")
-        self._consumer = self.app.broker.consume(self.priorities, prefetch=self.concurrency + self.prefetch)
-        if any(task.is_async for task in self.app.tasks.values()):
-            self._loop = EventLoopThread()
-        self._executor = Executor(self.app, self._consumer, self._loop, self._stopping)
-        self.app.middleware.before("worker_boot", self)
-        self._spawn(self._fetch, "cogman-fetch")
-        for index in range(self.concurrency):
-            self._spawn(self._handle, f"cogman-handler-{index}")
-        if sweeps(self.app.config):
-            self._sweeper = Sweeper(self.app.backend, self.app.broker, self.app.config)
-            self.app.client.sweeper = self._sweeper
-            self._sweeper.start()
-        log.info("%r started", self)
-        if not block:
-            return
-        restore = self._install_signal_handlers(signals)
+        restore = self._install_signal_handlers(signals) if block else (lambda: None)
         try:
+            self._launch()
+            if not block:
+                return
             self._stop_requested.wait()
             self.stop()
         except StopNow:
@@ -117,6 +100,20 @@ class Worker:
             restore()
         if self.fatal is not None:
             raise self.fatal
+
+    def _launch(self) -> None:
+        self._consumer = self.app.broker.consume(self.priorities, prefetch=self.concurrency + self.prefetch)
+        if any(task.is_async for task in self.app.tasks.values()):
+            self._loop = EventLoopThread()
+        self._executor = Executor(self.app, self._consumer, self._loop, self._stopping)
+        self.app.middleware.before("worker_boot", self)
+        for index in range(self.concurrency):
+            self._spawn(self._handle, f"cogman-handler-{index}")
+        if sweeps(self.app.config):
+            self._sweeper = Sweeper(self.app.backend, self.app.broker, self.app.config)
+            self.app.client.sweeper = self._sweeper
+            self._sweeper.start()
+        log.info("%r started", self)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once a stop was requested (``stop()``, a signal, a fatal error)."""
@@ -142,9 +139,9 @@ class Worker:
                 len(running),
                 ", ".join(running[:10]) + (" ..." if len(running) > 10 else ""),
             )
-        for thread in self._threads[1:]:
+        for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        stuck = [t.name for t in self._threads[1:] if t.is_alive()]
+        stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
             log.warning(
                 "%d handler(s) still running after %.1f s grace; their messages will be redelivered", len(stuck), grace
@@ -174,13 +171,9 @@ class Worker:
             self._sweeper.stop()
         if self._consumer is not None:
             try:
-                self._consumer.cancel()
+                self._consumer.cancel()  # nothing new arrives; what was buffered goes back at once
             except Exception:
                 log.exception("could not cancel the consumers; closing will give the messages back")
-        self._threads[0].join()  # the fetch thread: no new deliveries after this
-        self._give_back_unstarted()
-        for _ in range(self.concurrency):
-            self._local.put((_STOP_ORDER, next(self._sequence), None))
 
     def _finish(self) -> None:
         if self._stopped.is_set():
@@ -200,73 +193,36 @@ class Worker:
         self._threads.append(thread)
         thread.start()
 
-    def _fetch(self) -> None:
-        """Top level of the fetch thread: a fatal broker error stops the worker, loudly."""
-        try:
-            self._fetch_loop()
-        except FATAL as exc:
-            log.critical("worker stopping: %s", exc)
-            self.fatal = exc
-            self._stop_requested.set()
-        except BaseException as exc:
-            log.critical("the fetch thread crashed; the worker stops", exc_info=True)
-            self.fatal = exc
-            self._stop_requested.set()
-
-    def _fetch_loop(self) -> None:
-        assert self._consumer is not None and self._executor is not None
-        while not self._stopping.is_set():
-            with self._room:
-                while self._unstarted >= self.prefetch and not self._stopping.is_set():
-                    self._room.wait(RECEIVE_TIMEOUT)
-            self._executor.wait_for_room(self.prefetch, RECEIVE_TIMEOUT)
-            if self._stopping.is_set():
-                return
-            if self._executor.held >= self.prefetch:
-                continue
-            try:
-                delivery = self._consumer.receive(RECEIVE_TIMEOUT)
-            except FATAL:
-                raise
-            except Exception:
-                log.exception("receiving from the broker failed; retrying")
-                self._stopping.wait(RECEIVE_TIMEOUT)
-                continue
-            if delivery is None:
-                continue
-            with self._room:
-                self._unstarted += 1
-            self._local.put((delivery.priority.order, next(self._sequence), delivery))
-
     def _handle(self) -> None:
-        """Top level of a handler thread: it lives until told to stop, whatever a task does."""
-        while True:
+        """Top level of a handler thread: it lives until the worker stops, whatever a task does; a fatal
+        broker error stops the worker, loudly."""
+        while not self._stopping.is_set():
             try:
-                if not self._handle_one():
-                    return
+                self._handle_one()
+            except FATAL as exc:
+                if self.fatal is None:
+                    log.critical("worker stopping: %s", exc)
+                    self.fatal = exc
+                self._stop_requested.set()
+                return
             except BaseException:
                 log.critical("a handler thread hit an unexpected error; it carries on", exc_info=True)
+                self._stopping.wait(RECEIVE_TIMEOUT)
 
-    def _handle_one(self) -> bool:
+    def _handle_one(self) -> None:
         assert self._consumer is not None and self._executor is not None
-        order, sequence, delivery = self._local.get()
+        self._executor.wait_for_room(self.prefetch, RECEIVE_TIMEOUT)
+        if self._executor.held >= self.prefetch:
+            return
+        delivery = self._consumer.receive(RECEIVE_TIMEOUT)
         if delivery is None:
-            return False
-        if Priority.HIGH in self.priorities and delivery.priority is Priority.LOW and not self._stopping.is_set():
-            high = self._consumer.receive(0, (Priority.HIGH,))
-            if high is not None:  # a high task waits outside our full local queue: it goes first
-                self._local.put((order, sequence, delivery))
-                delivery = high
-            else:
-                self._took_one()
-        else:
-            self._took_one()
+            return
         if self._stopping.is_set():
             self._consumer.requeue(delivery)
-            return True
+            return
         if not self._consumer.is_current(delivery):
             log.info("dropping a delivery from %s of a lost connection; RabbitMQ redelivers it", delivery.queue)
-            return True
+            return
         name = threading.current_thread().name
         self._running[name] = f"{delivery.headers.get('TaskName', '?')}[{delivery.headers.get('TaskID', '?')}]"
         try:
@@ -275,24 +231,6 @@ class Worker:
             self._running.pop(name, None)
         with self._outcomes_lock:
             self.outcomes[outcome] += 1
-        return True
-
-    def _took_one(self) -> None:
-        with self._room:
-            self._unstarted -= 1
-            self._room.notify()
-
-    def _give_back_unstarted(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                _, _, delivery = self._local.get_nowait()
-            except queue.Empty:
-                return
-            if delivery is not None:
-                with self._room:
-                    self._unstarted -= 1
-                self._consumer.requeue(delivery)
 
     def _describe_running(self) -> list[str]:
         return list(self._running.values())
