@@ -10,7 +10,10 @@ warm-up task is sent and purged, so connecting is not timed.
 
 - **single send**: N tasks sent one at a time with the system's usual call (`.delay()`,
   `apply_async`, `actor.send`, `producer.publish`), worker stopped; N / (time from the first call to
-  the return of the last). A sender that returns before the broker's confirm is timed to its return.
+  the return of the last). A sender that returns before the broker's confirm is timed to its return;
+  the harness then waits until RabbitMQ holds all N (before the worker starts), which gives the
+  second table's "until RabbitMQ holds all": N / (first send to the queue depth reaching N, polled
+  every 10 ms). Same for batches.
 - **send_many / batch**: N tasks in batches of 500, worker stopped: cogman's `send_many`, and for raw
   kombu a confirm-mode channel publishing 500 messages and then awaiting their 500 confirms. n/a for
   systems without a batch send (Celery, Dramatiq, raw kombu without confirms).

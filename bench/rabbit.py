@@ -93,13 +93,15 @@ class Admin:
         for name in names:
             self._on_channel("delete", name)
 
-    def wait_depth(self, names: Iterable[str], at_least: int, timeout: float = 30.0) -> None:
+    def wait_depth(self, names: Iterable[str], at_least: int, timeout: float = 30.0) -> float:
+        """Wait until the queues hold ``at_least`` ready messages; returns the wall-clock time they did."""
         names = list(names)
         deadline = time.monotonic() + timeout
         while self.depth(names) < at_least:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"queues {', '.join(names)} did not reach {at_least} message(s) in {timeout:.0f} s")
             time.sleep(0.01)
+        return time.time()
 
     def close(self) -> None:
         self.connection.release()

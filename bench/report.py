@@ -20,6 +20,8 @@ class Metric:
     title: str
     unit: str
     higher_is_better: bool
+    #: In the main table and the chart; the others have a table of their own.
+    main: bool = True
 
 
 METRICS = (
@@ -31,7 +33,10 @@ METRICS = (
     Metric("latency_p99_ms", "send->start p99", "ms", False),
     Metric("rss_total_mib", "worker peak RSS, sum", "MiB", False),
     Metric("rss_process_mib", "worker peak RSS, largest process", "MiB", False),
+    Metric("single_queued_rate", "single send, until RabbitMQ holds all", "/s", True, main=False),
+    Metric("batch_queued_rate", "batch, until RabbitMQ holds all", "/s", True, main=False),
 )
+MAIN_METRICS = tuple(metric for metric in METRICS if metric.main)
 METRIC_BY_KEY = {metric.key: metric for metric in METRICS}
 #: The peers cogman is compared with, by role, in table order.
 PEERS = (("ceiling", "ceiling"), ("kombu-confirm", "kombu confirm"), ("celery", "Celery"), ("dramatiq", "Dramatiq"))
@@ -52,7 +57,7 @@ class RowSummary:
         return found.median if found is not None else None
 
     def applies(self, metric: str) -> bool:
-        return metric != "batch_rate" or self.has_batch
+        return not metric.startswith("batch_") or self.has_batch
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,8 +140,15 @@ def table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
 
 
 def figures_table(rows: Sequence[RowSummary]) -> str:
-    header = ["system", *(m.title for m in METRICS), "status"]
-    return table(header, [[row.label, *(format_cell(row, m) for m in METRICS), status(row)] for row in rows])
+    header = ["system", *(m.title for m in MAIN_METRICS), "status"]
+    return table(header, [[row.label, *(format_cell(row, m) for m in MAIN_METRICS), status(row)] for row in rows])
+
+
+def sends_table(rows: Sequence[RowSummary]) -> str:
+    """Send rates to the return of the last call, and to the moment RabbitMQ held every message."""
+    metrics = [METRIC_BY_KEY[k] for k in ("single_rate", "single_queued_rate", "batch_rate", "batch_queued_rate")]
+    lines = [[row.label, *(format_cell(row, m) for m in metrics)] for row in rows]
+    return table(["system", *(m.title for m in metrics)], lines)
 
 
 def ceiling_ratios(rows: Sequence[RowSummary]) -> dict[str, dict[str, float | None]]:
@@ -218,6 +230,10 @@ def render_markdown(meta: Mapping[str, Any], rows: Sequence[RowSummary], definit
         "## Figures (median of rounds, min-max in parentheses)",
         "",
         figures_table(rows),
+        "",
+        "## Sends: to the last call's return, and until RabbitMQ holds every message",
+        "",
+        sends_table(rows),
         "",
         "## Ratio to the ceiling (raw kombu, no confirms)",
         "",

@@ -1,14 +1,16 @@
 """One row of one round: every phase of one system, from a clean queue and a clean Redis database.
 
 1. warm the sender (connections, imports), then purge that warm-up message;
-2. single send: N tasks, worker stopped;
+2. single send: N tasks, worker stopped; then wait until RabbitMQ holds all N (a send mode that returns
+   before the confirm keeps publishing in the background), which also gives ``single_queued_rate``;
 3. drain: start the worker on that backlog of N; the clock starts at the first completion seen (so the
    worker's boot time is excluded) and stops when the counter reaches N;
    rate = (N - count at first completion) / elapsed;
 4. end to end: worker running, N single sends, first send to last completion;
 5. latency: closed-loop sample, worker running (see bench.client);
 6. stop the worker (SIGTERM, wait); its peak RSS was sampled from step 3 to here;
-7. batch send (rows that have one): N tasks in batches, worker stopped; the backlog is purged.
+7. batch send (rows that have one): N tasks in batches, worker stopped; once all are queued
+   (``batch_queued_rate``) the backlog is purged.
 A failing phase ends the row for this round; the figures already measured are kept, with the reason.
 """
 
@@ -53,6 +55,13 @@ def reset(system: System, admin: Any, client: Any) -> None:
     client.delete(done_key(system.family), latency_key(system.family))
 
 
+def queued_rate(admin: Any, system: System, options: RowOptions, started_wall: float) -> float | None:
+    """Wait until the N sent messages are all in the queue (a sender may return before RabbitMQ has
+    them); N / (first send to that moment), from wall clocks of the same machine."""
+    queued_at = admin.wait_depth(system.queues, options.tasks, timeout=120 + options.tasks / 50)
+    return rate(options.tasks, queued_at - started_wall)
+
+
 def run_row(system: System, options: RowOptions, admin: Any, redis_client: Any, round_index: int) -> RowRound:
     result = RowRound()
     tag = f"{system.key}-round{round_index + 1}"
@@ -74,7 +83,9 @@ def run_row(system: System, options: RowOptions, admin: Any, redis_client: Any, 
         admin.wait_depth(system.queues, 1)
         reset(system, admin, redis_client)
 
-        result.figures.update(sender.run("single", timeout))
+        sent = sender.run("single", timeout)
+        result.figures["single_rate"] = sent["single_rate"]
+        result.figures["single_queued_rate"] = queued_rate(admin, system, options, sent["started_wall"])
 
         worker.start()
         sampler = RssSampler(worker.pid).start()
@@ -92,7 +103,9 @@ def run_row(system: System, options: RowOptions, admin: Any, redis_client: Any, 
 
         if system.has_batch:
             reset(system, admin, redis_client)
-            result.figures.update(sender.run("batch", timeout))
+            sent = sender.run("batch", timeout)
+            result.figures["batch_rate"] = sent["batch_rate"]
+            result.figures["batch_queued_rate"] = queued_rate(admin, system, options, sent["started_wall"])
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:

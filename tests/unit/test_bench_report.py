@@ -16,6 +16,7 @@ from bench.report import (
     format_spread,
     peer_ratios,
     render_markdown,
+    sends_table,
     summarize,
     verdicts,
 )
@@ -98,6 +99,16 @@ def test_figures_table_marks_not_applicable_missing_and_failed():
     assert "| n/a |" in celery and "| — |" in celery and celery.endswith("| ok |")
     dramatiq = next(line for line in lines if line.startswith("| Dramatiq"))
     assert "failed 1/1: round 1: ProcessDied: worker / exited" in dramatiq
+
+
+def test_sends_table_puts_queued_rates_beside_the_return_rates():
+    row = summarize(
+        "kombu-confirm", "confirm", "kombu-confirm", True, rounds({"single_rate": 900.0, "batch_queued_rate": 5000.0})
+    )
+    no_batch = summarize("celery", "Celery", "celery", False, rounds({"single_queued_rate": 400.0}))
+    lines = sends_table([row, no_batch]).splitlines()
+    assert lines[2] == "| confirm | 900/s | — | — | 5,000/s |"
+    assert lines[3] == "| Celery | — | 400/s | n/a | n/a |"
 
 
 def test_ratios_to_the_ceiling_and_to_peers():
