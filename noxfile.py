@@ -31,8 +31,13 @@ def demo(session: nox.Session) -> None:
     session.run("cogman", "demo", *session.posargs)
 
 
+#: Only the benchmark needs these; none of them is a cogman dependency.
+BENCH_PACKAGES = ("celery[redis]", "dramatiq[rabbitmq,redis]", "psutil", "matplotlib")
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput figures (needs RabbitMQ and Redis for the rabbit-redis and kombu stacks)."""
-    session.install("-e", ".")
-    session.run("python", "bench/throughput.py", *session.posargs)
+    """cogman against raw kombu, Celery and Dramatiq (RabbitMQ and Redis on 127.0.0.1); results in
+    bench/results/. ``nox -s bench -- --quick`` for a smoke run; see docs/performance.md."""
+    session.install("-e", ".", *BENCH_PACKAGES)
+    session.run("python", "bench/run.py", *session.posargs)

@@ -1,11 +1,14 @@
-"""End-to-end throughput: send N no-op tasks, drain them with a worker, report rates.
+"""The earlier, in-process harness: send N no-op tasks, drain them with a worker, report rates.
+
+Kept for the ``memory://`` stack and for the first figures of docs/performance.md; the comparison
+with raw kombu, Celery and Dramatiq is ``python bench/run.py`` (``nox -s bench``).
 
     python bench/throughput.py --stack memory            # embedded default
     python bench/throughput.py --stack rabbit-redis      # RabbitMQ + Redis on 127.0.0.1
     python bench/throughput.py --stack kombu             # raw kombu publish+consume, the floor to compare with
 
 Timing goals live here, never in the test suite. Numbers are printed as one JSON line per run so
-successive runs can be compared (`nox -s bench -- --tasks 20000`).
+successive runs can be compared (`python bench/throughput.py --stack rabbit-redis --tasks 20000`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,101 @@
+"""Issue 8's targets as data, and their verdicts from the medians of a run.
+
+A target compares one figure of a subject row with one figure of a reference row (or with a fixed
+limit), as a ratio of medians. A target whose figures are missing (a system failed, a phase did not
+run) is ``None``: neither passed nor failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.stats import ratio
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    subject: str
+    metric: str
+    #: The reference role, or None for an absolute limit.
+    reference: str | None
+    reference_metric: str | None
+    #: ">=" (higher is better) or "<=".
+    op: str
+    threshold: float
+
+    def describe(self) -> str:
+        if self.reference is None:
+            return f"{self.subject} {self.metric} {self.op} {self.threshold:g}"
+        return f"{self.subject} {self.metric} / {self.reference} {self.reference_metric} {self.op} {self.threshold:g}"
+
+
+TARGETS = (
+    Target("end to end >= 1.5x Dramatiq", "cogman-default", "e2e_rate", "dramatiq", "e2e_rate", ">=", 1.5),
+    Target("end to end >= 3x Celery", "cogman-default", "e2e_rate", "celery", "e2e_rate", ">=", 3.0),
+    Target("drain >= Dramatiq", "cogman-default", "drain_rate", "dramatiq", "drain_rate", ">=", 1.0),
+    Target(
+        "single send >= 3x raw kombu confirm-per-message",
+        "cogman-default",
+        "single_rate",
+        "kombu-confirm",
+        "single_rate",
+        ">=",
+        3.0,
+    ),
+    Target(
+        "send_many >= 5x raw kombu confirm-per-message",
+        "cogman-default",
+        "batch_rate",
+        "kombu-confirm",
+        "single_rate",
+        ">=",
+        5.0,
+    ),
+    Target(
+        "send->start p50 <= 1.5x raw kombu (the ceiling)",
+        "cogman-default",
+        "latency_p50_ms",
+        "ceiling",
+        "latency_p50_ms",
+        "<=",
+        1.5,
+    ),
+    Target("worker RSS <= 60 MiB a process", "cogman-default", "rss_process_mib", None, None, "<=", 60.0),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: Target
+    value: float | None
+    passed: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target.name,
+            "rule": self.target.describe(),
+            "value": self.value,
+            "threshold": self.target.threshold,
+            "passed": self.passed,
+        }
+
+
+def evaluate(target: Target, medians: Mapping[str, Mapping[str, float | None]]) -> Verdict:
+    """``medians`` maps a role to its figures' medians."""
+    subject = medians.get(target.subject, {}).get(target.metric)
+    if target.reference is None:
+        value = subject
+    else:
+        assert target.reference_metric is not None
+        value = ratio(subject, medians.get(target.reference, {}).get(target.reference_metric))
+    if value is None:
+        return Verdict(target, None, None)
+    passed = value >= target.threshold if target.op == ">=" else value <= target.threshold
+    return Verdict(target, value, passed)
+
+
+def evaluate_all(medians: Mapping[str, Mapping[str, float | None]]) -> list[Verdict]:
+    return [evaluate(target, medians) for target in TARGETS]
