@@ -12,12 +12,16 @@ class ConfigError(CogmanError, ValueError):
 
 
 class TaskFailed(CogmanError):
-    """The task's last allowed attempt failed. ``error`` holds ``"ExceptionType: message"``."""
+    """The task's last allowed attempt failed. ``error`` holds ``"ExceptionType: message"``,
+    ``traceback`` the failed attempt's traceback (when a handler raised), ``attempts`` how many ran."""
 
-    def __init__(self, task_id: str, error: str | None) -> None:
-        super().__init__(f"task {task_id} failed: {error}")
+    def __init__(self, task_id: str, error: str | None, traceback: str | None = None, attempts: int = 1) -> None:
+        after = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"task {task_id} failed{after}: {error}")
         self.task_id = task_id
         self.error = error
+        self.traceback = traceback
+        self.attempts = attempts
 
 
 class TaskNotFound(CogmanError, LookupError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from cogman.errors import BackendUnavailable, PoisonMessage
 from cogman.handlers import EventLoopThread, ensure_json_result, run_handler
 from cogman.message import Message
+from cogman.record import bounded_traceback
 from cogman.status import Status
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ log = logging.getLogger("cogman.worker")
 
 #: Longest pause between two tries of a write the backend cannot take right now.
 MAX_BACKEND_PAUSE = 5.0
+#: How much of a result the success log line shows.
+RESULT_SHOWN = 200
 
 
 class Outcome(StrEnum):
@@ -118,6 +122,10 @@ class Executor:
         )
         self.app.middleware.after("after_execute", message, result=result)
         self._ack_when_durable(delivery)
+        if log.isEnabledFor(logging.INFO):
+            shown = repr(result)
+            shown = shown if len(shown) <= RESULT_SHOWN else shown[:RESULT_SHOWN] + "..."
+            log.info("task %s[%s] succeeded in %.4fs: %s", message.name, message.task_id, duration, shown)
         return message, Outcome.SUCCEEDED
 
     # The steps
@@ -156,6 +164,7 @@ class Executor:
         """The handler raised: spawn the retry attempt (if the budget allows) and publish it, record this
         attempt failed, and ack once both the record is durable and the retry is confirmed."""
         error = f"{type(exc).__name__}: {exc}"
+        trace = bounded_traceback("".join(traceback.format_exception(exc)))
         self.app.middleware.after("after_execute", message, exception=exc)
         original_task_id, attempt = self._place_of(message, started)
         spawned = self._until_recorded(
@@ -163,16 +172,19 @@ class Executor:
             f"spawn a retry of task {message.task_id}",
         )
         self._until_recorded(
-            lambda: self.backend.transition(message.task_id, Status.FAILED, fail_error=error, duration=duration),
+            lambda: self.backend.transition(
+                message.task_id, Status.FAILED, fail_error=error, traceback=trace, duration=duration
+            ),
             f"record the failure of task {message.task_id}",
         )
+        what = "no retry left" if spawned is None else f"retrying as {spawned[0].task_id}"
+        log.error(
+            "task %s[%s] failed in %.4fs (%s): %s", message.name, message.task_id, duration, what, error, exc_info=exc
+        )
         if spawned is None:
-            log.error("task %s (%s) failed: %s", message.task_id, message.name, error)
             self._ack_when_durable(delivery)
             return Outcome.FAILED
-        retry, receipt = spawned
-        log.warning("task %s (%s) failed, retrying as %s: %s", message.task_id, message.name, retry.task_id, error)
-        self._ack_when_durable(delivery, after=receipt)
+        self._ack_when_durable(delivery, after=spawned[1])
         return Outcome.RETRIED
 
     def _place_of(self, message: Message, started: Started | None) -> tuple[str, int]:

@@ -11,9 +11,16 @@ from cogman.errors import CorruptRecord
 from cogman.priority import Priority
 from cogman.status import Status
 
+#: How much of a traceback a record keeps: the end, where the error is.
+TRACEBACK_LIMIT = 8192
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def bounded_traceback(text: str) -> str:
+    return text if len(text) <= TRACEBACK_LIMIT else "...\n" + text[-TRACEBACK_LIMIT:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,8 @@ class TaskRecord:
     retry: int = 0
     attempt: int = 1
     fail_error: str | None = None
+    #: The failed attempt's traceback, its last ``TRACEBACK_LIMIT`` characters.
+    traceback: str | None = None
     duration: float | None = None
     result: Any = None
     latest_attempt_id: str | None = None
@@ -84,6 +93,7 @@ class TaskRecord:
                 retry=_integer(data, "retry"),
                 attempt=_integer(data, "attempt", default=1),
                 fail_error=_optional(data, "fail_error", str),
+                traceback=_optional(data, "traceback", str),
                 duration=_optional(data, "duration", (int, float)),
                 result=data.get("result"),
                 latest_attempt_id=_optional(data, "latest_attempt_id", str),

@@ -65,7 +65,7 @@ class AsyncResult(Generic[R]):
             if latest.status.is_final and (latest is original or self._pointer(original) == latest.task_id):
                 if latest.status is Status.SUCCESS:
                     return cast(R, latest.result)
-                raise TaskFailed(self.id, latest.fail_error)
+                raise TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
             remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"task {self.id} not finished after {timeout} s (status {latest.status.value})")

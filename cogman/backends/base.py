@@ -100,6 +100,7 @@ class Backend(Protocol):
         status: Status,
         *,
         fail_error: str | None = None,
+        traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
     ) -> TaskRecord | None:

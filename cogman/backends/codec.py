@@ -17,7 +17,7 @@ from cogman.record import TaskRecord
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Fields stored as they are in a MongoDB document (the rest: JSON text, dates, microseconds).
 PLAIN = ("task_id", "name", "original_task_id", "priority", "status", "primary_key", "retry", "attempt",
-         "fail_error", "duration", "latest_attempt_id")  # fmt: skip
+         "fail_error", "traceback", "duration", "latest_attempt_id")  # fmt: skip
 
 
 def to_us(moment: datetime) -> int:

@@ -129,12 +129,15 @@ class MongoBackend:
         status: Status,
         *,
         fail_error: str | None = None,
+        traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
     ) -> TaskRecord | None:
         changes: dict[str, Any] = {"status": status.value, **self._updated()}
         if fail_error is not None:
             changes["fail_error"] = fail_error
+        if traceback is not None:
+            changes["traceback"] = traceback
         if duration is not None:
             changes["duration"] = duration
         if result is not UNSET:

@@ -46,12 +46,19 @@ class MultiBackend:
         status: Status,
         *,
         fail_error: str | None = None,
+        traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
     ) -> TaskRecord | None:
-        record = self.primary.transition(task_id, status, fail_error=fail_error, result=result, duration=duration)
+        changes: dict[str, Any] = {
+            "fail_error": fail_error,
+            "traceback": traceback,
+            "result": result,
+            "duration": duration,
+        }
+        record = self.primary.transition(task_id, status, **changes)
         self._mirror(
-            lambda b: b.transition(task_id, status, fail_error=fail_error, result=result, duration=duration),
+            lambda b: b.transition(task_id, status, **changes),
             f"move task {task_id} to {status}",
         )
         return record

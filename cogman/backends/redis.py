@@ -111,12 +111,15 @@ class RedisBackend:
         status: Status,
         *,
         fail_error: str | None = None,
+        traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
     ) -> TaskRecord | None:
         fields: list[str] = ["updated_at", codec.dumps(utcnow().isoformat())]
         if fail_error is not None:
             fields += ["fail_error", codec.dumps(fail_error)]
+        if traceback is not None:
+            fields += ["traceback", codec.dumps(traceback)]
         if duration is not None:
             fields += ["duration", codec.dumps(duration)]
         if result is not UNSET:

@@ -127,6 +127,15 @@ def test_transition_sets_fields_and_returns_the_record(backend: Backend):
     assert backend.get(rec.task_id) == done
 
 
+def test_a_failure_keeps_its_error_and_traceback(backend: Backend):
+    rec = record()
+    backend.create([rec])
+    trace = 'Traceback (most recent call last):\n  File "shop.py", line 3\nValueError: boom "quoted" \u00e9'
+    failed = backend.transition(rec.task_id, Status.FAILED, fail_error="ValueError: boom", traceback=trace)
+    assert failed is not None and failed.traceback == trace and failed.fail_error == "ValueError: boom"
+    assert backend.get(rec.task_id) == failed
+
+
 def test_refused_transition_changes_nothing(backend: Backend):
     rec = record()
     backend.create([rec])
