@@ -45,7 +45,7 @@ class App:
         if backend is not None:
             options["backend_url"] = backend if isinstance(backend, str) else list(backend)
         self.name = name
-        self.config = (config or Config()).with_options(**options)
+        self.config = config.with_options(**options) if config is not None else Config.from_env(**options)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.middleware = MiddlewareStack(list(middleware))
         self._client: Client | None = None

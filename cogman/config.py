@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -30,7 +31,9 @@ class Config:
     #: How long a send waits for the broker's publisher confirm.
     request_timeout: float = 5.0
 
+    #: Queues ``high_priority_queue_0..N-1``; senders spread tasks over them round robin.
     high_priority_queue_count: int = 1
+    #: Queues ``low_priority_queue_0..N-1``.
     low_priority_queue_count: int = 1
     #: ``"classic"`` (Cogman's topology) or ``"quorum"`` (replicated, for a RabbitMQ cluster).
     queue_type: str = "classic"
@@ -54,17 +57,24 @@ class Config:
     #: given back to the broker before it is dead-lettered with the error.
     max_redeliveries: int = 5
 
+    #: How long Redis keeps a record after its last change.
     redis_ttl: float = 7 * DAY
+    #: Namespace of every Redis key (``<prefix>:task:<id>``...), so apps can share a database.
     redis_prefix: str = "cogman"
+    #: How long MongoDB keeps a record after its creation (a TTL index; 0 keeps them for good).
     mongo_ttl: float = 30 * DAY
     mongo_database: str = "cogman"
+    #: Records live in this collection, statuses that arrived early in ``<collection>_early``.
     mongo_collection: str = "tasks"
 
     #: Republish records still unconfirmed (``initiated``, or ``retry`` attempts) once older than
     #: ``re_enqueue_grace``: on connect, on reconnect and every ``re_enqueue_interval`` seconds. None
     #: means on in workers whose backend outlives the process (Redis, MongoDB), off elsewhere.
     re_enqueue: bool | None = None
+    #: Age (and lease length) before an unconfirmed record is republished; must exceed how long a
+    #: client may take to publish a message it recorded (its own lease renewal covers outbox outages).
     re_enqueue_grace: float = 60.0
+    #: How often a sweeping worker looks for stale unconfirmed records.
     re_enqueue_interval: float = 30.0
 
     def __post_init__(self) -> None:
@@ -107,6 +117,13 @@ class Config:
 
     def prefetch_for(self, concurrency: int) -> int:
         return self.prefetch if self.prefetch is not None else 2 * concurrency
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Config:
+        """Defaults, overridden by ``COGMAN_<FIELD>`` variables, overridden by ``options``."""
+        from cogman.environment import options_from_env
+
+        return cls(**options_from_env(environ)).with_options(**options)
 
     def with_options(self, **options: Any) -> Config:
         """A copy with ``options`` applied; an unknown option name is an error that lists the known ones."""

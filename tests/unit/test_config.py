@@ -51,3 +51,44 @@ def test_bad_values_are_named(option, value):
 def test_unknown_broker_scheme():
     with pytest.raises(ConfigError, match="unsupported broker URL 'kafka://x'"):
         _ = App("x", broker="kafka://x", backend="memory://").broker
+
+
+def test_every_field_can_come_from_the_environment_typed(monkeypatch):
+    monkeypatch.setenv("COGMAN_CONCURRENCY", "16")
+    monkeypatch.setenv("COGMAN_REQUEST_TIMEOUT", "2.5")
+    monkeypatch.setenv("COGMAN_PREFETCH", "none")
+    monkeypatch.setenv("COGMAN_RE_ENQUEUE", "yes")
+    monkeypatch.setenv("COGMAN_BACKEND_URL", "memory://, memory://")
+    monkeypatch.setenv("COGMAN_QUEUE_TYPE", "quorum")
+    app = App("env", concurrency=4)  # an explicit option wins over the environment
+    config = app.config
+    assert (config.concurrency, config.request_timeout, config.prefetch, config.re_enqueue) == (4, 2.5, None, True)
+    assert config.backend_urls == ["memory://", "memory://"] and config.queue_type == "quorum"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("COGMAN_CONCURRENCY", "lots", "COGMAN_CONCURRENCY='lots' is not an integer"),
+        ("COGMAN_RE_ENQUEUE", "maybe", "COGMAN_RE_ENQUEUE='maybe' is not a boolean"),
+        ("COGMAN_GRACE_PERIOD", "soon", "COGMAN_GRACE_PERIOD='soon' is not a number"),
+        ("COGMAN_CONCURRENCY", "0", "concurrency must be at least 1"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(monkeypatch, variable, value, says):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=says):
+        App("env")
+
+
+def test_every_config_field_is_documented_with_its_variable():
+    """docs/configuration.md has one table row per field, so the environment is documented in one place."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from cogman.environment import markdown_table, variable
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in fields(Config) if f"`{variable(f.name)}`" not in text]
+    assert missing == []
+    assert markdown_table() in text, "regenerate the table: python -m cogman.environment"
