@@ -50,6 +50,8 @@ class App:
         self.middleware = MiddlewareStack(list(middleware))
         self._client: Client | None = None
         self._lock = threading.Lock()
+        #: Workers running in this process (``start_background`` or a blocking ``worker().start()``).
+        self.running_workers: set[Worker] = set()
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.config.broker_url} backend={self.config.backend_url}>"
@@ -167,10 +169,10 @@ class App:
                 new_record(name, args, kwargs, priority=chosen_priority, retry=budget, primary_key=primary_key)
             )
         self.client.send(records)
-        return [AsyncResult(self.backend, record.task_id) for record in records]
+        return [AsyncResult(self.backend, record.task_id, self) for record in records]
 
     def result(self, task_id: str) -> AsyncResult[Any]:
-        return AsyncResult(self.backend, task_id)
+        return AsyncResult(self.backend, task_id, self)
 
     # Workers
 
@@ -179,6 +181,25 @@ class App:
         from cogman.worker import Worker
 
         return Worker(self, concurrency=concurrency, priorities=priorities)
+
+    def why_no_worker(self) -> str | None:
+        """Why a task of this process cannot finish, when its transport is in-process memory and no
+        worker of this process runs (``get()`` raises instead of waiting forever); None when it can."""
+        if self.running_workers:
+            return None
+        broker, backends = self.config.broker_url, self.config.backend_urls
+        if broker.startswith("memory://"):
+            return (
+                "the memory:// broker keeps tasks inside the process that sent them, and no worker runs in this "
+                "process. Start one with app.start_background(), or share a broker between processes: "
+                "COGMAN_BROKER_URL=amqp://... with COGMAN_BACKEND_URL=redis://..."
+            )
+        if backends[0].startswith("memory://"):
+            return (
+                "the memory:// backend is per process: a worker in another process records the result in its "
+                "own memory. Use a shared backend: COGMAN_BACKEND_URL=redis://... (or mongodb://...)"
+            )
+        return None
 
     def start_background(
         self, concurrency: int | None = None, priorities: Iterable[Priority | str] | None = None

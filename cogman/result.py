@@ -1,15 +1,23 @@
-"""AsyncResult: a handle on a sent task that follows its retry chain to the latest attempt."""
+"""AsyncResult: a handle on a sent task that follows its retry chain to the latest attempt.
+
+Celery's vocabulary is kept for users who know it: ``state`` is one of ``PENDING`` (recorded or queued,
+not started), ``STARTED`` (a worker runs it), ``RETRY`` (an earlier attempt failed; the next one waits),
+``SUCCESS`` and ``FAILURE`` (the chain's last allowed attempt failed); ``successful()``, ``failed()``,
+``result`` and ``traceback`` read as in Celery. Unlike Celery, an id that was never sent (or has expired
+from the backend) is not ``PENDING``: it raises TaskNotFound, since every send is recorded first.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
-from cogman.errors import TaskFailed, TaskNotFound
+from cogman.errors import CogmanError, TaskFailed, TaskNotFound
 from cogman.record import TaskRecord
 from cogman.status import Status
 
 if TYPE_CHECKING:
+    from cogman.app import App
     from cogman.backends.base import Backend
 
 R = TypeVar("R")
@@ -18,11 +26,26 @@ R = TypeVar("R")
 _WAIT_SLICE = 60.0
 
 
+CELERY_STATES = {
+    Status.INITIATED: "PENDING",
+    Status.QUEUED: "PENDING",
+    Status.RETRY: "RETRY",
+    Status.IN_PROGRESS: "STARTED",
+    Status.SUCCESS: "SUCCESS",
+    Status.FAILED: "FAILURE",
+}
+
+
+class NoWorker(CogmanError):
+    """``get()`` would wait forever: the embedded memory:// transport has no worker in this process."""
+
+
 class AsyncResult(Generic[R]):
     """Reads are always fresh from the backend; nothing is cached on the handle."""
 
-    def __init__(self, backend: Backend, task_id: str) -> None:
+    def __init__(self, backend: Backend, task_id: str, app: App | None = None) -> None:
         self._backend = backend
+        self._app = app
         self.id = task_id
 
     def __repr__(self) -> str:
@@ -52,6 +75,37 @@ class AsyncResult(Generic[R]):
     def ready(self) -> bool:
         return self.status.is_final
 
+    @property
+    def state(self) -> str:
+        """Celery's name for where the chain stands (see the module docstring)."""
+        latest = self.latest()
+        if latest.attempt > 1 and latest.status in (Status.QUEUED, Status.RETRY):
+            return "RETRY"
+        return CELERY_STATES[latest.status]
+
+    def successful(self) -> bool:
+        return self.status is Status.SUCCESS
+
+    def failed(self) -> bool:
+        """True once the chain's last allowed attempt failed (a failure with a retry to come is not)."""
+        return self.status is Status.FAILED
+
+    @property
+    def result(self) -> R | TaskFailed | None:
+        """The return value once succeeded, the TaskFailed once failed, else None (never blocks)."""
+        latest = self.latest()
+        if latest.status is Status.SUCCESS:
+            return cast(R, latest.result)
+        if latest.status is Status.FAILED:
+            return TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
+        return None
+
+    @property
+    def traceback(self) -> str | None:
+        """The failed attempt's traceback, once the chain failed."""
+        latest = self.latest()
+        return latest.traceback if latest.status is Status.FAILED else None
+
     def get(self, timeout: float | None = None) -> R:
         """The handler's return value once the chain is finished.
 
@@ -66,6 +120,10 @@ class AsyncResult(Generic[R]):
                 if latest.status is Status.SUCCESS:
                     return cast(R, latest.result)
                 raise TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
+            if self._app is not None:
+                trap = self._app.why_no_worker()
+                if trap is not None:
+                    raise NoWorker(f"task {self.id} is {latest.status.value} and will never finish here: {trap}")
             remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"task {self.id} not finished after {timeout} s (status {latest.status.value})")

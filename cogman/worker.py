@@ -109,6 +109,7 @@ class Worker:
         self.app.middleware.before("worker_boot", self)
         for index in range(self.concurrency):
             self._spawn(self._handle, f"cogman-handler-{index}")
+        self.app.running_workers.add(self)
         if sweeps(self.app.config):
             self._sweeper = Sweeper(self.app.backend, self.app.broker, self.app.config)
             self.app.client.sweeper = self._sweeper
@@ -178,6 +179,7 @@ class Worker:
     def _finish(self) -> None:
         if self._stopped.is_set():
             return
+        self.app.running_workers.discard(self)
         if self._consumer is not None:
             self._consumer.close()
         if self._loop is not None:

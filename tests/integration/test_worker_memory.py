@@ -380,12 +380,35 @@ def test_get_times_out_and_unknown_id_is_reported(app: App):
         return 1
 
     result = never_run.delay()
-    with pytest.raises(TimeoutError, match="not finished"):
-        result.get(timeout=0.05)
+    worker = app.start_background(concurrency=1, priorities=["low"])  # runs, but never takes a high task
+    try:
+        with pytest.raises(TimeoutError, match="not finished"):
+            result.get(timeout=0.05)
+    finally:
+        worker.stop()
     from cogman.errors import TaskNotFound
 
     with pytest.raises(TaskNotFound):
         _ = app.result("no-such-id").status
+
+
+def test_get_on_memory_without_a_worker_raises_at_once_and_says_what_to_do(app: App):
+    """The memory:// trap: no worker of this process, so get() would wait forever."""
+    from cogman.result import NoWorker
+
+    @app.task(name="lonely")
+    def lonely() -> int:
+        return 1
+
+    result = lonely.delay()  # sending stays allowed: a test may start the worker afterwards
+    with pytest.raises(NoWorker, match=r"no worker runs in this process.*app\.start_background\(\)"):
+        result.get()
+    worker = app.start_background(concurrency=1)
+    try:
+        assert result.get(timeout=10) == 1
+    finally:
+        worker.stop()
+    assert result.get() == 1  # finished: no worker needed to read it
 
 
 def test_duplicate_task_name_is_refused(app: App):
