@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -10,6 +11,7 @@ from cogman.backends import Backend, create_backend
 from cogman.brokers import Broker, create_broker
 from cogman.client import Client, new_record
 from cogman.config import Config
+from cogman.errors import CogmanError, TaskFailed
 from cogman.message import check_json_arguments
 from cogman.middleware import Middleware, MiddlewareStack
 from cogman.priority import Priority
@@ -17,6 +19,7 @@ from cogman.result import AsyncResult
 from cogman.task import Task, default_task_name
 
 if TYPE_CHECKING:
+    from cogman.eager import EagerRunner
     from cogman.worker import Worker
 
 P = ParamSpec("P")
@@ -52,6 +55,9 @@ class App:
         self._lock = threading.Lock()
         #: Workers running in this process (``start_background`` or a blocking ``worker().start()``).
         self.running_workers: set[Worker] = set()
+        #: Ids sent on the memory:// broker and not yet seen finished, for ``join``.
+        self._unjoined: list[str] = []
+        self._eager: EagerRunner | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.config.broker_url} backend={self.config.backend_url}>"
@@ -117,9 +123,19 @@ class App:
     def backend(self) -> Backend:
         return self.client.backend
 
+    def reconfigure(self, config: Config | None = None, **options: Any) -> None:
+        """Close the connections and use another configuration (for tests: the ``cogman_app`` fixture
+        switches an app to memory:// and back). Tasks stay registered."""
+        self.close()
+        self.config = config.with_options(**options) if config is not None else self.config.with_options(**options)
+        self._unjoined.clear()
+
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            eager, self._eager = self._eager, None
+        if eager is not None:
+            eager.close()
         if client is not None:
             client.close()
             client.broker.close()
@@ -136,10 +152,18 @@ class App:
         priority: Priority | str | None = None,
         retry: int | None = None,
         primary_key: str | None = None,
+        task_id: str | None = None,
     ) -> AsyncResult[Any]:
-        """Queue a task by name; works from a process that does not have the function."""
+        """Queue a task by name; works from a process that does not have the function. ``task_id``
+        chooses the id (sending an id twice records it once; the second message is a duplicate the
+        worker skips once the first finished)."""
         return self.send_many(
-            name, [(tuple(args), kwargs or {})], priority=priority, retry=retry, primary_key=primary_key
+            name,
+            [(tuple(args), kwargs or {})],
+            priority=priority,
+            retry=retry,
+            primary_key=primary_key,
+            task_ids=None if task_id is None else [task_id],
         )[0]
 
     def send_many(
@@ -150,6 +174,7 @@ class App:
         priority: Priority | str | None = None,
         retry: int | None = None,
         primary_key: str | None = None,
+        task_ids: Sequence[str] | None = None,
     ) -> list[AsyncResult[Any]]:
         """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all."""
         task = self.tasks.get(name)
@@ -157,19 +182,63 @@ class App:
         budget = retry if retry is not None else task.retry if task else 0
         if not isinstance(budget, int) or budget < 0:
             raise ValueError(f"retry must be a non-negative integer, got {budget!r}")
+        if task_ids is not None and len(task_ids) != len(calls):
+            raise ValueError(f"task_ids gives {len(task_ids)} ids for {len(calls)} calls")
         records = []
-        for args, kwargs in calls:
+        for index, (args, kwargs) in enumerate(calls):
             check_json_arguments(name, args, kwargs)
             if task is not None:
                 try:
                     task.check_arguments(args, kwargs)
                 except Exception as exc:
                     raise TypeError(str(exc)) from None
+            chosen_id = task_ids[index] if task_ids is not None else None
             records.append(
-                new_record(name, args, kwargs, priority=chosen_priority, retry=budget, primary_key=primary_key)
+                new_record(
+                    name,
+                    args,
+                    kwargs,
+                    priority=chosen_priority,
+                    retry=budget,
+                    primary_key=primary_key,
+                    task_id=chosen_id,
+                )
             )
         self.client.send(records)
+        if self.config.eager:
+            self._eager_runner().drain()
+        elif self.config.broker_url.startswith("memory://"):
+            self._unjoined.extend(record.task_id for record in records)
         return [AsyncResult(self.backend, record.task_id, self) for record in records]
+
+    def _eager_runner(self) -> EagerRunner:
+        from cogman.eager import EagerRunner
+
+        if self._eager is None:
+            with self._lock:
+                if self._eager is None:
+                    self._eager = EagerRunner(self)
+        return self._eager
+
+    def join(self, timeout: float | None = None, *, fail_fast: bool = False) -> None:
+        """Wait until every task sent so far on the memory:// broker has finished (retries included),
+        for tests, as Dramatiq's ``StubBroker.join``; with ``fail_fast``, raise the first failure met
+        (TaskFailed), in send order. Raises TimeoutError, or NoWorker when no worker runs here."""
+        if not self.config.broker_url.startswith("memory://") or self.config.eager:
+            if self.config.eager:
+                return  # every send already ran to completion
+            raise CogmanError("join() waits for tasks sent on the memory:// broker; use AsyncResult.get() elsewhere")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._unjoined:
+            task_id = self._unjoined[0]
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                AsyncResult(self.backend, task_id, self).get(timeout=remaining)
+            except TaskFailed:
+                if fail_fast:
+                    self._unjoined.pop(0)
+                    raise
+            self._unjoined.pop(0)
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(self.backend, task_id, self)
@@ -185,7 +254,7 @@ class App:
     def why_no_worker(self) -> str | None:
         """Why a task of this process cannot finish, when its transport is in-process memory and no
         worker of this process runs (``get()`` raises instead of waiting forever); None when it can."""
-        if self.running_workers:
+        if self.running_workers or self.config.eager:
             return None
         broker, backends = self.config.broker_url, self.config.backend_urls
         if broker.startswith("memory://"):

@@ -50,8 +50,9 @@ def new_record(
     priority: Priority,
     retry: int,
     primary_key: str | None,
+    task_id: str | None = None,
 ) -> TaskRecord:
-    task_id = new_task_id()
+    task_id = task_id or new_task_id()
     now = utcnow()
     return TaskRecord(
         task_id=task_id,

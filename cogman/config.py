@@ -38,6 +38,10 @@ class Config:
     #: ``"classic"`` (Cogman's topology) or ``"quorum"`` (replicated, for a RabbitMQ cluster).
     queue_type: str = "classic"
 
+    #: Run every send inline, in the caller, before ``.delay()`` returns (for unit tests of your tasks;
+    #: see cogman/eager.py). The broker is then an in-process one, whatever ``broker_url`` says.
+    eager: bool = False
+
     #: Worker threads running handlers.
     concurrency: int = 8
     #: Unstarted messages a worker may hold; None means twice its concurrency.

@@ -75,6 +75,27 @@ class Task(Generic[P, R]):
             self.name, args=args, kwargs=kwargs, priority=priority, retry=retry, primary_key=primary_key
         )
 
+    def apply_async(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        priority: Priority | str | None = None,
+        retry: int | None = None,
+        primary_key: str | None = None,
+    ) -> AsyncResult[R]:
+        """Celery's name for ``send``, with ``task_id`` to choose the id."""
+        return self.app.send_task(
+            self.name,
+            args=args,
+            kwargs=kwargs,
+            priority=priority,
+            retry=retry,
+            primary_key=primary_key,
+            task_id=task_id,
+        )
+
     def send_many(
         self, calls: Iterable[tuple[Any, ...]], *, priority: Priority | str | None = None
     ) -> list[AsyncResult[R]]:

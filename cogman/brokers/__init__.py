@@ -26,7 +26,7 @@ def create_broker(config: Config) -> Broker:
     """The broker named by ``config.broker_url``: ``memory://`` or ``amqp://`` (also ``amqps://``)."""
     url = config.broker_url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "memory":
+    if scheme == "memory" or config.eager:
         from cogman.brokers.memory import MemoryBroker
 
         return MemoryBroker(
