@@ -48,6 +48,13 @@ class TaskRecord:
     latest_attempt_id: str | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    #: When the attempt reached each status it went through, oldest first (its creation status at
+    #: ``created_at`` when nothing else is known).
+    history: tuple[tuple[Status, datetime], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.history:
+            object.__setattr__(self, "history", ((self.status, self.created_at),))
 
     @property
     def is_original(self) -> bool:
@@ -71,6 +78,7 @@ class TaskRecord:
         data["status"] = self.status.value
         data["created_at"] = self.created_at.isoformat()
         data["updated_at"] = self.updated_at.isoformat()
+        data["history"] = [[status.value, moment.isoformat()] for status, moment in self.history]
         return data
 
     def to_json(self) -> str:
@@ -99,6 +107,7 @@ class TaskRecord:
                 latest_attempt_id=_optional(data, "latest_attempt_id", str),
                 created_at=_datetime(data["created_at"]),
                 updated_at=_datetime(data["updated_at"]),
+                history=_history(data.get("history")),
             )
         except CorruptRecord:
             raise
@@ -148,3 +157,12 @@ def _datetime(value: Any) -> datetime:
         raise TypeError(f"timestamp must be an ISO 8601 string, got {value!r}")
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _history(value: Any) -> tuple[tuple[Status, datetime], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"field 'history' must be a list of [status, time], got {value!r}")
+    entries = [(Status(status), _datetime(moment)) for status, moment in value]
+    return tuple(sorted(entries, key=lambda entry: entry[1]))

@@ -38,24 +38,38 @@ def dumps(value: Any) -> str:
 # Redis: one hash per attempt, each field JSON-encoded, plus ``_score`` (created_at in microseconds)
 
 
+#: A record's hash keeps when each status was reached in fields named ``at:<status>``.
+AT = "at:"
+
+
 def hash_fields(record: TaskRecord) -> list[str]:
     """Flat field/value list of a record's hash."""
     fields: list[str] = []
     for name, value in record.to_dict().items():
+        if name == "history":
+            for status, moment in value:
+                fields += [AT + status, dumps(moment)]
+            continue
         fields += [name, dumps(value)]
     return [*fields, "_score", str(to_us(record.created_at))]
 
 
 def from_hash(flat: dict[bytes, bytes], key: str) -> TaskRecord:
     data: dict[str, Any] = {}
+    history: list[list[Any]] = []
     for raw_name, raw_value in flat.items():
         name = raw_name.decode("utf-8", "replace")
         if name.startswith("_"):
             continue
         try:
-            data[name] = json.loads(raw_value)
+            value = json.loads(raw_value)
         except (ValueError, UnicodeDecodeError):
             raise CorruptRecord(key, f"field {name!r} is not JSON: {raw_value[:80]!r}") from None
+        if name.startswith(AT):
+            history.append([name[len(AT) :], value])
+        else:
+            data[name] = value
+    data["history"] = history
     return TaskRecord.from_dict(data, key)
 
 
@@ -70,6 +84,7 @@ def to_document(record: TaskRecord) -> dict[str, Any]:
     doc["result"] = dumps(record.result)
     doc["created_at"], doc["created_us"] = record.created_at, to_us(record.created_at)
     doc["updated_at"], doc["updated_us"] = record.updated_at, to_us(record.updated_at)
+    doc["at"] = {status.value: to_us(moment) for status, moment in record.history}  # exact microseconds
     return doc
 
 
@@ -84,6 +99,12 @@ def from_document(doc: dict[str, Any], key: str) -> TaskRecord:
     for name in ("created", "updated"):
         exact = doc.get(f"{name}_us")
         data[f"{name}_at"] = from_us(exact) if isinstance(exact, int) else doc.get(f"{name}_at")
+    at = doc.get("at")
+    data["history"] = (
+        [[status, from_us(moment) if isinstance(moment, int) else moment] for status, moment in at.items()]
+        if isinstance(at, dict)
+        else None
+    )
     return TaskRecord.from_dict(data, key)
 
 

@@ -30,7 +30,8 @@ class MemoryBackend:
                     continue
                 early = self._early.pop(record.task_id, None)
                 if early is not None and allows(record.status, early["status"]):
-                    record = record.evolve(**early)
+                    moved = (*record.history, (early["status"], early["updated_at"]))
+                    record = record.evolve(**early, history=moved)
                 self._records[record.task_id] = record
                 if record.status.is_final:
                     self._changed.notify_all()
@@ -63,7 +64,8 @@ class MemoryBackend:
                 return None
             if not allows(record.status, status):
                 return record
-            record = self._records[task_id] = record.evolve(**changes)
+            history = (*record.history, (status, changes["updated_at"]))
+            record = self._records[task_id] = record.evolve(**changes, history=history)
             if status.is_final:
                 self._changed.notify_all()
             return record

@@ -134,6 +134,7 @@ class MongoBackend:
         duration: float | None = None,
     ) -> TaskRecord | None:
         changes: dict[str, Any] = {"status": status.value, **self._updated()}
+        changes[f"at.{status.value}"] = changes["updated_us"]
         if fail_error is not None:
             changes["fail_error"] = fail_error
         if traceback is not None:
@@ -173,6 +174,7 @@ class MongoBackend:
         allowed = [s.value for s in Status if allows(s, status)]
         ids = list(task_ids)
         changes = {"status": status.value, **self._updated()}
+        changes[f"at.{status.value}"] = changes["updated_us"]
 
         def move() -> None:
             self._indexes()
@@ -371,6 +373,8 @@ class MongoBackend:
             status = Status(stub.pop("status"))
             task_id = stub.pop("task_id")
             stub.pop("created_at", None)
+            for name, moment in (stub.pop("at", None) or {}).items():
+                stub[f"at.{name}"] = moment  # add to the record's history, never replace it
             allowed = [s.value for s in Status if allows(s, status)]
             self.collection.update_one(
                 {"task_id": task_id, "status": {"$in": allowed}}, {"$set": {"status": status.value, **stub}}

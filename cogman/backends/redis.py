@@ -115,7 +115,8 @@ class RedisBackend:
         result: Any = UNSET,
         duration: float | None = None,
     ) -> TaskRecord | None:
-        fields: list[str] = ["updated_at", codec.dumps(utcnow().isoformat())]
+        now = codec.dumps(utcnow().isoformat())
+        fields: list[str] = ["updated_at", now, codec.AT + status.value, now]
         if fail_error is not None:
             fields += ["fail_error", codec.dumps(fail_error)]
         if traceback is not None:
@@ -143,10 +144,11 @@ class RedisBackend:
             return None
 
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
-        fields = ["updated_at", codec.dumps(utcnow().isoformat())]
+        now = codec.dumps(utcnow().isoformat())
+        fields = ["updated_at", now, codec.AT + status.value, now]
         for start in range(0, len(task_ids), CHUNK):
             chunk = list(task_ids[start : start + CHUNK])
-            args = [*self._common(), scripts.encoded(status), "0", 1, *fields, *chunk]
+            args = [*self._common(), scripts.encoded(status), "0", len(fields) // 2, *fields, *chunk]
             out = self.buffer.write(self._run(self._transition, args), f"move {len(chunk)} task(s) to {status}")
             for task_id, outcome in zip(chunk, out or [], strict=False):
                 if outcome.startswith(b"corrupt"):

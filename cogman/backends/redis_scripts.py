@@ -150,7 +150,7 @@ return out
 # the budget read from the original's record; or {'unknown'} / {'corrupt: <why>'}.
 START = """
 local id = ARGV[7]
-local outcome = transition(id, ARGV[5], {'updated_at', ARGV[6]})
+local outcome = transition(id, ARGV[5], {'updated_at', ARGV[6], 'at:in_progress', ARGV[6]})
 if outcome == 'unknown' or string.sub(outcome, 1, 7) == 'corrupt' then return {outcome} end
 local f = redis.call('HMGET', P .. ':task:' .. id, 'status', 'original_task_id', 'attempt', 'retry')
 local budget = f[4]

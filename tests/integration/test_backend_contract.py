@@ -127,6 +127,25 @@ def test_transition_sets_fields_and_returns_the_record(backend: Backend):
     assert backend.get(rec.task_id) == done
 
 
+def test_each_record_keeps_when_it_reached_each_status(backend: Backend):
+    rec = record()
+    backend.create([rec])
+    backend.transition_many([rec.task_id], Status.QUEUED)
+    backend.start(rec.task_id)
+    backend.transition(rec.task_id, Status.SUCCESS, result=1)
+    backend.transition(rec.task_id, Status.FAILED)  # refused: not in the history
+    stored = backend.get(rec.task_id)
+    assert stored is not None
+    assert [status for status, _ in stored.history] == [
+        Status.INITIATED,
+        Status.QUEUED,
+        Status.IN_PROGRESS,
+        Status.SUCCESS,
+    ]
+    moments = [moment for _, moment in stored.history]
+    assert moments == sorted(moments) and moments[0] == rec.created_at and moments[-1] == stored.updated_at
+
+
 def test_a_failure_keeps_its_error_and_traceback(backend: Backend):
     rec = record()
     backend.create([rec])
