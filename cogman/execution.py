@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from cogman.errors import PoisonMessage
-from cogman.message import Message
+from cogman.message import Message, header_task_id
 from cogman.status import Status
 from cogman.task import Task, TaskContext
 
@@ -49,6 +49,8 @@ def _execute(
     backend = app.backend
     message: Message | None = None
     try:
+        if delivery.poison is not None:  # the transport could not read it: never decoded, never run
+            raise PoisonMessage(delivery.poison, header_task_id(delivery.headers))
         message = Message.decode(delivery.body, delivery.headers)
         task = app.tasks.get(message.name)
         if task is None:
