@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import selectors
 import socket
 import threading
@@ -264,15 +265,20 @@ def _buffered(transport: Any) -> bool:
     return bool(getattr(transport, "_read_buffer", b"")) or (hasattr(sock, "pending") and bool(sock.pending()))
 
 
-#: For one-off readiness checks: poll needs no descriptor of its own (epoll would open one per check).
-_PROBE: Callable[[], selectors.BaseSelector] = getattr(selectors, "PollSelector", selectors.DefaultSelector)
-
-
 def _readable_now(sock: Any) -> bool:
-    """One non-blocking readiness check, with no descriptor-number limit (poll, not select)."""
-    with _PROBE() as probe:
-        probe.register(sock, selectors.EVENT_READ)
-        return bool(probe.select(0))
+    """One non-blocking readiness check with no descriptor-number limit: poll, which needs no descriptor
+    of its own (an epoll selector would open one per check), called directly since it runs per frame."""
+    if _poll is None:
+        with selectors.DefaultSelector() as probe:
+            probe.register(sock, selectors.EVENT_READ)
+            return bool(probe.select(0))
+    poller = _poll()
+    poller.register(sock, _POLLIN)
+    return bool(poller.poll(0))
+
+
+_poll: Callable[[], Any] | None = getattr(select, "poll", None)
+_POLLIN: int = getattr(select, "POLLIN", 1)
 
 
 def wait_readable(connection: Connection, waker: Waker, timeout: float) -> bool:

@@ -136,7 +136,7 @@ def delivery_from_raw(message: Any, queue: str, priority: Priority, tag: Any, ma
     raw_headers = raw_headers if isinstance(raw_headers, dict) else {}
     body = message.body
     body = body.encode() if isinstance(body, str) else bytes(body)
-    poison: str | None = getattr(message, _POISON, None)
+    poison: str | None = vars(message).get(_POISON)  # getattr would raise inside py-amqp's __getattr__
     foreign_keys = [key for key in raw_headers if not isinstance(key, str)]
     if poison is None and len(body) > max_size:
         poison = f"body of {len(body)} bytes is over max_message_size ({max_size} bytes)"
