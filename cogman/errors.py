@@ -68,6 +68,10 @@ class BrokerAccessRefused(CogmanError):
     names the user, host:port and vhost, never the password."""
 
 
+class ConsumerStopped(CogmanError):
+    """The broker consumer's I/O thread ended on an error it cannot recover from (the cause is chained)."""
+
+
 class TopologyError(CogmanError):
     """A broker queue exists with other arguments than cogman declares; the message names the queue."""
 

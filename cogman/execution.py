@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cogman.errors import BackendUnavailable, PoisonMessage
 from cogman.handlers import EventLoopThread, ensure_json_result, run_handler
-from cogman.message import Message
+from cogman.message import Message, header_task_id
 from cogman.record import bounded_traceback
 from cogman.status import Status
 
@@ -132,7 +132,7 @@ class Executor:
 
     def _decode(self, delivery: Delivery) -> tuple[Message, Task[Any, Any]]:
         if delivery.poison is not None:
-            raise PoisonMessage(delivery.poison, _header_task_id(delivery))
+            raise PoisonMessage(delivery.poison, header_task_id(delivery.headers))
         limit = self.app.config.max_message_size
         if len(delivery.body) > limit:
             raise PoisonMessage(f"body of {len(delivery.body)} bytes over max_message_size={limit}", None)
@@ -244,10 +244,3 @@ def _chain_of(message: Message, started: Started | None) -> Chain:
     if started is None:  # no record (a foreign producer) or the backend is away: nothing to trust yet
         return Chain(message.task_id, 1, 0)
     return Chain(started.original_task_id, started.attempt, started.retries_left)
-
-
-def _header_task_id(delivery: Delivery) -> str | None:
-    from cogman.message import HEADER_TASK_ID
-
-    value = delivery.headers.get(HEADER_TASK_ID) if isinstance(delivery.headers, dict) else None
-    return value if isinstance(value, str) and value else None

@@ -55,10 +55,25 @@ class Message:
 
     @classmethod
     def decode(cls, body: bytes, headers: dict[str, Any] | None) -> Message:
-        """Parse a delivery. Anything that can never run raises PoisonMessage with the reason."""
+        """Parse a delivery. Anything that can never run raises PoisonMessage with the reason.
+
+        Whatever the body does to the parser (nesting deep enough for a RecursionError, ``1e400``
+        overflowing an integer field, anything else) is a poison message: dead-lettered once, never
+        an error that gives the message back to the broker to fail again."""
         headers = headers or {}
-        header_id = headers.get(HEADER_TASK_ID)
-        task_id = header_id if isinstance(header_id, str) and header_id else None
+        try:
+            return cls._decode(body, headers)
+        except PoisonMessage:
+            raise
+        except RecursionError:
+            raise PoisonMessage("body is nested too deeply to decode", header_task_id(headers)) from None
+        except Exception as exc:
+            reason = f"undecodable body ({type(exc).__name__}: {exc})"
+            raise PoisonMessage(reason, header_task_id(headers)) from None
+
+    @classmethod
+    def _decode(cls, body: bytes, headers: dict[str, Any]) -> Message:
+        task_id = header_task_id(headers)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -87,7 +102,7 @@ class Message:
                 attempt=int(data.get("attempt", 1)),
                 retries_left=max(0, int(data.get("retries_left", 0))),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
 
     @classmethod
@@ -103,6 +118,12 @@ class Message:
             attempt=record.attempt,
             retries_left=retries_left,
         )
+
+
+def header_task_id(headers: dict[str, Any]) -> str | None:
+    """The ``TaskID`` header when it is a non-empty string (a foreign message may carry anything)."""
+    value = headers.get(HEADER_TASK_ID)
+    return value if isinstance(value, str) and value else None
 
 
 def _str_or_none(value: Any) -> str | None:

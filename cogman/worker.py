@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from cogman.errors import BrokerAccessRefused, TopologyError
+from cogman.errors import BrokerAccessRefused, ConsumerStopped, TopologyError
 from cogman.execution import Executor, Outcome
 from cogman.handlers import EventLoopThread
 from cogman.priority import Priority
@@ -38,7 +38,7 @@ log = logging.getLogger("cogman.worker")
 #: How often an idle handler thread wakes to notice a stop request.
 RECEIVE_TIMEOUT = 0.2
 #: Errors that no reconnect can heal: the worker stops and says why.
-FATAL = (TopologyError, BrokerAccessRefused)
+FATAL = (TopologyError, BrokerAccessRefused, ConsumerStopped)
 
 
 class StopNow(BaseException):

@@ -4,15 +4,16 @@ Shared by the publishing side (``rabbitmq.py``) and the consuming side (``rabbit
 kombu's ``Connection`` and py-amqp's channel do the AMQP; this module only adds what cogman needs on
 top: pipelined confirms (many publishes in flight, acks matched by delivery tag, which py-amqp's own
 ``confirm_publish`` mode cannot do because it waits after every message) and waiting on the socket
-*and* a wake-up pipe, so another thread's ack does not sit in a queue until a read times out.
+*and* a wake-up socket, so another thread's ack does not sit in a queue until a read times out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
+import selectors
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -198,56 +199,94 @@ class Confirms(Generic[T]):
 
 
 class Waker:
-    """A pipe another thread writes to so a select() on the AMQP socket returns at once."""
+    """A socket pair another thread writes a byte to, so a wait on the AMQP socket returns at once.
+
+    It also owns the selector the consumer waits on, with the AMQP socket registered once per
+    connection rather than once per wait. ``selectors`` (epoll, kqueue) and sockets work with any
+    descriptor number; ``select.select`` raised for descriptors from 1024 on, which a busy process
+    reaches.
+    """
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._read, selectors.EVENT_READ)
+        self._watched: Any = None
         self._lock = threading.Lock()
         self._closed = False
 
     def fileno(self) -> int:
-        return self._read
+        return self._read.fileno()
 
     def wake(self) -> None:
         with self._lock:
             if self._closed:  # never write to a closed descriptor: its number may be reused already
                 return
-            with contextlib.suppress(OSError):  # a full pipe means a wake-up is already pending
-                os.write(self._write, b"x")
+            with contextlib.suppress(OSError):  # a full buffer means a wake-up is already pending
+                self._write.send(b"x")
 
     def clear(self) -> None:
         try:
-            while os.read(self._read, 4096):
+            while self._read.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
+        except OSError:  # BlockingIOError: nothing left to read
             pass
+
+    def wait(self, sock: Any, timeout: float) -> bool:
+        """Wait until ``sock`` is readable (True), or a wake-up or ``timeout`` comes first (False)."""
+        if sock is not self._watched:
+            if self._watched is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):  # the old socket may be closed
+                    self._selector.unregister(self._watched)
+            self._selector.register(sock, selectors.EVENT_READ)
+            self._watched = sock
+        ready = {key.fileobj for key, _ in self._selector.select(timeout)}
+        if self._read in ready:
+            self.clear()
+        return sock in ready
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            for fd in (self._read, self._write):
+            self._selector.close()
+            for end in (self._read, self._write):
                 with contextlib.suppress(OSError):
-                    os.close(fd)
+                    end.close()
+
+
+def _buffered(transport: Any) -> bool:
+    """py-amqp reads frames exactly (it never reads ahead), so bytes of a frame it has not finished are
+    either in its small read buffer, in the TLS layer, or still in the socket."""
+    sock = transport.sock
+    return bool(getattr(transport, "_read_buffer", b"")) or (hasattr(sock, "pending") and bool(sock.pending()))
+
+
+def _readable_now(sock: Any) -> bool:
+    """One non-blocking readiness check with no descriptor-number limit: poll, which needs no descriptor
+    of its own (an epoll selector would open one per check), called directly since it runs per frame."""
+    if _poll is None:
+        with selectors.DefaultSelector() as probe:
+            probe.register(sock, selectors.EVENT_READ)
+            return bool(probe.select(0))
+    poller = _poll()
+    poller.register(sock, _POLLIN)
+    return bool(poller.poll(0))
+
+
+_poll: Callable[[], Any] | None = getattr(select, "poll", None)
+_POLLIN: int = getattr(select, "POLLIN", 1)
 
 
 def wait_readable(connection: Connection, waker: Waker, timeout: float) -> bool:
-    """Wait until the AMQP socket has data (True) or ``waker`` fires or ``timeout`` passes (False).
-
-    py-amqp reads frames exactly (it never reads ahead), so bytes of a frame it has not finished are
-    either in its small read buffer or still in the socket; both are checked.
-    """
+    """Wait until the AMQP socket has data (True) or ``waker`` fires or ``timeout`` passes (False)."""
     transport = connection.connection.transport
-    sock = transport.sock
-    if getattr(transport, "_read_buffer", b"") or (hasattr(sock, "pending") and sock.pending()):
+    if _buffered(transport):
         return True
-    readable, _, _ = select.select([sock, waker], [], [], timeout)
-    if waker in readable:
-        waker.clear()
-    return sock in readable
+    return waker.wait(transport.sock, timeout)
 
 
 def drain_ready(connection: Connection, limit: int = 256) -> int:
@@ -255,12 +294,8 @@ def drain_ready(connection: Connection, limit: int = 256) -> int:
     handled = 0
     transport = connection.connection.transport
     while handled < limit:
-        sock = transport.sock
-        buffered = getattr(transport, "_read_buffer", b"") or (hasattr(sock, "pending") and sock.pending())
-        if not buffered:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
-                break
+        if not _buffered(transport) and not _readable_now(transport.sock):
+            break
         try:
             connection.drain_events(timeout=0.5)
         except TimeoutError:

@@ -79,6 +79,10 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             sockets, self._sockets = self._sockets, set()
         if listener is not None:
+            # close() alone leaves a thread blocked in accept() holding the socket in LISTEN (and the
+            # port bound) until the next connection attempt; shutdown wakes accept() and frees the port.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for sock in sockets:
             _reset(sock)

@@ -258,8 +258,10 @@ def test_many_waiters_wake_when_another_thread_finishes_the_task(make, server, m
     for thread in threads:
         thread.start()
 
+    db = str(server.connection_pool.connection_kwargs.get("db", 0))
+
     def blocked() -> int:
-        return sum(1 for c in server.client_list() if c.get("cmd") == "blpop" and c.get("db") == "15")
+        return sum(1 for c in server.client_list() if c.get("cmd") == "blpop" and c.get("db") == db)
 
     wait_until(lambda: blocked() >= 10, 30, "10 waiters blocked in BLPOP")
     backend.transition(rec.task_id, Status.SUCCESS, result=[1, 2])
