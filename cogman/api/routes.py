@@ -140,6 +140,7 @@ def data_routes(app: App) -> APIRouter:
         report = admin.queue_report(app)
         return data(
             {
+                "app": app.name,
                 "total_queue": report.total_queue,
                 "total_task": report.total_ready,
                 "total_consumers": report.total_consumers,
