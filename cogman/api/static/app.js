@@ -63,7 +63,11 @@ function formatTime(iso) {
 }
 
 function formatDuration(seconds) {
-  return seconds === null || seconds === undefined ? "" : `${Number(seconds).toFixed(4)} s`;
+  if (seconds === null || seconds === undefined) return "";
+  const value = Number(seconds);
+  if (value < 0.001) return `${(value * 1e6).toFixed(0)} µs`;
+  if (value < 1) return `${(value * 1000).toFixed(1)} ms`;
+  return `${value.toFixed(2)} s`;
 }
 
 function statusBadge(status) {
