@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -35,4 +36,8 @@ def serve(app: App, *, host: str, port: int, insecure: bool = False, cors_origin
     except ImportError as exc:
         raise CogmanError(f"cogman api needs the api extra ({exc.name} is missing): pip install cogman[api]") from None
     api = create_app(app, cors_origins=list(cors_origins) or None)
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again to the handler it found:
+    # a no-op one makes a requested stop exit 0, as the worker does.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
     uvicorn.run(api, host=host, port=port, log_level="info", access_log=False)
