@@ -21,7 +21,7 @@ from tests.integration.api_helpers import _drop_prefix, serving
 
 TOKEN = "schema-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EXAMPLES = 25
+EXAMPLES = 50
 
 
 @pytest.fixture
