@@ -181,7 +181,10 @@ def test_token_guards_every_route_but_ping_and_healthz(redis_app: App):
             assert http.get(path, headers={"Authorization": "Basic czNjcmV0LXRva2Vu"}).status_code == 401
             assert http.get(path, headers={"Authorization": "Bearer s3cret-token"}).status_code in (200, 404), path
         assert http.post("/retry", json={"task_id": "x"}).status_code == 401
-        assert http.get("/").status_code == 200  # the page holds no data; it asks for the token
+        page = http.get("/")  # the page holds no data; it asks for the token
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert "'unsafe-inline'" not in page.headers["content-security-policy"]
 
 
 def test_cors_preflight_is_answered(redis_app: App):
@@ -227,6 +230,7 @@ def test_unreachable_backend_or_broker_is_503(store: str):
             ]:
                 response = http.request(method, path, json=body)
                 assert response.status_code == 503, (path, response.text)
+                assert response.headers["retry-after"] == "5"
                 assert "unreachable" in errors_of(response)[0]["message"], path
             metrics = http.get("/metrics")
             assert metrics.status_code == 200
