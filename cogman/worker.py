@@ -77,9 +77,9 @@ class Worker:
         self._spawn(self._fetch, "cogman-fetch")
         for index in range(self.concurrency):
             self._spawn(self._handle, f"cogman-handler-{index}")
-        log.info("%r started", self)
-        if block:
-            restore = self._install_signal_handlers()
+        restore = self._install_signal_handlers() if block else None
+        log.info("%r started", self)  # after the handlers: a SIGTERM right after this line stops gracefully
+        if restore is not None:
             try:
                 self._stop_requested.wait()
             finally:
