@@ -8,7 +8,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,api]")
     session.run("pytest", "-q", "-ra", *session.posargs)
 
 
@@ -21,7 +21,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,api]")
     session.run("mypy", "cogman")
 
 

@@ -58,6 +58,7 @@ class App:
         #: Ids sent on the memory:// broker and not yet seen finished, for ``join``.
         self._unjoined: list[str] = []
         self._eager: EagerRunner | None = None
+        self._install_worker_middleware()
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.config.broker_url} backend={self.config.backend_url}>"
@@ -277,3 +278,15 @@ class App:
         worker = self.worker(concurrency=concurrency, priorities=priorities)
         worker.start(block=False)
         return worker
+
+    def _install_worker_middleware(self) -> None:
+        """Workers write heartbeats by default (``cogman ping``), and serve metrics when ``metrics_port``
+        is set. Both only act once a worker boots, so a sending-only process pays nothing."""
+        from cogman.heartbeat import Heartbeat
+
+        if not any(isinstance(m, Heartbeat) for m in self.middleware.middleware):
+            self.middleware.middleware.append(Heartbeat())
+        if self.config.metrics_port is not None:
+            from cogman.metrics import install_prometheus
+
+            install_prometheus(self, self.config.metrics_port)

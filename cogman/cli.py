@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-c", "--concurrency", type=int, help="handler threads per process (default: config)")
     worker.add_argument("-Q", "--queues", default="high,low", help="priority families to consume: high,low")
     worker.add_argument("-p", "--processes", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here (process i: port + i)")
 
     status = commands.add_parser("status", help="print a task's record as JSON")
     status.add_argument("task_id")
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run an in-process demo on the embedded memory broker")
     demo.add_argument("-n", "--tasks", type=int, default=400, help="tasks to send (default 400)")
     demo.add_argument("-c", "--concurrency", type=int, default=8, help="worker threads (default 8)")
+
+    from cogman.cli_admin import add_admin_commands
+
+    add_admin_commands(commands)
     return parser
 
 
@@ -88,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         if args.command == "worker":
             return _worker(app, args)
+        from cogman.cli_admin import ADMIN_COMMANDS, run_admin
+
+        if args.command in ADMIN_COMMANDS:
+            return run_admin(app, args)
         return _status(app, args.task_id)
     except CogmanError as exc:
         print(f"cogman: error: {exc}", file=sys.stderr)
@@ -104,7 +113,17 @@ def _worker(app: App, args: argparse.Namespace) -> int:
     if args.processes > 1:
         from cogman.processes import run_processes
 
-        return run_processes(args.app, processes=args.processes, concurrency=args.concurrency, queues=priorities)
+        return run_processes(
+            args.app,
+            processes=args.processes,
+            concurrency=args.concurrency,
+            queues=priorities,
+            metrics_port=args.metrics_port,
+        )
+    if args.metrics_port is not None:
+        from cogman.metrics import install_prometheus
+
+        install_prometheus(app, args.metrics_port)
     try:
         app.worker(concurrency=args.concurrency, priorities=priorities).start()
     finally:

@@ -81,6 +81,17 @@ class Config:
     #: How often a sweeping worker looks for stale unconfirmed records.
     re_enqueue_interval: float = 30.0
 
+    #: Port of a worker's Prometheus endpoint (the ``Prometheus`` middleware, ``pip install cogman[api]``);
+    #: None: no endpoint. With ``--processes N``, process i listens on ``metrics_port + i``.
+    metrics_port: int | None = None
+    #: How often a worker writes its heartbeat to the backend (``cogman ping``, ``cogman workers``); 0: never.
+    heartbeat_interval: float = 5.0
+    #: Bearer token the REST API asks for (env ``COGMAN_API_TOKEN``); None: no token (loopback only).
+    api_token: str | None = field(default_factory=lambda: os.environ.get("COGMAN_API_TOKEN") or None, repr=False)
+    #: Origins a browser may call the REST API from (CORS), e.g. ``["https://ops.example.com"]`` or
+    #: ``["*"]``; empty: only the dashboard's own origin.
+    api_cors_origins: list[str] = field(default_factory=list)
+
     def __post_init__(self) -> None:
         for name in (
             "high_priority_queue_count",
@@ -111,6 +122,10 @@ class Config:
             raise ConfigError(f"re_enqueue_interval must be positive, got {self.re_enqueue_interval!r}")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be a TCP port (0-65535), got {self.metrics_port!r}")
+        if self.heartbeat_interval < 0:
+            raise ConfigError(f"heartbeat_interval must not be negative, got {self.heartbeat_interval!r}")
 
     @property
     def backend_urls(self) -> list[str]:

@@ -97,10 +97,13 @@ class Executor:
         return outcome
 
     def _execute(self, delivery: Delivery) -> tuple[Message | None, Outcome]:
+        decoded: Message | None = None
         try:
-            message, task = self._decode(delivery)
+            decoded = self._decode(delivery)
+            task = self._task_for(decoded)
         except PoisonMessage as poison:
-            return None, self._dead_letter(delivery, poison)
+            return decoded, self._dead_letter(delivery, poison)
+        message = decoded
 
         started = self._until_recorded(lambda: self.backend.start(message.task_id), f"start task {message.task_id}")
         if started is not None and started.status.is_final:
@@ -130,13 +133,15 @@ class Executor:
 
     # The steps
 
-    def _decode(self, delivery: Delivery) -> tuple[Message, Task[Any, Any]]:
+    def _decode(self, delivery: Delivery) -> Message:
         if delivery.poison is not None:
             raise PoisonMessage(delivery.poison, header_task_id(delivery.headers))
         limit = self.app.config.max_message_size
         if len(delivery.body) > limit:
             raise PoisonMessage(f"body of {len(delivery.body)} bytes over max_message_size={limit}", None)
-        message = Message.decode(delivery.body, delivery.headers)
+        return Message.decode(delivery.body, delivery.headers)
+
+    def _task_for(self, message: Message) -> Task[Any, Any]:
         task = self.app.tasks.get(message.name)
         if task is None:
             raise PoisonMessage(f"unhandled task: {message.name}", message.task_id)
@@ -144,7 +149,7 @@ class Executor:
             task.check_arguments(message.args, message.kwargs or {})
         except PoisonMessage as exc:
             raise PoisonMessage(exc.reason, message.task_id) from None
-        return message, task
+        return task
 
     def _dead_letter(self, delivery: Delivery, poison: PoisonMessage) -> Outcome:
         """The message can never run: it moves to the dead-letter queue (the consumer acks the source

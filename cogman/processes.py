@@ -24,14 +24,25 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from cogman.heartbeat import PROCESS_INDEX_ENV
+
 log = logging.getLogger("cogman.processes")
 
 #: How long stopping children get beyond the app's grace period before they are killed.
 KILL_AFTER = 10.0
 
 
-def run_processes(app_path: str, *, processes: int, concurrency: int | None, queues: Sequence[str]) -> int:
+def run_processes(
+    app_path: str,
+    *,
+    processes: int,
+    concurrency: int | None,
+    queues: Sequence[str],
+    metrics_port: int | None = None,
+) -> int:
     """Run ``processes`` workers for the app at ``app_path`` (``module[:attr]``) until SIGINT/SIGTERM.
+
+    With ``metrics_port`` (or the app's ``config.metrics_port``) child i serves metrics on port + i.
 
     Returns the exit code: 0 after a requested stop, otherwise the first unexpected child exit code.
     """
@@ -45,7 +56,7 @@ def run_processes(app_path: str, *, processes: int, concurrency: int | None, que
     children = [
         context.Process(
             target=_child_main,
-            args=(app_path, concurrency, list(queues), level),
+            args=(app_path, concurrency, list(queues), level, index, metrics_port),
             name=f"cogman-worker-{index}",
             daemon=False,
         )
@@ -109,7 +120,14 @@ def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], time
             child.join()
 
 
-def _child_main(app_path: str, concurrency: int | None, queues: list[str], level: int) -> None:
+def _child_main(
+    app_path: str,
+    concurrency: int | None,
+    queues: list[str],
+    level: int,
+    index: int = 0,
+    metrics_port: int | None = None,
+) -> None:
     """Entry point of one worker process: load the app fresh and run a worker until told to stop.
 
     A child ignores SIGINT: a Ctrl-C reaches it from the terminal *and* as the parent's SIGTERM, and
@@ -121,7 +139,13 @@ def _child_main(app_path: str, concurrency: int | None, queues: list[str], level
     from cogman.errors import CogmanError
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[PROCESS_INDEX_ENV] = str(index)
     app = load_app(app_path)
+    base_port = metrics_port if metrics_port is not None else app.config.metrics_port
+    if base_port is not None:
+        from cogman.metrics import install_prometheus
+
+        install_prometheus(app, base_port + index)
     worker = app.worker(concurrency=concurrency, priorities=queues)
     try:
         worker.start(block=True, signals=(signal.SIGTERM,))

@@ -147,3 +147,19 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+    # Operator actions and worker heartbeats (issue 10)
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        """Raise the retry budget on the record ``task_id`` by ``count`` (at least 1), atomically; return
+        the new budget, None if the record is unknown. A manual retry raises it, then ``spawn_retry``."""
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        """Store a worker's heartbeat (JSON-ready ``info``), forgotten ``ttl`` seconds after this write.
+        Raises BackendUnavailable: a heartbeat is never buffered, a late one would lie."""
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        """The heartbeats that have not expired, of every app using this store."""
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Drop a stopping worker's heartbeat at once."""

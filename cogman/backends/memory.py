@@ -22,6 +22,7 @@ class MemoryBackend:
         #: Changes that arrived before their record, applied by its create (the reference behaviour).
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
+        self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
 
     def create(self, records: Sequence[TaskRecord]) -> None:
         with self._changed:
@@ -153,3 +154,30 @@ class MemoryBackend:
 
     def close(self) -> None:
         """Nothing to release; records stay readable."""
+
+    # Operator actions and worker heartbeats
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        with self._changed:
+            record = self._records.get(task_id)
+            if record is None:
+                return None
+            record = self._records[task_id] = record.evolve(retry=record.retry + count, updated_at=utcnow())
+            return record.retry
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        with self._changed:
+            self._heartbeats[worker_id] = (dict(info), time.monotonic() + ttl)
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        with self._changed:
+            for worker_id in [w for w, (_, expires) in self._heartbeats.items() if expires <= now]:
+                del self._heartbeats[worker_id]
+            return [dict(info) for info, _ in self._heartbeats.values()]
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._changed:
+            self._heartbeats.pop(worker_id, None)

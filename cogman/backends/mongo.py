@@ -9,11 +9,12 @@ standalone server, so ``wait`` polls with a growing interval. See docs/backends.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pymongo
@@ -395,3 +396,59 @@ class MongoBackend:
             )
         if self.collection.find_one({"task_id": task_id}, {"_id": True}) is not None:
             self._apply_early([task_id])  # the create landed meanwhile and may have missed the stub
+
+    # Operator actions and worker heartbeats: a ``workers`` collection beside the tasks, one document per
+    # worker (``_id`` = worker id, ``info`` = its JSON), removed by a TTL index on ``expires_at``.
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+
+        def add() -> int | None:
+            doc = self.collection.find_one_and_update(
+                {"task_id": task_id},
+                {"$inc": {"retry": count}, "$set": self._updated()},
+                projection={"_id": False, "retry": True},
+                return_document=ReturnDocument.AFTER,
+            )
+            budget = None if doc is None else doc.get("retry")
+            return budget if isinstance(budget, int) else None
+
+        return self.buffer.call(add, f"add {count} retries to task {task_id}")
+
+    @property
+    def workers(self) -> Any:
+        return self.collection.database[WORKERS_COLLECTION]
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        def write() -> None:
+            if not getattr(self, "_workers_index_ready", False):
+                self.workers.create_index(
+                    [("expires_at", pymongo.ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0
+                )
+                self._workers_index_ready = True
+            expires = utcnow() + timedelta(seconds=ttl)
+            doc = {"_id": worker_id, "info": codec.dumps(info), "expires_at": expires}
+            self.workers.replace_one({"_id": worker_id}, doc, upsert=True)
+
+        self.buffer.call(write, f"record the heartbeat of worker {worker_id}")
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        # The TTL monitor runs once a minute: expired documents may linger, so the filter decides.
+        docs = self.buffer.call(lambda: list(self.workers.find({"expires_at": {"$gt": utcnow()}})), "list the workers")
+        workers = []
+        for doc in docs:
+            try:
+                info = json.loads(doc["info"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("skipping unreadable heartbeat of worker %s", doc.get("_id"))
+                continue
+            if isinstance(info, dict):
+                workers.append(info)
+        return workers
+
+    def forget_worker(self, worker_id: str) -> None:
+        self.buffer.call(lambda: self.workers.delete_one({"_id": worker_id}), f"forget worker {worker_id}")
+
+
+WORKERS_COLLECTION = "workers"

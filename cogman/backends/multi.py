@@ -138,3 +138,22 @@ class MultiBackend:
                 error = exc
         assert error is not None
         raise error
+
+    # Operator actions and worker heartbeats: written to every backend, read from the first that answers
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        budget = self.primary.add_retries(task_id, count)
+        if budget is not None:
+            self._mirror(lambda b: b.add_retries(task_id, count), f"add {count} retries to task {task_id}")
+        return budget
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        self.primary.record_heartbeat(worker_id, info, ttl)
+        self._mirror(lambda b: b.record_heartbeat(worker_id, info, ttl), f"record the heartbeat of {worker_id}")
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return self._first(lambda b: b.live_workers(), "list of workers")
+
+    def forget_worker(self, worker_id: str) -> None:
+        self.primary.forget_worker(worker_id)
+        self._mirror(lambda b: b.forget_worker(worker_id), f"forget worker {worker_id}")

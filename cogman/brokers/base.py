@@ -191,3 +191,26 @@ class Broker(Protocol):
 
     def close(self) -> None:
         """Release connections; unconfirmed outbox messages stay reported as pending."""
+
+    # Operator views and actions (issue 10): ``/info``, ``cogman queues`` and ``cogman purge``
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Every queue of the topology and the dead-letter queue, read fresh (a short-lived connection
+        on RabbitMQ, so a broker restart never leaves it stale). Raises BrokerUnavailable."""
+
+    def purge(self, settle: Callable[[list[Delivery]], None]) -> int:
+        """Remove the messages waiting in the task queues (not the dead-letter queue), at most as many as
+        were there when it started. Each batch is handed to ``settle`` (which records the tasks) before
+        it is acked, so a crash in between leaves the messages in place. Returns how many were removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue as the broker reports it: ``kind`` is ``high``, ``low`` or ``dead_letter``."""
+
+    name: str
+    kind: str
+    ready: int
+    consumers: int
+    #: False when the queue was never declared (no worker or client used it yet).
+    exists: bool = True

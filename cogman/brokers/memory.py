@@ -9,10 +9,19 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
-from cogman.brokers.base import HEADER_DEAD_LETTER_REASON, Delivery, PublishListener, Receipt, queue_names
+from cogman.brokers.base import (
+    DEAD_LETTER_QUEUE,
+    HEADER_DEAD_LETTER_REASON,
+    Delivery,
+    PublishListener,
+    QueueStats,
+    Receipt,
+    queue_names,
+)
 from cogman.message import Message
 from cogman.priority import Priority
 
@@ -28,6 +37,7 @@ class MemoryBroker:
         self._dead: list[Delivery] = []
         self._listener: PublishListener | None = None
         self._ready = threading.Condition()
+        self._consumers: weakref.WeakSet[MemoryConsumer] = weakref.WeakSet()
 
     def set_listener(self, listener: PublishListener) -> None:
         self._listener = listener
@@ -56,7 +66,9 @@ class MemoryBroker:
             self._ready.notify()
 
     def consume(self, priorities: Iterable[Priority], prefetch: int) -> MemoryConsumer:
-        return MemoryConsumer(self, tuple(sorted(set(priorities), key=lambda p: p.order)))
+        consumer = MemoryConsumer(self, tuple(sorted(set(priorities), key=lambda p: p.order)))
+        self._consumers.add(consumer)
+        return consumer
 
     def dead_letters(self) -> list[Delivery]:
         with self._ready:
@@ -87,6 +99,37 @@ class MemoryBroker:
         with self._ready:
             delivery.headers[HEADER_DEAD_LETTER_REASON] = reason
             self._dead.append(delivery)
+
+    # Operator views and actions
+
+    def queue_stats(self) -> list[QueueStats]:
+        with self._ready:
+            consumers = [c for c in list(self._consumers) if not c._cancelled]
+            stats = [
+                QueueStats(name, priority.value, len(queue), sum(priority in c._priorities for c in consumers))
+                for priority, family in self.queues.items()
+                for name, queue in family.items()
+            ]
+            stats.append(QueueStats(DEAD_LETTER_QUEUE, "dead_letter", len(self._dead), 0))
+        return stats
+
+    def purge(self, settle: Callable[[list[Delivery]], None]) -> int:
+        with self._ready:
+            taken = [(delivery, queue) for family in self.queues.values() for queue in family.values()
+                     for delivery in queue]  # fmt: skip
+            for family in self.queues.values():
+                for queue in family.values():
+                    queue.clear()
+        try:
+            if taken:
+                settle([delivery for delivery, _ in taken])
+        except BaseException:
+            with self._ready:  # not settled: every message goes back where it was
+                for delivery, queue in reversed(taken):
+                    queue.appendleft(delivery)
+                self._ready.notify_all()
+            raise
+        return len(taken)
 
 
 class MemoryConsumer:
@@ -149,6 +192,7 @@ class MemoryConsumer:
             self._broker._ready.notify_all()
 
     def close(self) -> None:
+        self._broker._consumers.discard(self)
         with self._lock:
             left, self._unacked = list(self._unacked.values()), {}
         for delivery in reversed(left):

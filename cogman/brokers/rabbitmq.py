@@ -9,16 +9,22 @@ bookkeeping) shared. docs/reliability.md says what each fault does and what was 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
-from cogman.brokers.base import Delivery, PublishListener, Receipt
-from cogman.brokers.connection import close_quietly, dial
+import amqp.exceptions
+
+from cogman.brokers.base import Delivery, PublishListener, QueueStats, Receipt
+from cogman.brokers.connection import CONNECTION_ERRORS, close_quietly, dial
 from cogman.brokers.publisher import Publisher
 from cogman.brokers.rabbitmq_consumer import RabbitMQConsumer, delivery_from
 from cogman.brokers.topology import Topology
 from cogman.config import Config
+from cogman.errors import BrokerUnavailable
 from cogman.message import Message
 from cogman.priority import Priority
+
+T = TypeVar("T")
 
 
 class RabbitMQBroker:
@@ -76,3 +82,70 @@ class RabbitMQBroker:
     def close(self) -> None:
         """Flush the outbox once more if the broker is there, then release the publishing connection."""
         self.publisher.close()
+
+    # Operator views and actions
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Passive declares on a fresh connection: a queue that is missing costs its channel (RabbitMQ
+        closes it with 404), so the next queue gets a new one."""
+        queues: list[tuple[Any, str]] = [(q, p.value) for q, p in self.topology.queues()]
+        queues.append((self.topology.dead_letter_queue(), "dead_letter"))
+
+        def read(connection: Any) -> list[QueueStats]:
+            stats = []
+            channel = connection.channel()
+            for queue, kind in queues:
+                try:
+                    _, ready, consumers = channel.queue_declare(queue.name, passive=True)
+                except amqp.exceptions.NotFound:
+                    stats.append(QueueStats(queue.name, kind, 0, 0, exists=False))
+                    channel = connection.channel()
+                    continue
+                stats.append(QueueStats(queue.name, kind, int(ready), int(consumers)))
+            return stats
+
+        return self._with_connection(read, "read the queue depths")
+
+    def purge(self, settle: Callable[[list[Delivery]], None], batch: int = 500) -> int:
+        """basic.get without ack, ``settle`` a batch, then ack it with one multiple ack."""
+
+        def drain(connection: Any) -> int:
+            removed = 0
+            channel = connection.channel()
+            channel.auto_decode = False
+            for queue, priority in self.topology.queues():
+                try:
+                    _, waiting, _ = channel.queue_declare(queue.name, passive=True)
+                except amqp.exceptions.NotFound:
+                    channel = connection.channel()
+                    channel.auto_decode = False
+                    continue
+                bound = queue(channel)
+                while waiting > 0:
+                    messages = []
+                    for _ in range(min(batch, waiting)):
+                        message = bound.get(no_ack=False, accept=None)
+                        if message is None:
+                            break
+                        messages.append(message)
+                    if not messages:
+                        break
+                    settle([delivery_from(m, queue.name, priority, None) for m in messages])
+                    channel.basic_ack(messages[-1].delivery_tag, multiple=True)
+                    waiting -= len(messages)
+                    removed += len(messages)
+            return removed
+
+        return self._with_connection(drain, "purge the task queues")
+
+    def _with_connection(self, use: Callable[[Any], T], what: str) -> T:
+        """One short-lived connection for an operator's call; an unreachable broker is BrokerUnavailable."""
+        connection = None
+        try:
+            connection = dial(self.url, timeout=max(1.0, self.config.request_timeout))
+            return use(connection)
+        except CONNECTION_ERRORS as exc:
+            where = self.url.split("@")[-1]
+            raise BrokerUnavailable(f"RabbitMQ at {where} unreachable while trying to {what}: {exc}") from exc
+        finally:
+            close_quietly(connection)

@@ -43,3 +43,7 @@ def rabbit_app(rabbit: str) -> Iterator[Callable[..., App]]:
     yield make
     for app in reversed(apps):
         app.close()
+
+
+# The operator tests' stacks (issue 10): a real worker on RabbitMQ with Redis or mongomock behind it.
+from tests.integration.api_helpers import backend_options, stack  # noqa: E402, F401

@@ -1,0 +1,105 @@
+"""Running the API for real: uvicorn on a free port in a thread, and the test stacks (a real worker on
+RabbitMQ, with Redis or mongomock behind it)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+import uvicorn
+
+from cogman import App, AsyncResult, TaskFailed
+from tests.admin_app import register
+from tests.integration.rabbit_helpers import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(asgi_app: Any) -> Iterator[str]:
+    """``asgi_app`` served by uvicorn on 127.0.0.1; yields its base URL, stops it afterwards."""
+    port = free_port()
+    config = uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 30, "uvicorn to start")
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound then released; nothing else on this machine takes it at once)."""
+    return free_port()
+
+
+def wait_until_final(results: list[Any], timeout: float = 60) -> None:
+    """Wait until every result's chain is finished, successfully or not (TimeoutError otherwise)."""
+    deadline = time.monotonic() + timeout
+    for result in results:
+        with contextlib.suppress(TaskFailed):
+            result.get(timeout=max(0.1, deadline - time.monotonic()))
+
+
+@dataclass
+class Stack:
+    """A worker app running a real worker, and a second app on the same broker and backend, as the API
+    process would have."""
+
+    worker_app: App
+    api_app: App
+    worker: Any
+    backend_url: str
+    options: dict[str, Any]
+
+    def send(self, name: str, *args: Any, **options: Any) -> AsyncResult[Any]:
+        return self.worker_app.send_task(name, args, **options)
+
+
+def _drop_prefix(redis_url: str, prefix: str) -> None:
+    connection = redis.Redis.from_url(redis_url)
+    keys = list(connection.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        connection.delete(*keys)
+    connection.close()
+
+
+@pytest.fixture(params=["redis", "mongomock"])
+def backend_options(request: pytest.FixtureRequest, redis_url: str) -> Iterator[dict[str, Any]]:
+    """Each test once on Redis (its own key prefix) and once on mongomock (its own database)."""
+    if request.param == "redis":
+        prefix = f"apitest-{uuid.uuid4().hex[:8]}"
+        yield {"backend": redis_url, "redis_prefix": prefix}
+        _drop_prefix(redis_url, prefix)
+    else:
+        yield {"backend": f"mongomock://apitest-{uuid.uuid4().hex[:8]}"}
+
+
+@pytest.fixture
+def stack(rabbit: str, backend_options: dict[str, Any]) -> Iterator[Stack]:
+    worker_app = register(App("admin", broker=rabbit, **backend_options))
+    api_app = register(App("admin", broker=rabbit, **backend_options))
+    worker = worker_app.start_background(concurrency=4)
+    try:
+        yield Stack(worker_app, api_app, worker, backend_options["backend"], backend_options)
+    finally:
+        worker.stop()
+        worker_app.close()
+        api_app.close()
