@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -10,9 +12,11 @@ from cogman.backends import Backend, create_backend
 from cogman.brokers import Broker, create_broker
 from cogman.client import Client, new_record
 from cogman.config import Config
-from cogman.message import check_json_arguments
+from cogman.errors import MessageTooLarge
+from cogman.message import Message, check_json_arguments
 from cogman.middleware import Middleware, MiddlewareStack
 from cogman.priority import Priority
+from cogman.record import TaskRecord
 from cogman.result import AsyncResult
 from cogman.task import Task, default_task_name
 
@@ -50,6 +54,7 @@ class App:
         self.middleware = MiddlewareStack(list(middleware))
         self._client: Client | None = None
         self._lock = threading.Lock()
+        self._close_at_exit: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.config.broker_url} backend={self.config.backend_url}>"
@@ -105,6 +110,8 @@ class App:
                 if self._client is None:
                     backend = create_backend(self.config)
                     self._client = Client(create_broker(self.config), backend, self.middleware, self.config)
+                    self._close_at_exit = _closer(weakref.ref(self))
+                    atexit.register(self._close_at_exit)
         return self._client
 
     @property
@@ -116,8 +123,13 @@ class App:
         return self.client.backend
 
     def close(self) -> None:
+        """Drain the broker's outbox (up to ``close_timeout``) and release the connections. Runs by itself
+        at interpreter exit for an app that is still open; closing twice does nothing."""
         with self._lock:
             client, self._client = self._client, None
+            close_at_exit, self._close_at_exit = self._close_at_exit, None
+        if close_at_exit is not None:
+            atexit.unregister(close_at_exit)
         if client is not None:
             client.broker.close()
             client.backend.close()
@@ -162,11 +174,19 @@ class App:
                     task.check_arguments(args, kwargs)
                 except Exception as exc:
                     raise TypeError(str(exc)) from None
-            records.append(
-                new_record(name, args, kwargs, priority=chosen_priority, retry=budget, primary_key=primary_key)
-            )
+            record = new_record(name, args, kwargs, priority=chosen_priority, retry=budget, primary_key=primary_key)
+            self._check_size(record)
+            records.append(record)
         self.client.send(records)
         return [AsyncResult(self.backend, record.task_id) for record in records]
+
+    def _check_size(self, record: TaskRecord) -> None:
+        size = len(Message.for_record(record, retries_left=record.retry).encode())
+        if size > self.config.max_message_size:
+            raise MessageTooLarge(
+                f"task {record.name}: its message is {size} bytes encoded, over max_message_size="
+                f"{self.config.max_message_size} bytes; nothing was recorded or sent"
+            )
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(self.backend, task_id)
@@ -186,3 +206,15 @@ class App:
         worker = self.worker(concurrency=concurrency, priorities=priorities)
         worker.start(block=False)
         return worker
+
+
+def _closer(app: weakref.ref[App]) -> Callable[[], None]:
+    """What atexit calls for one app: holds it weakly, so an app dropped by its program can still be
+    garbage-collected (and is then not closed here)."""
+
+    def close_at_exit() -> None:
+        alive = app()
+        if alive is not None:
+            alive.close()
+
+    return close_at_exit
