@@ -82,14 +82,16 @@ def erlang(expression: str) -> str:
 
 
 def counting_sends(app: App) -> Counter[str]:
-    """How often the publisher put each task id on the wire (wraps the link's send)."""
+    """How often the publisher put each task id on the wire (wraps the link's send; a send that raised
+    before writing, as py-amqp does when it reads a pending channel close first, does not count)."""
     link = app.broker.publisher.link  # type: ignore[attr-defined]
     sent: Counter[str] = Counter()
     original = link.send
 
     def send(entry):  # type: ignore[no-untyped-def]
+        tag = original(entry)
         sent[entry.message.task_id] += 1
-        return original(entry)
+        return tag
 
     link.send = send
     return sent
