@@ -2,7 +2,7 @@
 suspects one at a time, reads late confirms and blocked/unblocked notifications, keeps heartbeats, and
 tells the listener about a (re)connection once the outbox is flushed.
 
-What it does is decided by the publisher's phase (``publisher_state.py``), read under the state lock:
+What it does is decided by the publisher's phase (``publisher_state.py``), read under the state lock::
 
     not connected, phase connecting / down / gone (or closing with messages held)  -> redial with backoff
     connected, phase up or closing, messages waiting (closing: or in flight)          -> send the next batch

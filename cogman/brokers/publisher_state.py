@@ -4,15 +4,19 @@ It replaces six flags whose combinations nobody could list (``_down_since``, ``_
 ``_want_connection``, ``_unannounced``, ``_closing``); one of those combinations republished a message
 RabbitMQ had refused, forever. Each phase says what a send does and what the flusher thread does::
 
-    idle --first send / re-enqueue--> connecting --dialled--> up <--unblocked-- blocked
-      |                                   |                    |  --alarm (connection.blocked)-->
-      +--first send dials itself----------+--dial fails--> down <--connection lost--+
-                                                             |  --past connection_timeout--> gone
-    login, vhost or topology refused (any dial) --> refused   (gone/refused --dialled--> up)
-    close() from anywhere --> closing --outbox confirmed or close_timeout--> closed
+    idle --------- a send dials ---------------+
+      | re-enqueue wants a connection           v
+      +--> connecting ---- dialled ---------->  up <--- unblocked --- blocked
+               |                                 |  --- connection.blocked (an alarm) -->
+               +-- dial failed --> down <- lost -+
+                                    |  -- dialled --> up
+                                    +-- past connection_timeout --> gone -- dialled --> up
+    any dial refused (login, vhost, topology) --> refused -- a send's own dial succeeds --> up
+    close() from any phase --> closing -- outbox confirmed, or close_timeout --> closed
 
-A move the table does not allow is ignored (and logged at DEBUG), as a late task status write is: a
-connection lost while closing leaves the publisher closing.
+The picture shows the usual paths; ``MOVES`` below is the authority. A move the table does not allow is
+ignored (and logged at DEBUG), as a late task status write is: a connection lost while closing leaves
+the publisher closing.
 """
 
 from __future__ import annotations
