@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -11,10 +13,11 @@ from cogman.backends import Backend, create_backend
 from cogman.brokers import Broker, create_broker
 from cogman.client import Client, new_record
 from cogman.config import Config
-from cogman.errors import CogmanError, TaskFailed
-from cogman.message import check_json_arguments
+from cogman.errors import CogmanError, MessageTooLarge, TaskFailed
+from cogman.message import Message, check_json_arguments
 from cogman.middleware import Middleware, MiddlewareStack
 from cogman.priority import Priority
+from cogman.record import TaskRecord
 from cogman.result import AsyncResult
 from cogman.task import Task, default_task_name
 
@@ -58,6 +61,7 @@ class App:
         #: Ids sent on the memory:// broker and not yet seen finished, for ``join``.
         self._unjoined: list[str] = []
         self._eager: EagerRunner | None = None
+        self._close_at_exit: Callable[[], None] | None = None
         self._install_worker_middleware()
 
     def __repr__(self) -> str:
@@ -114,6 +118,8 @@ class App:
                 if self._client is None:
                     backend = create_backend(self.config)
                     self._client = Client(create_broker(self.config), backend, self.middleware, self.config)
+                    self._close_at_exit = _closer(weakref.ref(self))
+                    atexit.register(self._close_at_exit)
         return self._client
 
     @property
@@ -132,9 +138,14 @@ class App:
         self._unjoined.clear()
 
     def close(self) -> None:
+        """Drain the broker's outbox (up to ``close_timeout``) and release the connections. Runs by itself
+        at interpreter exit for an app that is still open; closing twice does nothing."""
         with self._lock:
             client, self._client = self._client, None
             eager, self._eager = self._eager, None
+            close_at_exit, self._close_at_exit = self._close_at_exit, None
+        if close_at_exit is not None:
+            atexit.unregister(close_at_exit)
         if eager is not None:
             eager.close()
         if client is not None:
@@ -205,6 +216,7 @@ class App:
                     task_id=chosen_id,
                 )
             )
+            self._check_size(records[-1])
         self.client.send(records)
         if self.config.eager:
             self._eager_runner().drain()
@@ -240,6 +252,14 @@ class App:
                     self._unjoined.pop(0)
                     raise
             self._unjoined.pop(0)
+
+    def _check_size(self, record: TaskRecord) -> None:
+        size = len(Message.for_record(record, retries_left=record.retry).encode())
+        if size > self.config.max_message_size:
+            raise MessageTooLarge(
+                f"task {record.name}: its message is {size} bytes encoded, over max_message_size="
+                f"{self.config.max_message_size} bytes; nothing was recorded or sent"
+            )
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(self.backend, task_id, self)
@@ -290,3 +310,15 @@ class App:
             from cogman.metrics import install_prometheus
 
             install_prometheus(self, self.config.metrics_port)
+
+
+def _closer(app: weakref.ref[App]) -> Callable[[], None]:
+    """What atexit calls for one app: holds it weakly, so an app dropped by its program can still be
+    garbage-collected (and is then not closed here)."""
+
+    def close_at_exit() -> None:
+        alive = app()
+        if alive is not None:
+            alive.close()
+
+    return close_at_exit

@@ -53,6 +53,10 @@ class PoisonMessage(CogmanError):
         self.task_id = task_id
 
 
+class MessageTooLarge(CogmanError, ValueError):
+    """A task's encoded message is over ``Config.max_message_size``; raised before anything is recorded."""
+
+
 class BrokerUnavailable(CogmanError, ConnectionError):
     """The broker could not be reached within the configured time."""
 

@@ -219,10 +219,25 @@ class Executor:
                     self._held -= 1
                     self._held_lock.notify_all()
 
+        def sent(failure: str | None) -> None:
+            if failure is None:
+                self.backend.durable(durable)
+                return
+            # The retry was not confirmed (the publisher closed, or gave it up and recorded why): give
+            # this attempt back rather than ack it. Its record is final, so the redelivery is skipped;
+            # the retry's record waits for re-enqueue, or says why it failed.
+            log.warning("retry of a failed attempt not confirmed (%s); its message goes back", failure)
+            try:
+                self.consumer.requeue(delivery)
+            finally:
+                with self._held_lock:
+                    self._held -= 1
+                    self._held_lock.notify_all()
+
         if after is None:
             self.backend.durable(durable)
         else:
-            after.add_done_callback(lambda _failure: self.backend.durable(durable))
+            after.add_done_callback(sent)
 
     def wait_for_room(self, limit: int, timeout: float) -> None:
         """Block (up to ``timeout``) while ``limit`` or more acks are held: a worker whose backend is

@@ -2,9 +2,9 @@
 
 Shared by the publishing side (``rabbitmq.py``) and the consuming side (``rabbitmq_consumer.py``).
 kombu's ``Connection`` and py-amqp's channel do the AMQP; this module only adds what cogman needs on
-top: pipelined confirms (many publishes in flight, acks matched by delivery tag, which py-amqp's own
-``confirm_publish`` mode cannot do because it waits after every message) and waiting on the socket
-*and* a wake-up socket, so another thread's ack does not sit in a queue until a read times out.
+top: which errors a reconnect heals and which are the broker refusing one message (``channel_refusal``),
+write timeouts and blocked notifications, and waiting on the socket *and* a wake-up socket, so another
+thread's ack does not sit in a queue until a read times out. Pipelined confirms live in ``confirms.py``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, NamedTuple
 
 import amqp.exceptions
 import kombu as _kombu
 import tenacity
 from kombu.transport.pyamqp import Transport as PyAMQPTransport
 
+from cogman.brokers.confirms import Confirms as Confirms  # re-exported: imported from here too
 from cogman.errors import BrokerAccessRefused
 
 #: kombu's API is mostly unannotated; cogman treats it as dynamic here rather than sprinkle ignores.
@@ -31,8 +32,9 @@ Connection = Any  # a kombu.Connection
 
 log = logging.getLogger("cogman.rabbitmq")
 
-#: Everything that means "this connection is gone, dial again". Channel errors are in the list because
-#: a channel closed by the broker (e.g. a queue deleted under a consumer) is healed the same way.
+#: Everything a fresh connection heals. Channel errors are in the list because a channel closed by the
+#: broker (e.g. a queue deleted under a consumer) is healed the same way; the publisher tells them apart
+#: first (``channel_refusal``): a message the broker refused must not be republished forever.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     *PyAMQPTransport.connection_errors,
     *PyAMQPTransport.channel_errors,
@@ -41,13 +43,50 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
 )
 
+#: basic.publish's (class, method) ids, as a channel close names the method that failed.
+BASIC_PUBLISH = (60, 40)
+
+
+class Refusal(NamedTuple):
+    """The broker closed one channel, not the connection: it refused one operation on it."""
+
+    reason: str
+    #: The refused operation was a publish: when one message is unconfirmed on the channel, it is that one.
+    of_publish: bool
+
+
+def channel_refusal(connection: Connection | None, exc: BaseException) -> Refusal | None:
+    """RabbitMQ's refusal when ``exc`` closed a channel of a connection that is still up (406 a message
+    over ``max_message_size``, 403 no write permission, 404 no such exchange); None for a lost connection.
+
+    The class alone does not say it: py-amqp raises a connection-level close with a channel error's class
+    too (its classes follow the reply code), so the connection is asked whether it is still up.
+    """
+    if not isinstance(exc, amqp.exceptions.ChannelError):
+        return None
+    try:
+        alive = bool(connection is not None and connection.connected)
+    except Exception:
+        alive = False
+    if not alive:
+        return None
+    return Refusal(str(exc), tuple(getattr(exc, "method_sig", None) or ()) == BASIC_PUBLISH)
+
+
 #: Reconnect backoff: 0.1 s, 0.2 s, ... capped at this, each with up to half a second of jitter.
 MAX_BACKOFF = 5.0
 #: AMQP heartbeat asked for on every connection; the I/O loops tick it about once a second.
 HEARTBEAT = 10
 
 
-def dial(url: str, timeout: float) -> Connection:
+def dial(
+    url: str,
+    timeout: float,
+    *,
+    write_timeout: float | None = None,
+    on_blocked: Callable[[str], None] | None = None,
+    on_unblocked: Callable[[], None] | None = None,
+) -> Connection:
     """One connection attempt per host, each bounded by ``timeout``; raises one of CONNECTION_ERRORS.
 
     ``url`` may list several cluster nodes separated by ``;`` (kombu's failover syntax): they are tried
@@ -55,8 +94,19 @@ def dial(url: str, timeout: float) -> Connection:
 
     A refused login (403) or vhost (530) raises BrokerAccessRefused at once: retrying cannot fix a
     wrong password, and an outage that never ends would hide the mistake.
+
+    ``write_timeout`` bounds a socket write that makes no progress: a broker under a memory or disk alarm
+    stops reading from publishers, and a send must not hang on a full socket buffer. ``on_blocked`` and
+    ``on_unblocked`` hear RabbitMQ's ``connection.blocked`` notifications (called while draining events).
     """
-    connection = kombu.Connection(url, connect_timeout=timeout, heartbeat=HEARTBEAT, failover_strategy="round-robin")
+    options: dict[str, Any] = {"write_timeout": write_timeout, "on_blocked": on_blocked, "on_unblocked": on_unblocked}
+    connection = kombu.Connection(
+        url,
+        connect_timeout=timeout,
+        heartbeat=HEARTBEAT,
+        failover_strategy="round-robin",
+        transport_options={name: value for name, value in options.items() if value is not None},
+    )
     try:
         connection.ensure_connection(
             max_retries=max(1, len(connection.alt)) - 1,
@@ -126,76 +176,6 @@ def retrying(stop: threading.Event, what: str, on_failure: Callable[[BaseExcepti
         before_sleep=before_sleep,
         reraise=True,
     )
-
-
-T = TypeVar("T")
-
-
-class Confirms(Generic[T]):
-    """Publisher confirms for one channel: delivery tag -> item, settled as acks and nacks arrive.
-
-    The channel is put in confirm mode here. RabbitMQ numbers published messages 1, 2, 3... per channel
-    and acks them in any grouping (``multiple``), so a batch is published in one go and its confirms
-    are collected while draining, instead of one round trip per message. A message published with
-    ``mandatory`` that no queue took comes back (basic.return) before its ack; it is reported as
-    returned, not confirmed.
-    """
-
-    def __init__(self, channel: Any, on_settle: Callable[[T, str | None], None]) -> None:
-        self.channel = channel
-        self._on_settle = on_settle
-        self._next_tag = 1
-        self.outstanding: dict[int, T] = {}
-        self._returned: set[str] = set()
-        self._ids: dict[int, str] = {}
-        channel.confirm_select()
-        channel.events["basic_ack"].add(self._on_ack)
-        channel.events["basic_nack"].add(self._on_nack)
-        channel.events["basic_return"].add(self._on_return)
-
-    def sent(self, item: T, message_id: str) -> None:
-        """Record one published message (call right after basic_publish, in publish order)."""
-        self.outstanding[self._next_tag] = item
-        self._ids[self._next_tag] = message_id
-        self._next_tag += 1
-
-    def _settle(self, delivery_tag: int, multiple: bool, failure: str | None) -> None:
-        if multiple:
-            tags = []
-            for tag in self.outstanding:  # insertion order is tag order
-                if tag > delivery_tag:
-                    break
-                tags.append(tag)
-        else:
-            tags = [delivery_tag]
-        for tag in tags:
-            item = self.outstanding.pop(tag, None)
-            message_id = self._ids.pop(tag, "")
-            if item is None:
-                continue
-            if failure is None and message_id in self._returned:
-                self._returned.discard(message_id)
-                self._on_settle(item, "no queue took the message (basic.return); the queue was deleted?")
-            else:
-                self._on_settle(item, failure)
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, None)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, "the broker refused the message (basic.nack)")
-
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        message_id = (getattr(message, "properties", None) or {}).get("message_id")
-        if message_id:
-            self._returned.add(str(message_id))
-
-    def take_outstanding(self) -> list[T]:
-        """The unconfirmed items in publish order, forgotten here (their connection is gone)."""
-        items = [self.outstanding[tag] for tag in sorted(self.outstanding)]
-        self.outstanding.clear()
-        self._ids.clear()
-        return items
 
 
 class Waker:

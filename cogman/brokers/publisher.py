@@ -1,52 +1,46 @@
-"""Confirmed publishing to RabbitMQ, with the offline outbox and its flusher thread.
+"""Confirmed publishing to RabbitMQ: what a send does in each phase of the publisher's life.
 
 In one picture::
 
-    publish(batch) --connection up, outbox empty--> send all, collect the confirms (pipelined) -> listener
-          |                                               | connection breaks
-          +--broker known down / outbox not empty--> outbox (FIFO) <--- unconfirmed go back to the front
-                                                          |
-                       flusher thread: reconnect (tenacity), declare, send in order, confirm -> listener
+    publish(batch) --up, nothing waits--> send all, collect the confirms (pipelined) -> listener, receipt
+          |                                   | connection lost: the unconfirmed go back to the outbox front
+          |                                   | a message refused (its channel closed): it alone fails
+          +--down / blocked / outbox busy--> outbox (FIFO) --> flusher thread (flusher.py)
 
-Two locks, never nested the other way round: ``_io`` owns the connection (one user at a time, since
-kombu connections are not thread-safe), ``_state`` guards the outbox and the up/down bookkeeping and
-is only held for a few lines. A caller waits for ``_io`` at most ``request_timeout``, and every path
-that fails a send releases it (a ``finally``), which is where the Go seed system deadlocked. The
-listener is always called with neither lock held.
+Two locks, never nested the other way round: ``io`` owns the link (kombu connections are not
+thread-safe); ``state.lock`` guards the phase, the outbox and the reports, held for a few lines only. A
+caller waits for ``io`` at most ``request_timeout``, and every path that fails a send releases it (a
+``finally``): the Go seed system deadlocked there. The listener is called with neither lock held.
+
+``publish`` either accepts a batch, whose receipt is then settled exactly once per message, or raises
+after reporting the whole batch abandoned: a send that raised never leaves a record ``initiated``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
-from cogman.brokers.base import PublishListener
-from cogman.brokers.connection import (
-    CONNECTION_ERRORS,
-    Confirms,
-    Connection,
-    close_quietly,
-    dial,
-    discard,
-    drain_ready,
-    kombu,
-    retrying,
-)
-from cogman.brokers.outbox import Entry, Outbox, Waiter, deliver
-from cogman.brokers.topology import DEFAULT_EXCHANGE, Topology
+from cogman.brokers.base import PublishListener, Receipt
+from cogman.brokers.connection import CONNECTION_ERRORS, channel_refusal
+from cogman.brokers.flusher import Flusher
+from cogman.brokers.outbox import Entry, Outbox, Reports, settle
+from cogman.brokers.publish_link import PublishLink
+from cogman.brokers.publisher_state import AWAY, SEND_DIRECTLY, Phase, PublisherState
+from cogman.brokers.topology import Topology
 from cogman.config import Config
-from cogman.errors import BrokerUnavailable, TopologyError
-from cogman.message import CONTENT_TYPE, Message
+from cogman.errors import BrokerAccessRefused, BrokerUnavailable, PublishError, TopologyError
+from cogman.message import Message
 from cogman.priority import Priority
 
 log = logging.getLogger("cogman.rabbitmq")
 
-#: Messages published per pipelined round when flushing the outbox.
-FLUSH_CHUNK = 500
+CLOSED = "the RabbitMQ broker was closed; create a new App to send again"
+UNCONFIRMED_AT_CLOSE = "the broker was closed before RabbitMQ confirmed the message; its record stays 'initiated'"
 
 
 class Publisher:
@@ -55,317 +49,251 @@ class Publisher:
     def __init__(self, url: str, config: Config, topology: Topology) -> None:
         self.url = url
         self.config = config
-        self.topology = topology
-        self._listener: PublishListener | None = None
-        self._round_robin = {p: itertools.cycle(self.topology.names(p)) for p in Priority}
-        self._state = threading.Condition()
-        self._outbox = Outbox()
-        self._reports: list[tuple[Entry, str | None]] = []
-        self._down_since: float | None = None
-        self._gone: str | None = None
-        self._orphans = False
-        self._io = threading.Lock()
-        self._conn: Connection | None = None
-        self._producer: Any = None
-        self._confirms: Confirms[Entry] | None = None
-        self._closing = threading.Event()
-        self._flusher: threading.Thread | None = None
-        #: Connect without waiting for a first send (re-enqueue must run in worker-only processes too).
-        self._want_connection = bool(config.re_enqueue)
-        #: A (re)connection the listener has not been told about yet.
-        self._unannounced = False
+        self.state = PublisherState()
+        self.outbox = Outbox(config.outbox_limit)
+        self.link = PublishLink(url, config, topology, self._on_settle, self._on_blocked, self._on_unblocked)
+        self.io = threading.Lock()
+        self.reports = Reports(self.state.lock, self.outbox)
+        self._round_robin = {p: itertools.cycle(topology.names(p)) for p in Priority}
+        self._flusher = Flusher(self)
 
     def set_listener(self, listener: PublishListener) -> None:
-        self._listener = listener
-        if self._want_connection:
-            self._ensure_flusher()
+        self.reports.listener = listener
+        if self.config.re_enqueue:  # connect without waiting for a send: re-enqueue runs on connect
+            with self.state.lock:
+                self.state.move(Phase.CONNECTING)
+            self._flusher.ensure_running()
 
-    def publish(self, messages: Sequence[Message]) -> None:
+    # Sending
+
+    def publish(self, messages: Sequence[Message]) -> Receipt:
+        receipt = Receipt(len(messages))
         if not messages:
-            return
-        if self._closing.is_set():
-            raise BrokerUnavailable("the RabbitMQ broker was closed; create a new App to send again")
-        self._ensure_flusher()
-        waiter = Waiter(len(messages))
-        timeout = self.config.request_timeout
-        with self._state:
-            entries = [Entry(m, next(self._round_robin[m.priority]), m.encode(), waiter) for m in messages]
-            gone = self._gone
-            parked = gone is None and (self._down_since is not None or bool(self._outbox))
-            if parked:
-                self._outbox.extend(entries)
-                self._state.notify_all()
-            known_down = self._down_since is not None
-        if gone is not None:
-            self._abandon(entries, gone)
-            raise BrokerUnavailable(gone)
-        if parked:
-            if not known_down:
-                waiter.wait(timeout)  # the outbox is draining over a live connection: wait our turn
-            return
-        deadline = time.monotonic() + timeout
-        if not self._io.acquire(timeout=timeout):
+            return receipt
+        deadline = time.monotonic() + self.config.request_timeout
+        bodies = [message.encode() for message in messages]
+        with self.state.lock:
+            entries = [
+                Entry(message, next(self._round_robin[message.priority]), body, receipt)
+                for message, body in zip(messages, bodies, strict=True)
+            ]
+            refusal = self._admit(entries, deadline)
+            direct = refusal is None and self._may_send_directly()
+            if refusal is None and not direct:
+                self.outbox.park(entries)
+                self.state.lock.notify_all()
+        if refusal is not None:
+            self.reports.refuse(entries, refusal)
+            raise BrokerUnavailable(refusal)
+        self._flusher.ensure_running()
+        if direct:
+            try:
+                self._send_now(entries, deadline)
+            except (BrokerAccessRefused, TopologyError):
+                with contextlib.suppress(PublishError):  # its report may be on another thread: let it land
+                    receipt.wait(self.config.request_timeout)
+                raise
+        if self.state.phase not in AWAY:
+            receipt.wait(max(0.0, deadline - time.monotonic()))  # raises PublishError naming a refusal
+        return receipt
+
+    def _admit(self, entries: list[Entry], deadline: float) -> str | None:
+        """Hold ``entries`` once the outbox has room (waiting up to the deadline); else why not (lock held)."""
+        while True:
+            phase = self.state.phase
+            if phase in (Phase.CLOSING, Phase.CLOSED):
+                return CLOSED
+            if phase is Phase.GONE:
+                return self.state.reason or "RabbitMQ is unreachable"
+            if self.outbox.has_room(len(entries)):
+                self.outbox.admit(entries)
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return (
+                    f"the outbox is full: {self.outbox.held} message(s) wait for RabbitMQ's confirms "
+                    f"(outbox_limit={self.outbox.limit}) and no room came free within "
+                    f"request_timeout={self.config.request_timeout:g}s"
+                )
+            self.state.lock.wait(remaining)
+
+    def _may_send_directly(self) -> bool:
+        return self.state.phase in SEND_DIRECTLY and not self.outbox.waiting and not self.outbox.isolating
+
+    def _send_now(self, entries: list[Entry], deadline: float) -> None:
+        """Publish on the caller's thread and collect the confirms until the deadline."""
+        if not self.io.acquire(timeout=max(0.0, deadline - time.monotonic())):
             self._park(entries)  # someone holds a stuck connection: the flusher takes over
             return
         try:
-            self._send_direct(entries, waiter, deadline)
-        except TopologyError as exc:
-            self._queue_reports(entries, str(exc))
-            raise
+            with self.state.lock:
+                direct = self._may_send_directly()
+            if direct:
+                self.send(entries, deadline)
+            else:
+                self._park(entries)  # lost a race with a failure: keep the order
         finally:
-            self._io.release()
-            self._deliver_reports()
-        with self._state:
-            known_down = self._down_since is not None
-        if not known_down:
-            waiter.wait(deadline - time.monotonic())
+            self.io.release()
+            self.reports.deliver()
 
-    def _send_direct(self, entries: list[Entry], waiter: Waiter, deadline: float) -> None:
-        """Publish and collect confirms on the caller's thread (``_io`` held)."""
-        with self._state:
-            if self._down_since is not None or self._outbox or self._gone is not None:
-                self._outbox.extend(entries)  # lost a race with a failure: keep the order
-                self._state.notify_all()
-                return
+    def send(self, entries: list[Entry], deadline: float) -> None:
+        """Publish ``entries`` pipelined and read confirms until they are settled, the connection is
+        blocked, or the deadline (``io`` held). Whatever fails, every entry stays held somewhere."""
         sent = 0
         try:
-            if self._conn is None:
-                self._connect()
-            for entry in entries:
-                self._send_one(entry)
+            if not self.link.connected:
+                self.connect()
+            last = 0
+            for entry in entries:  # py-amqp reads pending notifications before each publish
+                if self.state.phase is Phase.BLOCKED:
+                    self._park(entries[sent:], front=True)  # RabbitMQ stopped reading: do not fill the socket
+                    break
+                last = self.link.send(entry)
                 sent += 1
-            self._drain(lambda: waiter.unconfirmed <= 0, deadline)
-        except CONNECTION_ERRORS as exc:
-            self._lost(exc, entries[sent:])
-
-    def _send_one(self, entry: Entry) -> None:
-        assert self._producer is not None and self._confirms is not None
-        self._producer.publish(
-            entry.body,
-            exchange="",
-            routing_key=entry.queue,
-            headers=entry.message.headers,
-            message_id=entry.message.task_id,
-            delivery_mode=2,
-            content_type=CONTENT_TYPE,
-            content_encoding="utf-8",
-            mandatory=True,
-            retry=False,
-        )
-        self._confirms.sent(entry, entry.message.task_id)
-
-    def _drain(self, finished: Any, deadline: float) -> None:
-        """Read confirms until ``finished()`` or the deadline; what is still unconfirmed is orphaned."""
-        assert self._conn is not None
-        while not finished():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                self._conn.drain_events(timeout=remaining)
-            except TimeoutError:
-                break
-        if self._confirms is not None and self._confirms.outstanding:
-            with self._state:
-                self._orphans = True
-                self._state.notify_all()
-
-    def _connect(self) -> None:
-        """Dial, declare the topology (once per connection), open the confirming channel (``_io`` held)."""
-        connection = dial(self.url, timeout=max(1.0, min(self.config.request_timeout, 10.0)))
-        try:
-            channel = connection.channel()
-            self.topology.declare(channel)
-            self._confirms = Confirms(channel, self._on_settle)
-            self._producer = kombu.Producer(channel, exchange=DEFAULT_EXCHANGE, auto_declare=False)
-        except BaseException:
-            discard(connection)
-            self._confirms = self._producer = None
+            self.link.drain(lambda: self.link.settled_through(last) or self.state.phase is Phase.BLOCKED, deadline)
+        except (BrokerAccessRefused, TopologyError) as exc:
+            self.refused(exc, entries)
             raise
-        self._conn = connection
-        with self._state:
-            if self._down_since is not None:
-                log.info("publisher reconnected to RabbitMQ; %d message(s) in the outbox", len(self._outbox))
-            self._down_since = None
-            self._gone = None
-            self._want_connection = False
-            self._unannounced = True
-            self._state.notify_all()
+        except CONNECTION_ERRORS as exc:
+            self.failed(exc, entries[sent:])
+        except BaseException as exc:
+            self.lost(exc, entries[sent:])
+            raise
 
-    def _lost(self, exc: BaseException, unsent: list[Entry]) -> None:
-        """The connection broke (``_io`` held): unconfirmed and unsent go back to the outbox front."""
-        unconfirmed = self._confirms.take_outstanding() if self._confirms is not None else []
-        discard(self._conn)
-        self._conn = self._producer = self._confirms = None
-        with self._state:
-            self._outbox.push_front(unconfirmed + unsent)
-            self._orphans = False
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                log.warning(
-                    "publisher lost RabbitMQ (%s: %s); %d message(s) wait in the outbox",
-                    type(exc).__name__,
-                    exc,
-                    len(self._outbox),
-                )
-            self._state.notify_all()
-        self._ensure_flusher()
+    def collect(self, deadline: float) -> None:
+        """Read confirms until nothing is in flight or the deadline (``io`` held)."""
+        self._read(lambda: self.link.drain(lambda: not self.link.in_flight(), deadline))
 
-    def _park(self, entries: list[Entry]) -> None:
-        with self._state:
-            self._outbox.extend(entries)
-            self._state.notify_all()
+    def tick(self) -> None:
+        """While idle (``io`` held): notice a closed connection early, read late confirms, heartbeats."""
+        self._read(self.link.tick)
 
-    # Reports to the listener, always made without the I/O lock
+    def _read(self, operation: Callable[[], None]) -> None:
+        try:
+            operation()
+        except CONNECTION_ERRORS as exc:
+            self.failed(exc, [])
+        except BaseException as exc:
+            self.lost(exc, [])
+            raise
+
+    def _park(self, entries: list[Entry], front: bool = False) -> None:
+        with self.state.lock:
+            self.outbox.push_front(entries) if front else self.outbox.park(entries)
+            self.state.lock.notify_all()
+
+    # What happens to the link (``io`` held)
+
+    def connect(self) -> None:
+        self.link.open()
+        with self.state.lock:
+            before = self.state.phase
+            if self.state.move(Phase.UP) and before in (Phase.DOWN, Phase.GONE):
+                log.info("publisher reconnected to RabbitMQ; %d message(s) in the outbox", self.outbox.waiting)
+
+    def failed(self, exc: BaseException, unsent: list[Entry]) -> None:
+        """A send or a read raised: a refused message (its channel closed) or a lost connection."""
+        refusal = channel_refusal(self.link.connection, exc)
+        if refusal is None:
+            self.lost(exc, unsent)
+            return
+        orphans = self.link.take_orphans()
+        try:
+            self.link.restart_channel()
+        except BaseException as broken:  # the orphans go back to the outbox whatever broke
+            self.lost(broken, orphans + unsent)
+            if isinstance(broken, CONNECTION_ERRORS):
+                return
+            raise
+        reason = f"RabbitMQ refused the message: {refusal.reason}"
+        culprit = orphans[0] if len(orphans) == 1 and (refusal.of_publish or orphans[0].suspect) else None
+        innocent = [entry for entry in orphans if entry is not culprit]
+        with self.state.lock:
+            if culprit is not None:
+                self.reports.add([culprit], reason)
+            self.outbox.suspect(innocent)
+            self.outbox.push_front(innocent + unsent)
+            self.state.lock.notify_all()
+        if innocent:  # one of them was refused: each goes again alone, so that only that one fails
+            log.warning("RabbitMQ refused a message (%s); %d go again one by one", refusal.reason, len(innocent))
+
+    def lost(self, exc: BaseException, unsent: list[Entry]) -> None:
+        """The connection broke: unconfirmed and unsent go back to the outbox front, the flusher redials."""
+        orphans, reason = self.link.drop(), f"{type(exc).__name__}: {exc}"
+        with self.state.lock:
+            self.outbox.push_front(orphans + unsent)
+            moved = self.state.move(Phase.DOWN, reason)
+            waiting = self.outbox.waiting
+        if moved:
+            log.warning("publisher lost RabbitMQ (%s); %d message(s) wait in the outbox", reason, waiting)
+        self._flusher.ensure_running()
+
+    def refused(self, exc: BaseException, entries: Iterable[Entry]) -> None:
+        """Login, vhost or topology refused: retrying cannot help, so what waits is abandoned with the
+        reason, and sends raise (each dials once) until a dial succeeds."""
+        reason = str(exc)
+        with self.state.lock:
+            self.state.move(Phase.REFUSED, reason)
+            self.reports.add([*self.outbox.take_all(), *entries], reason)
+        log.error("publisher: %s; sends raise until a connection succeeds", reason)
 
     def _on_settle(self, entry: Entry, failure: str | None) -> None:
-        entry.waiter.unconfirmed -= 1
-        with self._state:
-            self._reports.append((entry, failure))
+        with self.state.lock:
+            self.reports.add([entry], failure)
 
-    def _queue_reports(self, entries: Iterable[Entry], failure: str) -> None:
-        with self._state:
-            self._reports.extend((entry, failure) for entry in entries)
+    def _on_blocked(self, reason: str) -> None:
+        with self.state.lock:
+            moved = self.state.move(Phase.BLOCKED, reason)
+        if moved:
+            log.warning("RabbitMQ blocked the publishing connection (%s): sends wait in the outbox", reason)
 
-    def _abandon(self, entries: list[Entry], reason: str) -> None:
-        self._queue_reports(entries, reason)
-        self._deliver_reports()
+    def _on_unblocked(self) -> None:
+        with self.state.lock:
+            moved = self.state.move(Phase.UP)
+            waiting = self.outbox.waiting
+        if moved:
+            log.warning("RabbitMQ unblocked the publishing connection; %d message(s) in the outbox", waiting)
 
-    def _deliver_reports(self) -> None:
-        with self._state:
-            reports, self._reports = self._reports, []
-        deliver(self._listener, reports)
-
-    # The flusher thread: reconnects, drains the outbox in order, collects orphaned confirms
-
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or not self._flusher.is_alive():
-            with self._state:
-                if (self._flusher is None or not self._flusher.is_alive()) and not self._closing.is_set():
-                    self._flusher = threading.Thread(target=self._run_flusher, name="cogman-outbox", daemon=True)
-                    self._flusher.start()
-
-    def _run_flusher(self) -> None:
-        while not self._closing.is_set():
-            with self._state:
-                if not self._busy() and not self._unannounced:
-                    self._state.wait(1.0)
-                busy = self._busy()
-            try:
-                if not busy:
-                    self._tick()
-                elif self._down_since is not None or self._conn is None:
-                    self._reconnect()
-                else:
-                    self._flush()
-            except Exception:
-                log.exception("outbox flusher error; retrying")
-                self._closing.wait(1.0)
-            self._deliver_reports()
-            self._announce_connection()
-
-    def _announce_connection(self) -> None:
-        """Tell the listener about a (re)connection once the outbox is flushed and its confirms reported,
-        so what re-enqueue finds ``initiated`` is not also on its way from this process's outbox."""
-        with self._state:
-            ready = self._unannounced and self._conn is not None and not self._busy()
-            if ready:
-                self._unannounced = False
-        if ready and self._listener is not None:
-            try:
-                self._listener.connected()
-            except Exception:
-                log.exception("the publish listener failed on connect; carrying on")
-
-    def _busy(self) -> bool:
-        return bool(self._outbox) or self._down_since is not None or self._orphans or self._want_connection
-
-    def _reconnect(self) -> None:
-        try:
-            for attempt in retrying(self._closing, "publisher", self._check_gone):
-                with attempt, self._io:
-                    if self._conn is None:
-                        self._connect()
-        except CONNECTION_ERRORS:
-            return  # closing
-        except TopologyError as exc:
-            with self._state:
-                stranded = self._outbox.take_all()
-                self._down_since = None
-            self._abandon(stranded, str(exc))
-
-    def _check_gone(self, exc: BaseException) -> None:
-        """Past connection_timeout of continuous absence: stop accepting, fail what waits (never drop)."""
-        limit = self.config.connection_timeout
-        with self._state:
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-            if limit <= 0 or self._gone is not None or time.monotonic() - self._down_since < limit:
-                return
-            self._gone = (
-                f"RabbitMQ at {self.url.split('@')[-1]} has been unreachable for more than "
-                f"connection_timeout={limit:g}s (last error: {type(exc).__name__}: {exc})"
-            )
-            stranded = self._outbox.take_all()
-        self._abandon(stranded, self._gone)
-
-    def _flush(self) -> None:
-        with self._state:
-            chunk = self._outbox.take(FLUSH_CHUNK)
-        deadline = time.monotonic() + self.config.request_timeout
-        with self._io:
-            if self._conn is None:
-                with self._state:
-                    self._outbox.push_front(chunk)
-                return
-            sent = 0
-            try:
-                for entry in chunk:
-                    self._send_one(entry)
-                    sent += 1
-                confirms = self._confirms
-                self._drain(lambda: confirms is None or not confirms.outstanding, deadline)
-                with self._state:
-                    self._orphans = bool(self._confirms and self._confirms.outstanding)
-            except CONNECTION_ERRORS as exc:
-                self._lost(exc, chunk[sent:])
-
-    def _tick(self) -> None:
-        """While idle, notice a closed connection early and keep heartbeats going."""
-        if self._conn is None or not self._io.acquire(blocking=False):
-            return
-        try:
-            if self._conn is not None:
-                drain_ready(self._conn)
-                self._conn.heartbeat_check()
-        except CONNECTION_ERRORS as exc:
-            self._lost(exc, [])
-        finally:
-            self._io.release()
+    # Depth and closing
 
     def pending(self) -> int:
-        """Messages accepted by ``publish`` and not yet confirmed by the broker."""
-        confirms = self._confirms
-        with self._state:
-            return len(self._outbox) + (len(confirms.outstanding) if confirms is not None else 0)
+        """Messages accepted by ``publish`` and not yet settled (waiting in the outbox or in flight)."""
+        with self.state.lock:
+            return self.outbox.held
+
+    def unconfirmed_ids(self) -> list[str]:
+        with self.state.lock:
+            return self.outbox.task_ids()
 
     def close(self) -> None:
-        """Give the outbox one last flush if the broker is there, then release the connection."""
-        if self._closing.is_set():
-            return
-        with self._state:
-            flush = bool(self._outbox) and self._down_since is None and self._conn is not None
-        if flush:
-            self._flush()
-            self._deliver_reports()
-        self._closing.set()
-        with self._state:
-            self._state.notify_all()
-        if self._flusher is not None:
-            self._flusher.join(timeout=self.config.request_timeout + 1)
-        with self._io:
-            close_quietly(self._conn)
-            self._conn = self._producer = self._confirms = None
-        left = self.pending()
+        """Drain the outbox (waiting up to ``close_timeout`` for a reconnection and the confirms), then
+        release the connection. What is still unconfirmed is logged with its count; those records stay
+        ``initiated`` for re-enqueue, and their receipts are settled with the reason."""
+        with self.state.lock:
+            if not self.state.move(Phase.CLOSING):
+                return  # closing or closed already
+            busy = self.outbox.held > 0
+        if busy:
+            self._flusher.ensure_running()
+        deadline = time.monotonic() + self.config.close_timeout
+        with self.state.lock:
+            while self.outbox.held and (remaining := deadline - time.monotonic()) > 0:
+                self.state.lock.wait(remaining)
+            self.state.move(Phase.CLOSED)
+        self._flusher.join(self.config.request_timeout + 1.0)
+        if self.io.acquire(timeout=max(1.0, self.config.request_timeout)):
+            try:
+                self.link.close()
+            finally:
+                self.io.release()
+        self.reports.deliver()
+        with self.state.lock:
+            left = self.outbox.release_all()
         if left:
-            log.warning("RabbitMQ broker closed with %d message(s) never confirmed; they stay 'initiated'", left)
+            log.warning(
+                "RabbitMQ broker closed with %d message(s) never confirmed (close_timeout=%gs); their records "
+                "stay 'initiated', for re-enqueue to publish again",
+                len(left),
+                self.config.close_timeout,
+            )
+            settle((entry, UNCONFIRMED_AT_CLOSE) for entry in left)

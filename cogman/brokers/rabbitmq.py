@@ -1,7 +1,8 @@
 """RabbitMQ broker on kombu: Cogman's topology, confirmed publishing with an offline outbox, and
 consumers that survive broker restarts.
 
-The work is split by direction: ``publisher.py`` (confirms, outbox, reconnecting flusher),
+The work is split by direction: ``publisher.py`` (confirmed sends; its phases in ``publisher_state.py``,
+its link in ``publish_link.py``, the outbox in ``outbox.py``, the reconnecting ``flusher.py``),
 ``rabbitmq_consumer.py`` (one I/O thread per consumer, acks from any thread, reconnect), with
 ``topology.py`` (queues and their arguments) and ``connection.py`` (dialling, backoff, confirm
 bookkeeping) shared. docs/reliability.md says what each fault does and what was measured.
@@ -47,11 +48,11 @@ class RabbitMQBroker:
         self.publisher.set_listener(listener)
 
     def publish(self, messages: Sequence[Message]) -> Receipt:
-        self.publisher.publish(messages)
-        return Receipt.confirmed()  # placeholder until the publisher settles receipts (issue 7)
+        return self.publisher.publish(messages)
 
     def unconfirmed_ids(self) -> list[str]:
-        raise NotImplementedError("issue 7: the publisher reports the task ids it holds")
+        """Task ids of the messages ``pending`` counts (a copy taken under the publisher's lock)."""
+        return self.publisher.unconfirmed_ids()
 
     def pending(self) -> int:
         """Messages accepted by ``publish`` and not yet confirmed by the broker (the outbox and in flight)."""
@@ -80,7 +81,8 @@ class RabbitMQBroker:
             close_quietly(connection)
 
     def close(self) -> None:
-        """Flush the outbox once more if the broker is there, then release the publishing connection."""
+        """Drain the outbox (up to ``close_timeout``, reconnecting if need be), then release the publishing
+        connection; what stays unconfirmed is logged and keeps its record ``initiated``."""
         self.publisher.close()
 
     # Operator views and actions

@@ -43,6 +43,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = _port_outside_the_ephemeral_range()
         self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._running = threading.Event()
@@ -66,24 +67,31 @@ class TcpProxy:
         listener.listen(64)
         self._listener = listener
         self._running.set()
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._acceptor.start()
 
     def kill(self) -> None:
         """Reset every connection (as a killed server's kernel does) and refuse new ones.
 
         Deterministic: once this returns, no socket of the proxy is open on its port, including one
         the accept thread took while this ran (it sees ``_running`` cleared under the lock and resets it).
+        The listener is shut down before it is closed: a close alone does not stop a socket on which
+        another thread is blocked in accept(), so it went on listening (and queueing connections that
+        kept the port busy) until the next connection arrived.
         """
         with self._lock:
             self._running.clear()
             listener, self._listener = self._listener, None
             sockets, self._sockets = self._sockets, set()
+            acceptor, self._acceptor = self._acceptor, None
         if listener is not None:
             # close() alone leaves a thread blocked in accept() holding the socket in LISTEN (and the
             # port bound) until the next connection attempt; shutdown wakes accept() and frees the port.
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        if acceptor is not None and acceptor is not threading.current_thread():
+            acceptor.join(10)
         for sock in sockets:
             _reset(sock)
 

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
+from cogman.brokers.base import Receipt
 from cogman.brokers.connection import Confirms
-from cogman.brokers.outbox import Entry, Outbox, Waiter, deliver
+from cogman.brokers.outbox import Entry, Outbox, deliver, settle
 from cogman.brokers.topology import queue_arguments
 from cogman.message import Message
 from cogman.priority import Priority
@@ -52,15 +53,16 @@ def message(index: int) -> Message:
 
 
 def test_outbox_puts_unconfirmed_back_in_front_in_order():
-    waiter = Waiter(5)
-    entries = [Entry(message(i), "high_priority_queue_0", b"", waiter) for i in range(5)]
-    outbox = Outbox()
-    outbox.extend(entries[3:])
+    receipt = Receipt(5)
+    entries = [Entry(message(i), "high_priority_queue_0", b"", receipt) for i in range(5)]
+    outbox = Outbox(limit=100)
+    outbox.admit(entries)
+    outbox.park(entries[3:])
     outbox.push_front(entries[:3])
 
-    assert [e.message.task_id for e in outbox.take(2)] == ["t0", "t1"]
+    assert [e.message.task_id for e in outbox.next_batch(2, 1 << 20, in_flight=False)] == ["t0", "t1"]
     assert [e.message.task_id for e in outbox.take_all()] == ["t2", "t3", "t4"]
-    assert not outbox
+    assert outbox.waiting == 0 and outbox.held == 5  # held until settled, wherever they are
 
 
 class Listener:
@@ -75,15 +77,17 @@ class Listener:
         raise RuntimeError("a broken listener must not stop the senders from waking")
 
 
-def test_deliver_groups_reports_and_wakes_the_sender_even_if_the_listener_fails():
-    waiter = Waiter(3)
-    entries = [Entry(message(i), "q", b"", waiter) for i in range(3)]
+def test_deliver_groups_reports_and_the_receipt_settles_even_if_the_listener_fails():
+    receipt = Receipt(3)
+    entries = [Entry(message(i), "q", b"", receipt) for i in range(3)]
     listener = Listener()
+    reports: list[tuple[Entry, str | None]] = [(entries[0], None), (entries[1], "gone"), (entries[2], None)]
 
-    deliver(listener, [(entries[0], None), (entries[1], "gone"), (entries[2], None)])
+    deliver(listener, reports)
+    settle(reports)
 
     assert listener.calls == [("confirmed", ["t0", "t2"], None), ("abandoned", ["t1"], "gone")]
-    assert waiter.done
+    assert receipt.done and receipt.failure == "gone"
 
 
 def test_queue_arguments_are_the_seed_systems():
