@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import atexit
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from cogman import inprocess
 from cogman.backends import Backend, create_backend
 from cogman.brokers import Broker, create_broker
 from cogman.client import Client, new_record
 from cogman.config import Config
-from cogman.errors import CogmanError, MessageTooLarge, TaskFailed
+from cogman.errors import MessageTooLarge
 from cogman.message import Message, check_json_arguments
 from cogman.middleware import Middleware, MiddlewareStack
 from cogman.priority import Priority
@@ -59,7 +59,7 @@ class App:
         #: Workers running in this process (``start_background`` or a blocking ``worker().start()``).
         self.running_workers: set[Worker] = set()
         #: Ids sent on the memory:// broker and not yet seen finished, for ``join``.
-        self._unjoined: list[str] = []
+        self.unjoined: list[str] = []
         self._eager: EagerRunner | None = None
         self._close_at_exit: Callable[[], None] | None = None
         self._install_worker_middleware()
@@ -135,7 +135,7 @@ class App:
         switches an app to memory:// and back). Tasks stay registered."""
         self.close()
         self.config = config.with_options(**options) if config is not None else self.config.with_options(**options)
-        self._unjoined.clear()
+        self.unjoined.clear()
 
     def close(self) -> None:
         """Drain the broker's outbox (up to ``close_timeout``) and release the connections. Runs by itself
@@ -221,7 +221,7 @@ class App:
         if self.config.eager:
             self._eager_runner().drain()
         elif self.config.broker_url.startswith("memory://"):
-            self._unjoined.extend(record.task_id for record in records)
+            self.unjoined.extend(record.task_id for record in records)
         return [AsyncResult(self.backend, record.task_id, self) for record in records]
 
     def _eager_runner(self) -> EagerRunner:
@@ -237,21 +237,7 @@ class App:
         """Wait until every task sent so far on the memory:// broker has finished (retries included),
         for tests, as Dramatiq's ``StubBroker.join``; with ``fail_fast``, raise the first failure met
         (TaskFailed), in send order. Raises TimeoutError, or NoWorker when no worker runs here."""
-        if not self.config.broker_url.startswith("memory://") or self.config.eager:
-            if self.config.eager:
-                return  # every send already ran to completion
-            raise CogmanError("join() waits for tasks sent on the memory:// broker; use AsyncResult.get() elsewhere")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._unjoined:
-            task_id = self._unjoined[0]
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                AsyncResult(self.backend, task_id, self).get(timeout=remaining)
-            except TaskFailed:
-                if fail_fast:
-                    self._unjoined.pop(0)
-                    raise
-            self._unjoined.pop(0)
+        inprocess.join(self, timeout, fail_fast=fail_fast)
 
     def _check_size(self, record: TaskRecord) -> None:
         size = len(Message.for_record(record, retries_left=record.retry).encode())
@@ -273,23 +259,8 @@ class App:
         return Worker(self, concurrency=concurrency, priorities=priorities)
 
     def why_no_worker(self) -> str | None:
-        """Why a task of this process cannot finish, when its transport is in-process memory and no
-        worker of this process runs (``get()`` raises instead of waiting forever); None when it can."""
-        if self.running_workers or self.config.eager:
-            return None
-        broker, backends = self.config.broker_url, self.config.backend_urls
-        if broker.startswith("memory://"):
-            return (
-                "the memory:// broker keeps tasks inside the process that sent them, and no worker runs in this "
-                "process. Start one with app.start_background(), or share a broker between processes: "
-                "COGMAN_BROKER_URL=amqp://... with COGMAN_BACKEND_URL=redis://..."
-            )
-        if backends[0].startswith("memory://"):
-            return (
-                "the memory:// backend is per process: a worker in another process records the result in its "
-                "own memory. Use a shared backend: COGMAN_BACKEND_URL=redis://... (or mongodb://...)"
-            )
-        return None
+        """Why a task sent here cannot finish (memory:// with no worker in this process), or None."""
+        return inprocess.why_no_worker(self)
 
     def start_background(
         self, concurrency: int | None = None, priorities: Iterable[Priority | str] | None = None

@@ -8,33 +8,28 @@ standalone server, so ``wait`` polls with a growing interval. See docs/backends.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from cogman.backends import codec
-from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends import codec, mongo_queries, mongo_schema, mongo_workers
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
-from cogman.status import RANK, UNCONFIRMED, Status, allows
+from cogman.status import UNCONFIRMED, Status, allows
 
 if TYPE_CHECKING:
     from cogman.config import Config
 
 log = logging.getLogger("cogman.backends.mongo")
-
-#: How long a status that arrived before its record is kept, waiting for the record's create.
-EARLY_TTL_SECONDS = 3600
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -77,6 +72,7 @@ class MongoBackend:
             f"MongoDB {self.where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered
         )
         self._indexes_ready = False
+        self.workers_index_ready = False
         try:
             self.buffer.call(self.ensure_indexes, "create indexes")
         except ConnectionError as exc:
@@ -87,34 +83,6 @@ class MongoBackend:
 
     def key(self, task_id: str) -> str:
         return f"{self.where}[task_id={task_id}]"
-
-    def ensure_indexes(self) -> None:
-        """Create the indexes if missing; never drops one. A TTL that differs from the config is updated
-        with collMod where the server allows it, else left as it is with a warning."""
-        newest = [("created_at", pymongo.DESCENDING), ("created_us", pymongo.DESCENDING)]
-        specs: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
-            ("task_id_unique", [("task_id", pymongo.ASCENDING)], {"unique": True}),
-            ("primary_key_created", [("primary_key", pymongo.ASCENDING), *newest], {}),
-            ("status_created", [("status", pymongo.ASCENDING), *newest], {}),
-            ("name_created", [("name", pymongo.ASCENDING), *newest], {}),
-            ("created", newest, {}),
-            ("created_at_ttl", [("created_at", pymongo.ASCENDING)], {"expireAfterSeconds": self.ttl_seconds}),
-        ]
-        if self.ttl_seconds <= 0:  # mongo_ttl=0: keep records for good
-            specs.pop()
-        self.early.create_index([("task_id", pymongo.ASCENDING)], name="task_id_unique", unique=True)
-        self.early.create_index(
-            [("created_at", pymongo.ASCENDING)], name="created_at_ttl", expireAfterSeconds=EARLY_TTL_SECONDS
-        )
-        for name, keys, options in specs:
-            try:
-                self.collection.create_index(keys, name=name, **options)
-            except OperationFailure as exc:
-                if name == "created_at_ttl":
-                    self._update_ttl()
-                else:
-                    log.warning("index %s on %s left as it is: %s", name, self.where, exc)
-        self._indexes_ready = True
 
     # Writes
 
@@ -156,7 +124,7 @@ class MongoBackend:
             )
             doc = doc or self.collection.find_one({"task_id": task_id}, {"_id": False})
             if doc is None:
-                self._keep_early(task_id, status, changes)
+                mongo_schema.keep_early(self, task_id, status, changes)
                 return {}
             return dict(doc)
 
@@ -270,51 +238,10 @@ class MongoBackend:
             interval = min(interval * 1.5, 1.0)
 
     def query(self, query: TaskQuery) -> TaskPage:
-        match = codec.document_filter(query)
-
-        def read() -> tuple[list[dict[str, Any]], int]:
-            docs: list[dict[str, Any]] = []
-            if query.limit > 0:
-                cursor = self.collection.find(match, {"_id": False}).sort(
-                    [("created_at", pymongo.DESCENDING), ("created_us", pymongo.DESCENDING)]
-                )
-                docs = list(cursor.skip(query.skip).limit(query.limit))
-            return docs, self.collection.count_documents(match)
-
-        docs, total = self.buffer.call(read, "query task records")
-        records = []
-        for doc in docs:
-            try:
-                records.append(codec.from_document(doc, self.key(str(doc.get("task_id")))))
-            except CorruptRecord as exc:
-                log.warning("query skipped %s", exc)
-        return TaskPage(records=records, total=total)
+        return mongo_queries.query(self, query)
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
-        if bucket_seconds <= 0:
-            raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
-        origin = codec.to_us(start)
-        match = codec.document_filter(TaskQuery(created_after=start, created_before=end))
-        offset = {"$divide": [{"$subtract": ["$created_us", origin]}, 1_000_000]}
-        pipeline = [
-            {"$match": match},
-            {
-                "$group": {
-                    "_id": {"status": "$status", "bucket": {"$floor": {"$divide": [offset, bucket_seconds]}}},
-                    "n": {"$sum": 1},
-                }
-            },
-        ]
-        rows = self.buffer.call(lambda: list(self.collection.aggregate(pipeline)), "count task records")
-        buckets: dict[int, dict[Status, int]] = {}
-        for row in rows:
-            try:
-                status = Status(row["_id"]["status"])
-            except ValueError:
-                log.warning("count skipped %d record(s) with unknown status %r", row["n"], row["_id"]["status"])
-                continue
-            buckets.setdefault(int(row["_id"]["bucket"]), {})[status] = int(row["n"])
-        return buckets_from_counts(start, bucket_seconds, buckets)
+        return mongo_queries.count_by_status(self, start, end, bucket_seconds)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until writes buffered during an outage are replayed."""
@@ -326,31 +253,14 @@ class MongoBackend:
             return  # a shared mongomock client stays readable, like a server
         self.client.close()
 
+    def ensure_indexes(self) -> None:
+        mongo_schema.ensure_indexes(self)
+
     # Helpers
 
     def _indexes(self) -> None:
         if not self._indexes_ready:
             self.ensure_indexes()
-
-    def _update_ttl(self) -> None:
-        try:
-            self.collection.database.command(
-                {
-                    "collMod": self.collection.name,
-                    "index": {"name": "created_at_ttl", "expireAfterSeconds": self.ttl_seconds},
-                }
-            )
-        except ConnectionFailure:
-            raise
-        except Exception as exc:  # mongomock has no collMod; a server may refuse it
-            log.warning(
-                "the TTL index of %s differs from mongo_ttl=%s and was left as it is: %s",
-                self.where,
-                self.ttl_seconds,
-                exc,
-            )
-            return
-        log.info("TTL index of %s set to %s s", self.where, self.ttl_seconds)
 
     @staticmethod
     def _updated() -> dict[str, Any]:
@@ -367,88 +277,18 @@ class MongoBackend:
         except BulkWriteError as exc:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
-        self._apply_early([doc["task_id"] for doc in docs])
+        mongo_schema.apply_early(self, [doc["task_id"] for doc in docs])
 
-    def _apply_early(self, ids: list[str]) -> None:
-        for stub in list(self.early.find({"task_id": {"$in": ids}}, {"_id": False})):
-            status = Status(stub.pop("status"))
-            task_id = stub.pop("task_id")
-            stub.pop("created_at", None)
-            for name, moment in (stub.pop("at", None) or {}).items():
-                stub[f"at.{name}"] = moment  # add to the record's history, never replace it
-            allowed = [s.value for s in Status if allows(s, status)]
-            self.collection.update_one(
-                {"task_id": task_id, "status": {"$in": allowed}}, {"$set": {"status": status.value, **stub}}
-            )
-            self.early.delete_one({"task_id": task_id})
-
-    def _keep_early(self, task_id: str, status: Status, changes: dict[str, Any]) -> None:
-        """Keep a status whose record is not here yet (its create may be parked in another process),
-        unless a higher one is kept already; the record's create applies it."""
-        lower = [s.value for s in Status if RANK[s] < RANK[status]]
-        stub = {**changes, "status": status.value}
-        # A DuplicateKeyError means a higher status is kept already: this one loses, as the status machine says.
-        with contextlib.suppress(pymongo.errors.DuplicateKeyError):
-            self.early.update_one(
-                {"task_id": task_id, "$or": [{"status": {"$in": lower}}, {"status": {"$exists": False}}]},
-                {"$set": stub, "$setOnInsert": {"created_at": utcnow()}},
-                upsert=True,
-            )
-        if self.collection.find_one({"task_id": task_id}, {"_id": True}) is not None:
-            self._apply_early([task_id])  # the create landed meanwhile and may have missed the stub
-
-    # Operator actions and worker heartbeats: a ``workers`` collection beside the tasks, one document per
-    # worker (``_id`` = worker id, ``info`` = its JSON), removed by a TTL index on ``expires_at``.
+    # Operator actions and worker heartbeats (mongo_workers.py)
 
     def add_retries(self, task_id: str, count: int) -> int | None:
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-
-        def add() -> int | None:
-            doc = self.collection.find_one_and_update(
-                {"task_id": task_id},
-                {"$inc": {"retry": count}, "$set": self._updated()},
-                projection={"_id": False, "retry": True},
-                return_document=ReturnDocument.AFTER,
-            )
-            budget = None if doc is None else doc.get("retry")
-            return budget if isinstance(budget, int) else None
-
-        return self.buffer.call(add, f"add {count} retries to task {task_id}")
-
-    @property
-    def workers(self) -> Any:
-        return self.collection.database[WORKERS_COLLECTION]
+        return mongo_workers.add_retries(self, task_id, count)
 
     def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
-        def write() -> None:
-            if not getattr(self, "_workers_index_ready", False):
-                self.workers.create_index(
-                    [("expires_at", pymongo.ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0
-                )
-                self._workers_index_ready = True
-            expires = utcnow() + timedelta(seconds=ttl)
-            doc = {"_id": worker_id, "info": codec.dumps(info), "expires_at": expires}
-            self.workers.replace_one({"_id": worker_id}, doc, upsert=True)
-
-        self.buffer.call(write, f"record the heartbeat of worker {worker_id}")
+        mongo_workers.record_heartbeat(self, worker_id, info, ttl)
 
     def live_workers(self) -> list[dict[str, Any]]:
-        # The TTL monitor runs once a minute: expired documents may linger, so the filter decides.
-        docs = self.buffer.call(lambda: list(self.workers.find({"expires_at": {"$gt": utcnow()}})), "list the workers")
-        workers = []
-        for doc in docs:
-            try:
-                info = json.loads(doc["info"])
-            except (KeyError, TypeError, ValueError):
-                log.warning("skipping unreadable heartbeat of worker %s", doc.get("_id"))
-                continue
-            if isinstance(info, dict):
-                workers.append(info)
-        return workers
+        return mongo_workers.live_workers(self)
 
     def forget_worker(self, worker_id: str) -> None:
-        self.buffer.call(lambda: self.workers.delete_one({"_id": worker_id}), f"forget worker {worker_id}")
-
-
-WORKERS_COLLECTION = "workers"
+        mongo_workers.forget_worker(self, worker_id)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,9 +19,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cogman.backends import codec
+from cogman.backends import codec, redis_queries, redis_workers
 from cogman.backends import redis_scripts as scripts
-from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.codec import to_us
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import BackendUnavailable, CorruptRecord
@@ -256,90 +254,10 @@ class RedisBackend:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def query(self, query: TaskQuery) -> TaskPage:
-        keys = []
-        if query.status is not None:
-            keys.append(self.index_key("status", query.status.value))
-        if query.name is not None:
-            keys.append(self.index_key("name", query.name))
-        if query.primary_key is not None:
-            keys.append(self.index_key("pk", query.primary_key))
-        low = max(self._window_floor(), to_us(query.created_after) if query.created_after else 0)
-        high = to_us(query.created_before) if query.created_before else None
-        if high is not None and low > high:
-            return TaskPage(records=[], total=0)
-        scratch = f"{self.prefix}:scratch:{uuid.uuid4().hex}"
-        args = [
-            *self._common(),
-            low,
-            "+inf" if high is None else high,
-            query.skip,
-            query.limit,
-            scratch,
-            *(keys or [self.index_key("all")]),
-        ]
-        out = self.buffer.call(self._run(self._query, args), "query task records")
-        records = []
-        for task_id, flat in zip(out[1::2], out[2::2], strict=True):
-            key = self.key(task_id.decode())
-            if flat and flat[0] == b"!":
-                log.warning("query skipped corrupt record at %s: a Redis %s, not a hash", key, flat[1].decode())
-                continue
-            if not flat:
-                continue  # expired or deleted since it was indexed
-            try:
-                records.append(codec.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)), key))
-            except CorruptRecord as exc:
-                log.warning("query skipped %s", exc)
-        return TaskPage(records=records, total=int(out[0]))
+        return redis_queries.query(self, query)
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
-        if bucket_seconds <= 0:
-            raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
-        origin, low, high = to_us(start), max(to_us(start), self._window_floor()), to_us(end)
-        if low > high:
-            return []
-
-        def bucket(score: int) -> int:
-            return int(((score - origin) / 1_000_000) // bucket_seconds)
-
-        def edge(index: int) -> int:
-            return origin + math.ceil(index * bucket_seconds * 1_000_000)
-
-        def read() -> dict[int, dict[Status, int]]:
-            pipe = self.client.pipeline(transaction=False)
-            for status in Status:
-                pipe.zcount(self.index_key("status", status.value), low, high)
-            totals = dict(zip(Status, pipe.execute(), strict=True))
-            first, last = bucket(low), bucket(high)
-            plan: list[tuple[Status, list[int] | None]] = []
-            indexes: list[int] | None
-            pipe = self.client.pipeline(transaction=False)
-            for status, total in totals.items():
-                key = self.index_key("status", status.value)
-                if 0 < total <= max(2000, last - first + 1):
-                    pipe.zrange(key, low, high, byscore=True, withscores=True)
-                    plan.append((status, None))
-                elif total:
-                    indexes = list(range(first, last + 1))
-                    for i in indexes:
-                        pipe.zcount(key, max(low, edge(i)), f"({min(high + 1, edge(i + 1))}")
-                    plan.append((status, indexes))
-            replies = iter(pipe.execute())
-            buckets: dict[int, dict[Status, int]] = {}
-            for status, indexes in plan:
-                if indexes is None:
-                    for _, score in next(replies):
-                        counts = buckets.setdefault(bucket(int(score)), {})
-                        counts[status] = counts.get(status, 0) + 1
-                    continue
-                for i in indexes:
-                    count = next(replies)
-                    if count:
-                        buckets.setdefault(i, {})[status] = count
-            return buckets
-
-        found = self.buffer.call(read, "count task records")
-        return buckets_from_counts(start, bucket_seconds, found)
+        return redis_queries.count_by_status(self, start, end, bucket_seconds)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until writes buffered during an outage are replayed (for tests and clean shutdowns)."""
@@ -369,77 +287,16 @@ class RedisBackend:
     def _run(script: Any, args: list[Any]) -> Callable[[], Any]:
         return lambda: script(args=args)
 
-    # Operator actions and worker heartbeats: ``<prefix>:worker:<id>`` holds a heartbeat (JSON, with a
-    # TTL); ``<prefix>:workers`` is a sorted set of worker ids by last write, so listing needs no SCAN.
+    # Operator actions and worker heartbeats (redis_workers.py)
 
     def add_retries(self, task_id: str, count: int) -> int | None:
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        script = self.client.register_script(ADD_RETRIES)
-        args: list[Any] = [self.prefix, task_id, count, codec.dumps(utcnow().isoformat())]
-        budget = self.buffer.call(lambda: script(args=args), f"add {count} retries to task {task_id}")
-        return None if budget is None else int(budget)
+        return redis_workers.add_retries(self, task_id, count)
 
     def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
-        index = f"{self.prefix}:workers"
-
-        def write() -> None:
-            now = time.time()
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(f"{self.prefix}:worker:{worker_id}", codec.dumps(info), px=max(1, int(ttl * 1000)))
-            pipe.zadd(index, {worker_id: now})
-            pipe.zremrangebyscore(index, "-inf", now - WORKERS_INDEX_TTL)
-            pipe.expire(index, WORKERS_INDEX_TTL)
-            pipe.execute()
-
-        self.buffer.call(write, f"record the heartbeat of worker {worker_id}")
+        redis_workers.record_heartbeat(self, worker_id, info, ttl)
 
     def live_workers(self) -> list[dict[str, Any]]:
-        index = f"{self.prefix}:workers"
-
-        def read() -> list[tuple[bytes, bytes | None]]:
-            ids: list[bytes] = self.client.zrange(index, 0, -1)  # type: ignore[assignment]
-            if not ids:
-                return []
-            values: list[bytes | None] = self.client.mget([f"{self.prefix}:worker:{i.decode()}" for i in ids])  # type: ignore[assignment]
-            expired = [i for i, value in zip(ids, values, strict=True) if value is None]
-            if expired:
-                self.client.zrem(index, *expired)
-            return list(zip(ids, values, strict=True))
-
-        workers = []
-        for worker_id, raw in self.buffer.call(read, "list the workers"):
-            if raw is None:
-                continue
-            try:
-                info = json.loads(raw)
-            except ValueError:
-                log.warning("skipping unreadable heartbeat of worker %s", worker_id.decode(errors="replace"))
-                continue
-            if isinstance(info, dict):
-                workers.append(info)
-        return workers
+        return redis_workers.live_workers(self)
 
     def forget_worker(self, worker_id: str) -> None:
-        def forget() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(f"{self.prefix}:worker:{worker_id}")
-            pipe.zrem(f"{self.prefix}:workers", worker_id)
-            pipe.execute()
-
-        self.buffer.call(forget, f"forget worker {worker_id}")
-
-
-#: How long a worker id stays in the ``workers`` index after its last heartbeat (its key expires sooner).
-WORKERS_INDEX_TTL = 24 * 3600
-
-# ARGV: prefix, task id, count, updated_at (JSON). Returns the new budget, or nil for an unknown record.
-ADD_RETRIES = """
-local key = ARGV[1] .. ':task:' .. ARGV[2]
-if redis.call('TYPE', key)['ok'] ~= 'hash' then return nil end
-local budget = tonumber(redis.call('HGET', key, 'retry'))
-if not budget then return nil end
-budget = budget + tonumber(ARGV[3])
-redis.call('HSET', key, 'retry', tostring(budget), 'updated_at', ARGV[4])
-return budget
-"""
+        redis_workers.forget_worker(self, worker_id)

@@ -1,0 +1,100 @@
+"""Operator actions and worker heartbeats in Redis.
+
+``<prefix>:worker:<id>`` holds a worker's heartbeat (JSON, with a TTL); ``<prefix>:workers`` is a sorted
+set of worker ids by last write, so listing needs no SCAN. ``add_retries`` raises a chain's budget for a
+manual retry (Cogman's ``/retry``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from cogman.backends import codec
+from cogman.record import utcnow
+
+if TYPE_CHECKING:
+    from cogman.backends.redis import RedisBackend
+
+log = logging.getLogger("cogman.backends.redis")
+
+#: How long a worker id stays in the ``workers`` index after its last heartbeat (its key expires sooner).
+WORKERS_INDEX_TTL = 24 * 3600
+
+# ARGV: prefix, task id, count, updated_at (JSON). Returns the new budget, or nil for an unknown record.
+ADD_RETRIES = """
+local key = ARGV[1] .. ':task:' .. ARGV[2]
+if redis.call('TYPE', key)['ok'] ~= 'hash' then return nil end
+local budget = tonumber(redis.call('HGET', key, 'retry'))
+if not budget then return nil end
+budget = budget + tonumber(ARGV[3])
+redis.call('HSET', key, 'retry', tostring(budget), 'updated_at', ARGV[4])
+return budget
+"""
+
+
+# Operator actions and worker heartbeats: ``<prefix>:worker:<id>`` holds a heartbeat (JSON, with a
+# TTL); ``<prefix>:workers`` is a sorted set of worker ids by last write, so listing needs no SCAN.
+
+
+def add_retries(backend: RedisBackend, task_id: str, count: int) -> int | None:
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    script = backend.client.register_script(ADD_RETRIES)
+    args: list[Any] = [backend.prefix, task_id, count, codec.dumps(utcnow().isoformat())]
+    budget = backend.buffer.call(lambda: script(args=args), f"add {count} retries to task {task_id}")
+    return None if budget is None else int(budget)
+
+
+def record_heartbeat(backend: RedisBackend, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+    index = f"{backend.prefix}:workers"
+
+    def write() -> None:
+        now = time.time()
+        pipe = backend.client.pipeline(transaction=True)
+        pipe.set(f"{backend.prefix}:worker:{worker_id}", codec.dumps(info), px=max(1, int(ttl * 1000)))
+        pipe.zadd(index, {worker_id: now})
+        pipe.zremrangebyscore(index, "-inf", now - WORKERS_INDEX_TTL)
+        pipe.expire(index, WORKERS_INDEX_TTL)
+        pipe.execute()
+
+    backend.buffer.call(write, f"record the heartbeat of worker {worker_id}")
+
+
+def live_workers(backend: RedisBackend) -> list[dict[str, Any]]:
+    index = f"{backend.prefix}:workers"
+
+    def read() -> list[tuple[bytes, bytes | None]]:
+        ids: list[bytes] = backend.client.zrange(index, 0, -1)  # type: ignore[assignment]
+        if not ids:
+            return []
+        values: list[bytes | None] = backend.client.mget([f"{backend.prefix}:worker:{i.decode()}" for i in ids])  # type: ignore[assignment]
+        expired = [i for i, value in zip(ids, values, strict=True) if value is None]
+        if expired:
+            backend.client.zrem(index, *expired)
+        return list(zip(ids, values, strict=True))
+
+    workers = []
+    for worker_id, raw in backend.buffer.call(read, "list the workers"):
+        if raw is None:
+            continue
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            log.warning("skipping unreadable heartbeat of worker %s", worker_id.decode(errors="replace"))
+            continue
+        if isinstance(info, dict):
+            workers.append(info)
+    return workers
+
+
+def forget_worker(backend: RedisBackend, worker_id: str) -> None:
+    def forget() -> None:
+        pipe = backend.client.pipeline(transaction=True)
+        pipe.delete(f"{backend.prefix}:worker:{worker_id}")
+        pipe.zrem(f"{backend.prefix}:workers", worker_id)
+        pipe.execute()
+
+    backend.buffer.call(forget, f"forget worker {worker_id}")
