@@ -165,10 +165,11 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_id: str | None = None,
+        wait_confirmed: bool | None = None,
     ) -> AsyncResult[Any]:
         """Queue a task by name; works from a process that does not have the function. ``task_id``
         chooses the id (sending an id twice records it once; the second message is a duplicate the
-        worker skips once the first finished)."""
+        worker skips once the first finished). ``wait_confirmed`` overrides ``send_mode``."""
         return self.send_many(
             name,
             [(tuple(args), kwargs or {})],
@@ -176,6 +177,7 @@ class App:
             retry=retry,
             primary_key=primary_key,
             task_ids=None if task_id is None else [task_id],
+            wait_confirmed=wait_confirmed,
         )[0]
 
     def send_many(
@@ -187,6 +189,7 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_ids: Sequence[str] | None = None,
+        wait_confirmed: bool | None = None,
     ) -> list[AsyncResult[Any]]:
         """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all."""
         task = self.tasks.get(name)
@@ -198,7 +201,6 @@ class App:
             raise ValueError(f"task_ids gives {len(task_ids)} ids for {len(calls)} calls")
         records = []
         for index, (args, kwargs) in enumerate(calls):
-            check_json_arguments(name, args, kwargs)
             if task is not None:
                 try:
                     task.check_arguments(args, kwargs)
@@ -216,13 +218,13 @@ class App:
                     task_id=chosen_id,
                 )
             )
-            self._check_size(records[-1])
-        self.client.send(records)
+        messages = [self._checked_message(record) for record in records]
+        receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
         if self.config.eager:
             self._eager_runner().drain()
         elif self.config.broker_url.startswith("memory://"):
             self.unjoined.extend(record.task_id for record in records)
-        return [AsyncResult(self.backend, record.task_id, self) for record in records]
+        return [AsyncResult(self.backend, record.task_id, self, receipt) for record in records]
 
     def _eager_runner(self) -> EagerRunner:
         from cogman.eager import EagerRunner
@@ -239,13 +241,22 @@ class App:
         (TaskFailed), in send order. Raises TimeoutError, or NoWorker when no worker runs here."""
         inprocess.join(self, timeout, fail_fast=fail_fast)
 
-    def _check_size(self, record: TaskRecord) -> None:
-        size = len(Message.for_record(record, retries_left=record.retry).encode())
+    def _checked_message(self, record: TaskRecord) -> Message:
+        """The record's message, encoded once here (the publisher sends these bytes): arguments JSON
+        cannot carry raise TypeError naming the argument, an oversized one MessageTooLarge, before
+        anything is recorded."""
+        message = Message.for_record(record, retries_left=record.retry)
+        try:
+            size = len(message.encode())
+        except (TypeError, ValueError):
+            check_json_arguments(record.name, tuple(record.args), record.kwargs)
+            raise
         if size > self.config.max_message_size:
             raise MessageTooLarge(
                 f"task {record.name}: its message is {size} bytes encoded, over max_message_size="
                 f"{self.config.max_message_size} bytes; nothing was recorded or sent"
             )
+        return message
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(self.backend, task_id, self)

@@ -82,16 +82,35 @@ class Client:
         self._leases_lock = threading.Lock()
         broker.set_listener(self)
 
-    def send(self, records: Sequence[TaskRecord]) -> None:
-        """Record new first attempts, then publish them and wait for the confirms together."""
-        messages = [Message.for_record(record, retries_left=record.retry) for record in records]
+    def send(
+        self,
+        records: Sequence[TaskRecord],
+        messages: Sequence[Message] | None = None,
+        *,
+        wait_confirmed: bool | None = None,
+    ) -> Receipt:
+        """Record new first attempts, then publish them (confirms pipelined for the whole batch).
+
+        The task log is the commit point: once the records are in the backend, a crash cannot lose the
+        tasks (re-enqueue republishes what stays unconfirmed), so by default (``send_mode="recorded"``)
+        this returns without waiting for RabbitMQ's confirms. It waits for them when asked
+        (``wait_confirmed``, ``send_mode="confirmed"``) and whenever the records could not be written
+        (parked in memory while the backend is away): the broker is then what keeps the task."""
+        if messages is None:
+            messages = [Message.for_record(record, retries_left=record.retry) for record in records]
         for message in messages:
             self.middleware.before("before_send", message)
-        self.backend.create(records)
-        self._keep_leases()
-        self.broker.publish(messages)
+        durable = self.backend.create(records)
+        if self._leases is None:
+            self._keep_leases()
+        if wait_confirmed is None:
+            wait_confirmed = self.config.send_mode == "confirmed"
+        if not durable and not wait_confirmed:
+            log.warning("task records parked in memory (backend unreachable): waiting for the broker's confirms")
+        receipt = self.broker.publish(messages, wait=wait_confirmed or not durable)
         for message in messages:
             self.middleware.after("after_send", message)
+        return receipt
 
     def spawn_retry(
         self, failed: Message, original_task_id: str, failed_attempt: int

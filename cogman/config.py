@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from cogman.errors import ConfigError
 
@@ -30,6 +30,10 @@ class Config:
     connection_timeout: float = 600.0
     #: How long a send waits for the broker's publisher confirm.
     request_timeout: float = 5.0
+    #: ``"recorded"``: ``.delay()`` returns once the task's record is in the backend and its message is
+    #: handed to the publisher (the confirm is read in the background; a crash before it is covered by
+    #: re-enqueue). ``"confirmed"``: it returns once RabbitMQ confirmed the message. See docs/guarantees.md.
+    send_mode: Literal["recorded", "confirmed"] = "recorded"
 
     #: Queues ``high_priority_queue_0..N-1``; senders spread tasks over them round robin.
     high_priority_queue_count: int = 1
@@ -120,6 +124,8 @@ class Config:
             raise ConfigError(f"prefetch must be at least 1, got {self.prefetch!r}")
         if self.re_enqueue_interval <= 0:
             raise ConfigError(f"re_enqueue_interval must be positive, got {self.re_enqueue_interval!r}")
+        if self.send_mode not in ("recorded", "confirmed"):
+            raise ConfigError(f"send_mode must be 'recorded' or 'confirmed', got {self.send_mode!r}")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

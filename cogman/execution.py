@@ -120,7 +120,9 @@ class Executor:
             return message, self._failed(delivery, message, started, exc, time.perf_counter() - begun)
         duration = time.perf_counter() - begun
         self._until_recorded(
-            lambda: self.backend.transition(message.task_id, Status.SUCCESS, result=result, duration=duration),
+            lambda: self.backend.transition(
+                message.task_id, Status.SUCCESS, result=result, duration=duration, returning=False
+            ),
             f"record the success of task {message.task_id}",
         )
         self.app.middleware.after("after_execute", message, result=result)
@@ -157,7 +159,9 @@ class Executor:
         log.error("dead-lettering message from %s: %s", delivery.queue, poison.reason)
         if poison.task_id is not None:
             self._until_recorded(
-                lambda: self.backend.transition(poison.task_id or "", Status.FAILED, fail_error=poison.reason),
+                lambda: self.backend.transition(
+                    poison.task_id or "", Status.FAILED, fail_error=poison.reason, returning=False
+                ),
                 f"record the dead-lettering of task {poison.task_id}",
             )
         self.consumer.dead_letter(delivery, poison.reason)
@@ -178,7 +182,7 @@ class Executor:
         )
         self._until_recorded(
             lambda: self.backend.transition(
-                message.task_id, Status.FAILED, fail_error=error, traceback=trace, duration=duration
+                message.task_id, Status.FAILED, fail_error=error, traceback=trace, duration=duration, returning=False
             ),
             f"record the failure of task {message.task_id}",
         )

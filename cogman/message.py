@@ -7,12 +7,15 @@ The headers ``TaskName`` and ``TaskID`` are Cogman's, so operators and the Go to
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cogman.errors import PoisonMessage
 from cogman.priority import Priority
 from cogman.record import TaskRecord
+
+#: Strict JSON (no NaN or infinities), compact; one encoder for every message.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 HEADER_TASK_NAME = "TaskName"
 HEADER_TASK_ID = "TaskID"
@@ -32,13 +35,18 @@ class Message:
     primary_key: str | None = None
     attempt: int = 1
     retries_left: int = 0
+    #: The encoded body, made once: the size check at send time and the publisher use the same bytes.
+    _encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def headers(self) -> dict[str, str]:
         return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id}
 
     def encode(self) -> bytes:
-        return json.dumps(
+        """The JSON body (strict: NaN and infinities are refused, as JSON has none); encoded once."""
+        if self._encoded is not None:
+            return self._encoded
+        body = _ENCODER.encode(
             {
                 "task_id": self.task_id,
                 "name": self.name,
@@ -49,9 +57,10 @@ class Message:
                 "primary_key": self.primary_key,
                 "attempt": self.attempt,
                 "retries_left": self.retries_left,
-            },
-            separators=(",", ":"),
+            }
         ).encode()
+        object.__setattr__(self, "_encoded", body)
+        return body
 
     @classmethod
     def decode(cls, body: bytes, headers: dict[str, Any] | None) -> Message:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,14 +72,27 @@ class TaskRecord:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: enums as their values, datetimes as ISO 8601 strings."""
-        data = asdict(self)
-        data["priority"] = self.priority.value
-        data["status"] = self.status.value
-        data["created_at"] = self.created_at.isoformat()
-        data["updated_at"] = self.updated_at.isoformat()
-        data["history"] = [[status.value, moment.isoformat()] for status, moment in self.history]
-        return data
+        """JSON-ready dict: enums as their values, datetimes as ISO 8601 strings. Payload and result are
+        the record's own objects, not copies (``dataclasses.asdict`` deep-copied them on every write)."""
+        return {
+            "task_id": self.task_id,
+            "name": self.name,
+            "original_task_id": self.original_task_id,
+            "priority": self.priority.value,
+            "payload": self.payload,
+            "status": self.status.value,
+            "primary_key": self.primary_key,
+            "retry": self.retry,
+            "attempt": self.attempt,
+            "fail_error": self.fail_error,
+            "traceback": self.traceback,
+            "duration": self.duration,
+            "result": self.result,
+            "latest_attempt_id": self.latest_attempt_id,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "history": [[status.value, moment.isoformat()] for status, moment in self.history],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))

@@ -19,6 +19,7 @@ from cogman.status import Status
 if TYPE_CHECKING:
     from cogman.app import App
     from cogman.backends.base import Backend
+    from cogman.brokers.base import Receipt
 
 R = TypeVar("R")
 
@@ -43,9 +44,10 @@ class NoWorker(CogmanError):
 class AsyncResult(Generic[R]):
     """Reads are always fresh from the backend; nothing is cached on the handle."""
 
-    def __init__(self, backend: Backend, task_id: str, app: App | None = None) -> None:
+    def __init__(self, backend: Backend, task_id: str, app: App | None = None, receipt: Receipt | None = None) -> None:
         self._backend = backend
         self._app = app
+        self._receipt = receipt
         self.id = task_id
 
     def __repr__(self) -> str:
@@ -71,6 +73,25 @@ class AsyncResult(Generic[R]):
     @property
     def status(self) -> Status:
         return self.latest().status
+
+    def wait_sent(self, timeout: float | None = None) -> bool:
+        """True once the broker confirmed the task's message (its record is then ``queued`` or later);
+        False if not within ``timeout``. Raises PublishError naming the reason when the broker refused
+        it. ``.delay()`` returns before the confirm by default (``send_mode="recorded"``); this is for
+        a caller that wants to know. A handle made from an id alone reads the record instead."""
+        if self._receipt is not None:
+            return self._receipt.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            record = self.record()
+            if record.status not in (Status.INITIATED, Status.RETRY):
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            time.sleep(pause if remaining is None else min(pause, remaining))
+            pause = min(pause * 2, 0.5)
 
     def ready(self) -> bool:
         return self.status.is_final

@@ -68,11 +68,19 @@ class Task(Generic[P, R]):
         priority: Priority | str | None = None,
         retry: int | None = None,
         primary_key: str | None = None,
+        wait_confirmed: bool | None = None,
     ) -> AsyncResult[R]:
-        """Queue the task with explicit options; returns once the broker confirmed it (or it is in the
-        offline outbox)."""
+        """Queue the task with explicit options. Returns once it is recorded and handed to the broker
+        (``send_mode="recorded"``, the default) or once the broker confirmed it (``send_mode=
+        "confirmed"``, or ``wait_confirmed=True`` for this send); see docs/guarantees.md."""
         return self.app.send_task(
-            self.name, args=args, kwargs=kwargs, priority=priority, retry=retry, primary_key=primary_key
+            self.name,
+            args=args,
+            kwargs=kwargs,
+            priority=priority,
+            retry=retry,
+            primary_key=primary_key,
+            wait_confirmed=wait_confirmed,
         )
 
     def apply_async(

@@ -90,9 +90,10 @@ def buckets_from_counts(
 class Backend(Protocol):
     """Stores one record per attempt; see docs/backends.md for each implementation's layout."""
 
-    def create(self, records: Sequence[TaskRecord]) -> None:
+    def create(self, records: Sequence[TaskRecord]) -> bool:
         """Store new records (status ``initiated`` or ``retry``) in one round trip. Insert if absent: a
-        replayed or repeated create never resets a record that moved on."""
+        replayed or repeated create never resets a record that moved on. True when the records are in
+        the store now, False when the write was parked in memory (the store is unreachable)."""
 
     def transition(
         self,
@@ -103,9 +104,11 @@ class Backend(Protocol):
         traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
+        returning: bool = True,
     ) -> TaskRecord | None:
         """Move one record to ``status`` if the status machine allows it, atomically, setting the given
-        fields with it. Returns the record as it stands afterwards (moved or not), None if unknown."""
+        fields with it. Returns the record as it stands afterwards (moved or not), None if unknown;
+        with ``returning=False`` always None (the worker's outcome writes need nothing back)."""
 
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         """The same move for many records in one round trip, for batch sends (no fields, no result)."""

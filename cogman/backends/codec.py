@@ -31,8 +31,12 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+#: One encoder for every field: ``json.dumps`` with options builds a new encoder on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 # Redis: one hash per attempt, each field JSON-encoded, plus ``_score`` (created_at in microseconds)

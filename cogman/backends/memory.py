@@ -24,7 +24,7 @@ class MemoryBackend:
         self._changed = threading.Condition()
         self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
 
-    def create(self, records: Sequence[TaskRecord]) -> None:
+    def create(self, records: Sequence[TaskRecord]) -> bool:
         with self._changed:
             for record in records:
                 if record.task_id in self._records:
@@ -36,8 +36,25 @@ class MemoryBackend:
                 self._records[record.task_id] = record
                 if record.status.is_final:
                     self._changed.notify_all()
+        return True
 
     def transition(
+        self,
+        task_id: str,
+        status: Status,
+        *,
+        fail_error: str | None = None,
+        traceback: str | None = None,
+        result: Any = UNSET,
+        duration: float | None = None,
+        returning: bool = True,
+    ) -> TaskRecord | None:
+        moved = self._transition(
+            task_id, status, fail_error=fail_error, traceback=traceback, result=result, duration=duration
+        )
+        return moved if returning else None
+
+    def _transition(
         self,
         task_id: str,
         status: Status,

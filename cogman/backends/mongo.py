@@ -86,13 +86,34 @@ class MongoBackend:
 
     # Writes
 
-    def create(self, records: Sequence[TaskRecord]) -> None:
+    def create(self, records: Sequence[TaskRecord]) -> bool:
         if not records:
-            return
+            return True
         ids = ", ".join(r.task_id for r in records[:3]) + (" ..." if len(records) > 3 else "")
-        self.buffer.write(lambda: self._insert(records), f"create {len(records)} record(s) ({ids})")
+
+        def insert() -> bool:
+            self._insert(records)
+            return True
+
+        return self.buffer.write(insert, f"create {len(records)} record(s) ({ids})") is not None
 
     def transition(
+        self,
+        task_id: str,
+        status: Status,
+        *,
+        fail_error: str | None = None,
+        traceback: str | None = None,
+        result: Any = UNSET,
+        duration: float | None = None,
+        returning: bool = True,
+    ) -> TaskRecord | None:
+        moved = self._transition(
+            task_id, status, fail_error=fail_error, traceback=traceback, result=result, duration=duration
+        )
+        return moved if returning else None
+
+    def _transition(
         self,
         task_id: str,
         status: Status,

@@ -36,9 +36,10 @@ class MultiBackend:
 
     # Writes: the primary's outcome is the answer; secondaries follow, best effort
 
-    def create(self, records: Sequence[TaskRecord]) -> None:
-        self.primary.create(records)
+    def create(self, records: Sequence[TaskRecord]) -> bool:
+        durable = self.primary.create(records)
         self._mirror(lambda b: b.create(records), f"create {len(records)} record(s)")
+        return durable
 
     def transition(
         self,
@@ -49,6 +50,7 @@ class MultiBackend:
         traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
+        returning: bool = True,
     ) -> TaskRecord | None:
         changes: dict[str, Any] = {
             "fail_error": fail_error,
@@ -56,7 +58,7 @@ class MultiBackend:
             "result": result,
             "duration": duration,
         }
-        record = self.primary.transition(task_id, status, **changes)
+        record = self.primary.transition(task_id, status, **changes, returning=returning)
         self._mirror(
             lambda b: b.transition(task_id, status, **changes),
             f"move task {task_id} to {status}",

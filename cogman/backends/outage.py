@@ -159,6 +159,13 @@ class WriteBuffer:
     # Internals
 
     def _retrying(self, op: Callable[[], T]) -> T:
+        """``op`` once; only when the store is unreachable, again with backoff for ``retry_seconds`` (the
+        common case costs no retry machinery)."""
+        try:
+            return op()
+        except Exception as exc:
+            if not self.is_transient(exc):
+                raise
         retrying = Retrying(
             stop=stop_after_delay(self.retry_seconds),
             wait=wait_exponential(multiplier=0.05, max=0.5),

@@ -23,6 +23,7 @@ from cogman.backends import codec, redis_queries, redis_workers
 from cogman.backends import redis_scripts as scripts
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.codec import to_us
+from cogman.backends.group_commit import GroupCommit
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import BackendUnavailable, CorruptRecord
 from cogman.record import TaskRecord, utcnow
@@ -78,6 +79,7 @@ class RedisBackend:
         self._claim = self.client.register_script(scripts.source(scripts.CLAIM))
         self._renew = self.client.register_script(scripts.source(scripts.RENEW))
         self._query = self.client.register_script(scripts.source(scripts.QUERY))
+        self._group: GroupCommit[Any] = GroupCommit(self._run_batch)
         kwargs = self.client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
         self.buffer = WriteBuffer(f"Redis {where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
@@ -94,14 +96,18 @@ class RedisBackend:
 
     # Writes
 
-    def create(self, records: Sequence[TaskRecord]) -> None:
+    def create(self, records: Sequence[TaskRecord]) -> bool:
+        durable = True
         for start in range(0, len(records), CHUNK):
             chunk = records[start : start + CHUNK]
             args: list[Any] = [*self._common(), len(chunk)]
             for record in chunk:
                 args += self._record_args(record)
             ids = ", ".join(r.task_id for r in chunk[:3]) + (" ..." if len(chunk) > 3 else "")
-            self.buffer.write(self._run(self._create, args), f"create {len(chunk)} record(s) ({ids})")
+            durable &= (
+                self.buffer.write(self._run(self._create, args), f"create {len(chunk)} record(s) ({ids})") is not None
+            )
+        return durable
 
     def transition(
         self,
@@ -112,6 +118,7 @@ class RedisBackend:
         traceback: str | None = None,
         result: Any = UNSET,
         duration: float | None = None,
+        returning: bool = True,
     ) -> TaskRecord | None:
         now = codec.dumps(utcnow().isoformat())
         fields: list[str] = ["updated_at", now, codec.AT + status.value, now]
@@ -123,9 +130,10 @@ class RedisBackend:
             fields += ["duration", codec.dumps(duration)]
         if result is not UNSET:
             fields += ["result", codec.dumps(result)]
-        args = [*self._common(), scripts.encoded(status), "1", len(fields) // 2, *fields, task_id]
-        out = self.buffer.write(self._run(self._transition, args), f"move task {task_id} to {status}")
-        if not out:
+        want = "1" if returning else "0"
+        args = [*self._common(), scripts.encoded(status), want, len(fields) // 2, *fields, task_id]
+        out = self._committed(self._transition, args, f"move task {task_id} to {status}")
+        if not out or not returning:
             return None
         outcome = out[0].decode()
         if outcome == "unknown":
@@ -160,7 +168,7 @@ class RedisBackend:
 
     def start(self, task_id: str) -> Started | None:
         args = [*self._common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
-        out = self.buffer.write(self._run(self._start, args), f"move task {task_id} to in_progress")
+        out = self._committed(self._start, args, f"move task {task_id} to in_progress")
         if not out:
             return None
         outcome = out[0].decode()
@@ -282,6 +290,39 @@ class RedisBackend:
         fields = codec.hash_fields(record)
         pk = "0" if record.primary_key is None else "1" + record.primary_key
         return [record.task_id, record.name, pk, len(fields) // 2, *fields]
+
+    def _committed(self, script: Any, args: list[Any], what: str) -> Any:
+        """One script call, sent with the calls other threads make at the same moment (group_commit.py);
+        its reply, or None when the store is unreachable and the batch was parked for replay."""
+        out = self._group.submit((script, args, what))
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def _run_batch(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
+        if len(items) == 1:
+            script, args, what = items[0]
+            return [self.buffer.write(self._run(script, args), what)]
+        what = f"{len(items)} writes ({items[0][2]} ...)"
+        replies = self.buffer.write(lambda: self._pipeline(items), what)
+        return replies if replies is not None else [None] * len(items)
+
+    def _pipeline(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
+        """EVALSHA each call in one pipeline (redis-py's script pipelining would add a SCRIPT EXISTS round
+        trip per batch). A failover reply raises, so the whole batch is retried or parked: the scripts
+        are idempotent. A script the server lost (a restart) is loaded again and its calls rerun."""
+        pipe = self.client.pipeline(transaction=False)
+        for script, args, _ in items:
+            pipe.evalsha(script.sha, 0, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and is_transient(reply):
+                raise reply
+        for index, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                script, args, _ = items[index]
+                replies[index] = script(args=args)  # redis-py loads it again on NOSCRIPT
+        return replies
 
     @staticmethod
     def _run(script: Any, args: list[Any]) -> Callable[[], Any]:

@@ -168,9 +168,10 @@ class Broker(Protocol):
     def set_listener(self, listener: PublishListener) -> None:
         """Where to report confirmed and abandoned messages."""
 
-    def publish(self, messages: Sequence[Message]) -> Receipt:
+    def publish(self, messages: Sequence[Message], *, wait: bool = True) -> Receipt:
         """Publish and wait (up to ``request_timeout``) for the confirms, pipelined, or park the
-        messages in an outbox while the broker is away. Reports each message to the listener and
+        messages in an outbox while the broker is away; with ``wait=False``, return once they are
+        written (or parked) and settle the receipt when the confirms arrive. Reports each message to the listener and
         settles the returned receipt. Raises PublishError naming the broker's reason when it refused a
         message this call waited for; BrokerUnavailable when the outbox stays full for
         ``request_timeout``, or the broker has been away longer than ``connection_timeout``."""

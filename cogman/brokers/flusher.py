@@ -6,7 +6,12 @@ What it does is decided by the publisher's phase (``publisher_state.py``), read 
 
     not connected, phase connecting / down / gone (or closing with messages held)  -> redial with backoff
     connected, phase up or closing, messages waiting (closing: or in flight)          -> send the next batch
+    connected, phase up, messages in flight (sent without waiting)                    -> read their confirms
     otherwise                                                                         -> wait, then tick
+
+Reading confirms waits on the socket *without* the I/O lock (a sender may publish meanwhile), then takes
+the lock only to read what arrived: that is what lets ``publish(wait=False)`` return at once while
+confirms stay pipelined, and the ``queued`` writes of a whole confirm batch go in one backend call.
 
 Its top level catches everything, logs it and carries on: whatever it held is back in the outbox by then
 (every send path puts its entries back before re-raising), so a failure here never drops a message.
@@ -19,7 +24,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from cogman.brokers.connection import CONNECTION_ERRORS, retrying
+from cogman.brokers.connection import CONNECTION_ERRORS, Waker, retrying, wait_readable
 from cogman.brokers.publisher_state import REDIAL, Phase
 from cogman.errors import BrokerAccessRefused, TopologyError
 
@@ -40,6 +45,14 @@ class Flusher:
         self.publisher = publisher
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
+        #: Wakes the flusher from a wait on the socket (new messages to send, closing).
+        self._waker = Waker()
+
+    def wake(self) -> None:
+        self._waker.wake()
+
+    def close(self) -> None:
+        self._waker.close()
 
     def ensure_running(self) -> None:
         thread = self._thread
@@ -78,6 +91,8 @@ class Flusher:
                 action = self._redial
             elif connected and phase in (Phase.UP, Phase.CLOSING) and self._has_work():
                 action = self._flush
+            elif connected and phase is Phase.UP and publisher.link.in_flight():
+                action = self._collect
             else:
                 publisher.state.lock.wait(IDLE_TICK)
                 action = self._tick
@@ -113,6 +128,21 @@ class Flusher:
                 return
         with publisher.state.lock:  # nothing to send yet (a suspect's report is on its way): do not spin
             publisher.state.lock.wait(IDLE_TICK)
+
+    def _collect(self) -> None:
+        """Wait for the socket without the I/O lock, then read the confirms that arrived."""
+        publisher = self.publisher
+        connection = publisher.link.connection
+        if connection is None:
+            return
+        try:
+            readable = wait_readable(connection, self._waker, IDLE_TICK)
+        except (OSError, ValueError, AttributeError):  # the link was dropped meanwhile: the next step sees it
+            readable = True
+        if readable:
+            with publisher.io:
+                if publisher.link.connected:
+                    publisher.tick()
 
     def _tick(self) -> None:
         publisher = self.publisher

@@ -43,7 +43,7 @@ class MemoryBroker:
         self._listener = listener
         listener.connected()
 
-    def publish(self, messages: Sequence[Message]) -> Receipt:
+    def publish(self, messages: Sequence[Message], *, wait: bool = True) -> Receipt:
         with self._ready:
             for message in messages:
                 self.put(message.encode(), message.headers, message.priority)

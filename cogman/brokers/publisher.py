@@ -66,7 +66,10 @@ class Publisher:
 
     # Sending
 
-    def publish(self, messages: Sequence[Message]) -> Receipt:
+    def publish(self, messages: Sequence[Message], *, wait: bool = True) -> Receipt:
+        """Accept a batch. With ``wait``, return once every message is confirmed (or parked while the
+        broker is away, or ``request_timeout`` passed); without, once it is written to the socket or
+        parked: the flusher thread reads the confirms and settles the receipt."""
         receipt = Receipt(len(messages))
         if not messages:
             return receipt
@@ -88,12 +91,14 @@ class Publisher:
         self._flusher.ensure_running()
         if direct:
             try:
-                self._send_now(entries, deadline)
+                self._send_now(entries, deadline, wait)
             except (BrokerAccessRefused, TopologyError):
                 with contextlib.suppress(PublishError):  # its report may be on another thread: let it land
                     receipt.wait(self.config.request_timeout)
                 raise
-        if self.state.phase not in AWAY:
+        if not wait:
+            self._flusher.wake()
+        elif self.state.phase not in AWAY:
             receipt.wait(max(0.0, deadline - time.monotonic()))  # raises PublishError naming a refusal
         return receipt
 
@@ -120,8 +125,8 @@ class Publisher:
     def _may_send_directly(self) -> bool:
         return self.state.phase in SEND_DIRECTLY and not self.outbox.waiting and not self.outbox.isolating
 
-    def _send_now(self, entries: list[Entry], deadline: float) -> None:
-        """Publish on the caller's thread and collect the confirms until the deadline."""
+    def _send_now(self, entries: list[Entry], deadline: float, wait: bool = True) -> None:
+        """Publish on the caller's thread and, with ``wait``, collect the confirms until the deadline."""
         if not self.io.acquire(timeout=max(0.0, deadline - time.monotonic())):
             self._park(entries)  # someone holds a stuck connection: the flusher takes over
             return
@@ -129,16 +134,18 @@ class Publisher:
             with self.state.lock:
                 direct = self._may_send_directly()
             if direct:
-                self.send(entries, deadline)
+                self.send(entries, deadline if wait else None)
             else:
                 self._park(entries)  # lost a race with a failure: keep the order
         finally:
             self.io.release()
-            self.reports.deliver()
+            if wait:
+                self.reports.deliver()  # else the flusher reads the confirms and tells the listener
 
-    def send(self, entries: list[Entry], deadline: float) -> None:
+    def send(self, entries: list[Entry], deadline: float | None) -> None:
         """Publish ``entries`` pipelined and read confirms until they are settled, the connection is
-        blocked, or the deadline (``io`` held). Whatever fails, every entry stays held somewhere."""
+        blocked, or the deadline (``io`` held; no deadline: publish only, the flusher reads the confirms).
+        Whatever fails, every entry stays held somewhere."""
         sent = 0
         try:
             if not self.link.connected:
@@ -150,7 +157,8 @@ class Publisher:
                     break
                 last = self.link.send(entry)
                 sent += 1
-            self.link.drain(lambda: self.link.settled_through(last) or self.state.phase is Phase.BLOCKED, deadline)
+            if deadline is not None:
+                self.link.drain(lambda: self.link.settled_through(last) or self.state.phase is Phase.BLOCKED, deadline)
         except (BrokerAccessRefused, TopologyError) as exc:
             self.refused(exc, entries)
             raise
@@ -181,6 +189,7 @@ class Publisher:
         with self.state.lock:
             self.outbox.push_front(entries) if front else self.outbox.park(entries)
             self.state.lock.notify_all()
+        self._flusher.wake()
 
     # What happens to the link (``io`` held)
 
@@ -280,7 +289,9 @@ class Publisher:
             while self.outbox.held and (remaining := deadline - time.monotonic()) > 0:
                 self.state.lock.wait(remaining)
             self.state.move(Phase.CLOSED)
+        self._flusher.wake()
         self._flusher.join(self.config.request_timeout + 1.0)
+        self._flusher.close()
         if self.io.acquire(timeout=max(1.0, self.config.request_timeout)):
             try:
                 self.link.close()

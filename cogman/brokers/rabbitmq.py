@@ -47,8 +47,8 @@ class RabbitMQBroker:
     def set_listener(self, listener: PublishListener) -> None:
         self.publisher.set_listener(listener)
 
-    def publish(self, messages: Sequence[Message]) -> Receipt:
-        return self.publisher.publish(messages)
+    def publish(self, messages: Sequence[Message], *, wait: bool = True) -> Receipt:
+        return self.publisher.publish(messages, wait=wait)
 
     def unconfirmed_ids(self) -> list[str]:
         """Task ids of the messages ``pending`` counts (a copy taken under the publisher's lock)."""

@@ -67,7 +67,8 @@ def test_silent_network_sends_return_and_are_confirmed_later(
     def later(index: int) -> int:
         return index
 
-    assert later.delay(0).status is Status.QUEUED  # connected and confirmed
+    first = later.delay(0)
+    assert first.wait_sent(30) and first.status is Status.QUEUED  # connected and confirmed
     proxy.freeze()
     results: list = []
 

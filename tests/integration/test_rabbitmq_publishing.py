@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 from kombu import Connection
 
-from cogman import App, Status
+from cogman import App, Status, TaskFailed
 from cogman.backends.base import Backend, TaskQuery
 from cogman.brokers.publisher_state import Phase
 from cogman.brokers.rabbitmq import RabbitMQBroker
@@ -102,7 +102,7 @@ def counting_sends(app: App) -> Counter[str]:
 
 @pytest.mark.disruptive
 def test_message_over_rabbitmqs_size_limit_fails_alone(rabbit: str, rabbit_app: Callable[..., App]):
-    app = rabbit_app()
+    app = rabbit_app(send_mode="confirmed")
     runs: Counter[int] = Counter()
 
     @app.task(name="publishing.echo")
@@ -147,10 +147,36 @@ def test_message_over_rabbitmqs_size_limit_fails_alone(rabbit: str, rabbit_app: 
     assert ran_twice == 0 and 3 not in runs
 
 
+@pytest.mark.disruptive
+def test_in_recorded_mode_a_refused_message_fails_its_record_and_get_raises(rabbit_app: Callable[..., App]):
+    """A send that did not wait for its confirm learns of the refusal through its record: get() raises."""
+    app = rabbit_app()  # send_mode="recorded", the default
+
+    @app.task(name="publishing.big")
+    def big(index: int, padding: str = "") -> int:
+        return index
+
+    previous = erlang("application:get_env(rabbit, max_message_size).")
+    erlang("application:set_env(rabbit, max_message_size, 4096).")
+    try:
+        small = big.delay(1)
+        large = big.send(args=(2,), kwargs={"padding": "x" * 5000})  # returns: the refusal comes later
+        assert small.wait_sent(30)
+        with pytest.raises(PublishError, match="message size"):
+            large.wait_sent(30)
+        after = big.delay(3)
+        assert after.wait_sent(30)
+    finally:
+        erlang(f"application:set_env(rabbit, max_message_size, {previous[4:-1]}).")
+    with pytest.raises(TaskFailed, match=r"not published: RabbitMQ refused the message.*message size"):
+        large.get(timeout=10)
+    assert small.status is Status.QUEUED and after.status is Status.QUEUED
+
+
 def test_user_without_write_permission_fails_each_message_alone(
     rabbit_app: Callable[..., App], rabbit_user: Callable[..., str]
 ):
-    app = rabbit_app(broker=rabbit_user("nowrite", "secret", write="^$"))
+    app = rabbit_app(broker=rabbit_user("nowrite", "secret", write="^$"), send_mode="confirmed")
     sends = counting_sends(app)
     started = time.monotonic()
     with pytest.raises(PublishError, match=r"ACCESS_REFUSED - access to exchange 'amq\.default'"):
@@ -175,7 +201,9 @@ def test_user_without_write_permission_fails_each_message_alone(
 def test_refused_login_or_vhost_fails_the_first_send_at_once(rabbit: str, problem: str):
     host = rabbit.split("@", 1)[1].split("/", 1)[0]
     url = f"amqp://guest:wrong-secret@{host}/{VHOST}" if problem == "password" else f"amqp://guest:guest@{host}/nope"
-    app = App("refused", broker=url, backend="memory://", connection_timeout=600, close_timeout=1)
+    app = App(
+        "refused", broker=url, backend="memory://", connection_timeout=600, close_timeout=1, send_mode="confirmed"
+    )
     try:
         started = time.monotonic()
         with pytest.raises(BrokerAccessRefused) as raised:
@@ -200,7 +228,7 @@ def test_password_changed_while_reconnecting_abandons_the_outbox_with_the_reason
 ):
     url = proxy.url(rabbit_user("rotated", "first"))
     user = f"{VHOST}_rotated"
-    app = rabbit_app(broker=url, request_timeout=1.0, close_timeout=1)
+    app = rabbit_app(broker=url, request_timeout=1.0, close_timeout=1, send_mode="confirmed")
     assert app.send_task("publishing.rotated", args=(0,)).status is Status.QUEUED
     rabbitmqctl("change_password", user, "second")  # the open connection keeps working
     proxy.kill()
@@ -228,7 +256,7 @@ def test_password_changed_while_reconnecting_abandons_the_outbox_with_the_reason
 def test_close_waits_for_the_broker_and_confirms_the_outbox(
     rabbit: str, proxy: TcpProxy, rabbit_app: Callable[..., App]
 ):
-    app = rabbit_app(broker=proxy.url(rabbit), close_timeout=60)
+    app = rabbit_app(broker=proxy.url(rabbit), close_timeout=60, send_mode="confirmed")
     broker, backend = app.broker, app.backend
     assert app.send_task("publishing.drain", args=(0,)).status is Status.QUEUED
     proxy.kill()
@@ -257,7 +285,7 @@ def test_close_waits_for_the_broker_and_confirms_the_outbox(
 def test_close_with_the_broker_away_returns_and_logs_what_stays_unconfirmed(
     rabbit: str, proxy: TcpProxy, rabbit_app: Callable[..., App], caplog: pytest.LogCaptureFixture
 ):
-    app = rabbit_app(broker=proxy.url(rabbit), close_timeout=1.0)
+    app = rabbit_app(broker=proxy.url(rabbit), close_timeout=1.0, send_mode="confirmed")
     broker, backend = app.broker, app.backend
     proxy.kill()
     parked = [app.send_task("publishing.away", args=(i,)) for i in range(5)]
@@ -283,7 +311,8 @@ EXIT_SCRIPT = """
 import os
 from cogman import App
 
-app = App("exit", broker=os.environ["URL"], backend="memory://", close_timeout=60, request_timeout=1)
+app = App("exit", broker=os.environ["URL"], backend="memory://", close_timeout=60, request_timeout=1,
+          send_mode="confirmed")
 for index in range(5):
     app.send_task("publishing.exit", args=(index,))
 print("parked", app.broker.pending(), flush=True)
@@ -318,7 +347,7 @@ def test_interpreter_exit_drains_the_outbox(rabbit: str, proxy: TcpProxy):
 def test_receipt_of_a_message_parked_through_an_outage_settles_once(
     rabbit: str, proxy: TcpProxy, rabbit_app: Callable[..., App]
 ):
-    app = rabbit_app(broker=proxy.url(rabbit))
+    app = rabbit_app(broker=proxy.url(rabbit), send_mode="confirmed")
     broker = app.broker
     assert isinstance(broker, RabbitMQBroker)
     record = new_record("publishing.receipt", (1,), {}, priority=Priority.HIGH, retry=0, primary_key=None)
@@ -342,7 +371,7 @@ def test_receipt_of_a_message_parked_through_an_outage_settles_once(
 
 @pytest.mark.disruptive
 def test_send_under_a_disk_alarm_returns_and_is_flushed_on_unblock(rabbit: str, rabbit_app: Callable[..., App]):
-    app = rabbit_app(request_timeout=1.0, connection_timeout=0)
+    app = rabbit_app(request_timeout=1.0, connection_timeout=0, send_mode="confirmed")
     publisher = app.broker.publisher  # type: ignore[attr-defined]
     assert app.send_task("publishing.alarm", args=(-1,)).status is Status.QUEUED
     sends = counting_sends(app)
@@ -380,7 +409,7 @@ def test_send_under_a_disk_alarm_returns_and_is_flushed_on_unblock(rabbit: str, 
 
 
 def test_full_outbox_makes_a_send_wait_then_raise(rabbit: str, proxy: TcpProxy, rabbit_app: Callable[..., App]):
-    app = rabbit_app(broker=proxy.url(rabbit), outbox_limit=5, request_timeout=0.5)
+    app = rabbit_app(broker=proxy.url(rabbit), outbox_limit=5, request_timeout=0.5, send_mode="confirmed")
     assert app.send_task("publishing.full", args=(0,)).status is Status.QUEUED
     proxy.kill()
     parked = [app.send_task("publishing.full", args=(i,)) for i in range(1, 6)]

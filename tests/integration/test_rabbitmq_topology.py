@@ -140,15 +140,17 @@ def test_round_robin_properties_and_confirms(rabbit: str, make_broker: Callable[
     )  # fmt: skip
 
 
-def test_record_is_queued_once_delay_returns(rabbit_app: Callable[..., App]):
-    app = rabbit_app()
+@pytest.mark.parametrize("mode", ["recorded", "confirmed"])
+def test_records_are_queued_once_the_broker_confirmed_them(rabbit_app: Callable[..., App], mode: str):
+    app = rabbit_app(send_mode=mode)
 
     @app.task(name="topology.noop")
     def noop() -> None:
         return None
 
     results = [noop.delay() for _ in range(3)] + app.send_many("topology.noop", [((), {})] * 200)
-
+    if mode == "recorded":
+        assert all(r.wait_sent(30) for r in results)
     assert Counter(r.status for r in results) == Counter({Status.QUEUED: 203})
 
 
@@ -268,7 +270,7 @@ def test_failover_url_skips_a_dead_node(rabbit: str, rabbit_app: Callable[..., A
         return value
 
     result = echo.delay(5)
-    assert result.status is Status.QUEUED
+    assert result.wait_sent(30) and result.status is Status.QUEUED
     worker = app.start_background(concurrency=1)
     try:
         assert result.get(timeout=30) == 5

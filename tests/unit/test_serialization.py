@@ -120,3 +120,14 @@ def test_priority_parse():
     assert Priority.parse(Priority.LOW) is Priority.LOW
     with pytest.raises(ValueError, match="'medium'"):
         Priority.parse("medium")
+
+
+def test_to_dict_carries_every_record_field():
+    """to_dict is written out by hand (no deep copy per write): a new field must not be forgotten."""
+    from dataclasses import fields
+
+    from cogman.record import TaskRecord
+
+    record = TaskRecord(task_id="t", name="n", original_task_id="t", priority=Priority.HIGH, payload={"args": []})
+    assert set(record.to_dict()) == {f.name for f in fields(TaskRecord)}
+    assert TaskRecord.from_dict(record.to_dict(), "key") == record
