@@ -59,7 +59,7 @@ def test_status_of_unknown_task(capsys: pytest.CaptureFixture[str]):
 
 def test_worker_warns_on_memory_broker_and_stops_on_sigterm():
     process = subprocess.Popen(
-        [sys.executable, "-m", "cogman", "-A", "tests.cli_app", "worker", "-c", "2", "-Q", "high"],
+        [sys.executable, "-m", "cogman", "-A", "tests.cli_app", "worker", "-c", "2", "-Q", "high", "-l", "INFO"],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
