@@ -59,3 +59,10 @@ def test_the_wheel_ships_the_license(tmp_path: Path):
     assert metadata["Version"] == cogman.__version__
     assert "MIT License" in license_text and "the cogman authors" in license_text
     assert "cogman/py.typed" in names
+
+
+def test_the_changelog_has_an_unreleased_section_and_the_project_urls_point_at_it():
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert changelog.startswith("# Changelog") and "## [Unreleased]" in changelog
+    assert "keepachangelog.com" in changelog
+    assert "CHANGELOG.md" in (ROOT / "pyproject.toml").read_text()
