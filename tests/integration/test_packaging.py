@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,8 +43,14 @@ def test_nothing_imports_typing_extensions():
 
 
 def test_the_wheel_ships_the_license(tmp_path: Path):
+    """Built from a copy of the sources: a build in the tree would leave build/ behind, whose stale
+    files a later wheel could ship."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "cogman", source / "cogman", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w",
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w",
          str(tmp_path)],
         check=True,
         capture_output=True,
