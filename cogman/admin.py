@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cogman.backends.base import TaskQuery
 from cogman.brokers.base import Delivery, QueueStats
-from cogman.client import new_task_id
+from cogman.client import new_task_id, retry_task_id
 from cogman.errors import CogmanError, TaskNotFound
 from cogman.message import HEADER_TASK_ID, Message
 from cogman.record import TaskRecord, utcnow
@@ -93,8 +93,9 @@ def retry_task(app: App, task_id: str, *, retries: int = 1, force: bool = False)
 def chain(backend: Backend, task_id: str) -> list[TaskRecord]:
     """Every attempt of the task's retry chain, first to latest.
 
-    Only the latest attempt is linked from the original; the ones between are found among the records of
-    the same name created between the original and the latest (at most CHAIN_SCAN_LIMIT of them).
+    Only the latest attempt is linked from the original; the ones between are found by their derived ids
+    (automatic retries) and among the records of the same name created between the original and the
+    latest (at most CHAIN_SCAN_LIMIT of them).
     """
     record = backend.get(task_id)
     if record is None:
@@ -112,6 +113,16 @@ def chain(backend: Backend, task_id: str) -> list[TaskRecord]:
         for candidate in backend.query(query).records:
             if candidate.original_task_id == original.task_id:
                 found.setdefault(candidate.task_id, candidate)
+    # An automatic retry's id derives from the failed attempt's: follow those links too, so no attempt
+    # hides behind the scan limit (only manual retries, with fresh ids, need the scan).
+    frontier = list(found.values())
+    while frontier:
+        successor_id = retry_task_id(frontier.pop().task_id)
+        if successor_id not in found:
+            successor = backend.get(successor_id)
+            if successor is not None and successor.original_task_id == original.task_id:
+                found[successor_id] = successor
+                frontier.append(successor)
     return sorted(found.values(), key=lambda r: (r.attempt, r.created_at))
 
 

@@ -2,9 +2,9 @@
 
 Twelve-factor deployments (containers, Kubernetes) configure through the environment, so each field can
 be set there, typed: ``COGMAN_CONCURRENCY=16``, ``COGMAN_REQUEST_TIMEOUT=2.5``, ``COGMAN_EAGER=1``,
-``COGMAN_BACKEND_URL=redis://a:6379/0,mongodb://b:27017`` (a comma makes a list). What ``App(...)`` is
-given explicitly wins over the environment. A value that does not parse is an error naming the
-variable, never a silent default.
+``COGMAN_BACKEND_URL=redis://a:6379/0,mongodb://b:27017`` (a comma makes a list, except inside a URL's
+host list: ``mongodb://h1,h2/`` stays one URL). What ``App(...)`` is given explicitly wins over the
+environment. A value that does not parse is an error naming the variable, never a silent default.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def parse(name: str, raw: str, kind: Any) -> Any:
         return None
     lists = [c for c in choices if get_origin(c) is list]
     if lists and "," in text:
-        return _one(text, lists[0])
+        items = _split_list(text)
+        return items[0] if len(items) == 1 and str in choices else items
     for choice in choices:
         if get_origin(choice) is list:
             continue
@@ -78,7 +79,7 @@ def _one(text: str, kind: Any) -> Any:
             return text
         raise ValueError(text)
     if get_origin(kind) is list:
-        return [part.strip() for part in text.split(",") if part.strip()]
+        return _split_list(text)
     if kind is bool:
         lowered = text.lower()
         if lowered in TRUE or lowered in FALSE:
@@ -91,6 +92,20 @@ def _one(text: str, kind: Any) -> Any:
     if kind is str:
         return text
     raise ValueError(f"unsupported field type {kind}")
+
+
+def _split_list(text: str) -> list[str]:
+    """Comma-separated items; in a list of URLs, a part that is not a URL continues the one before it,
+    so ``mongodb://h1:27017,h2:27017/?replicaSet=rs`` (a host list) stays one URL."""
+    items: list[str] = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        if items and "://" in items[-1] and "://" not in part:
+            items[-1] += "," + part
+        else:
+            items.append(part)
+    return items
 
 
 def _describe(kind: Any) -> str:

@@ -23,6 +23,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from cogman.heartbeat import PROCESS_INDEX_ENV
 
@@ -39,10 +40,14 @@ def run_processes(
     concurrency: int | None,
     queues: Sequence[str],
     metrics_port: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> int:
     """Run ``processes`` workers for the app at ``app_path`` (``module[:attr]``) until SIGINT/SIGTERM.
 
     With ``metrics_port`` (or the app's ``config.metrics_port``) child i serves metrics on port + i.
+    ``overrides`` (``--broker``/``--backend``: ``broker_url``, ``backend_url``) reach each child in its
+    environment (``COGMAN_BROKER_URL``/``COGMAN_BACKEND_URL``, for an app that reads them) and are applied
+    with ``app.reconfigure`` (for one that names its URLs in code) before it connects.
 
     Returns the exit code: 0 after a requested stop, otherwise the first unexpected child exit code.
     """
@@ -56,7 +61,7 @@ def run_processes(
     children = [
         context.Process(
             target=_child_main,
-            args=(app_path, concurrency, list(queues), level, index, metrics_port),
+            args=(app_path, concurrency, list(queues), level, index, metrics_port, dict(overrides or {})),
             name=f"cogman-worker-{index}",
             daemon=False,
         )
@@ -70,7 +75,7 @@ def run_processes(
             log.warning("received %s again; stopping %d worker process(es) at once", name, len(children))
             _signal_children(children)
             return
-        log.info("received %s; stopping %d worker process(es) gracefully (again: at once)", name, len(children))
+        log.warning("received %s; stopping %d worker process(es) gracefully (again: at once)", name, len(children))
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -127,6 +132,7 @@ def _child_main(
     level: int,
     index: int = 0,
     metrics_port: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """Entry point of one worker process: load the app fresh and run a worker until told to stop.
 
@@ -135,17 +141,25 @@ def _child_main(
     broker error exits with code 2, which the parent reports.
     """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    from cogman.banner import Announcer
     from cogman.cli import load_app
+    from cogman.environment import variable
     from cogman.errors import CogmanError
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ[PROCESS_INDEX_ENV] = str(index)
+    overrides = overrides or {}
+    for option, value in overrides.items():
+        os.environ[variable(option)] = value if isinstance(value, str) else ",".join(value)
     app = load_app(app_path)
+    if overrides:
+        app.reconfigure(**overrides)
     base_port = metrics_port if metrics_port is not None else app.config.metrics_port
     if base_port is not None:
         from cogman.metrics import install_prometheus
 
         install_prometheus(app, base_port + index)
+    app.middleware.middleware.append(Announcer(f"worker process {index} (pid {os.getpid()}): "))
     worker = app.worker(concurrency=concurrency, priorities=queues)
     try:
         worker.start(block=True, signals=(signal.SIGTERM,))

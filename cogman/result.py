@@ -3,8 +3,9 @@
 Celery's vocabulary is kept for users who know it: ``state`` is one of ``PENDING`` (recorded or queued,
 not started), ``STARTED`` (a worker runs it), ``RETRY`` (an earlier attempt failed; the next one waits),
 ``SUCCESS`` and ``FAILURE`` (the chain's last allowed attempt failed); ``successful()``, ``failed()``,
-``result`` and ``traceback`` read as in Celery. Unlike Celery, an id that was never sent (or has expired
-from the backend) is not ``PENDING``: it raises TaskNotFound, since every send is recorded first.
+``result`` and ``traceback`` read as in Celery, and ``forget()`` deletes the chain's records. Unlike
+Celery, an id that was never sent (or has expired from the backend) is not ``PENDING``: it raises
+TaskNotFound, since every send is recorded first.
 """
 
 from __future__ import annotations
@@ -126,6 +127,20 @@ class AsyncResult(Generic[R]):
         """The failed attempt's traceback, once the chain failed."""
         latest = self.latest()
         return latest.traceback if latest.status is Status.FAILED else None
+
+    def forget(self) -> None:
+        """Delete the records of this task's whole chain (the original and every retry attempt), as
+        Celery's ``forget``; afterwards reads raise TaskNotFound. Forgetting twice, or an id never sent,
+        does nothing. A chain still queued or running is not stopped: its worker still runs it, and the
+        statuses it then writes are kept apart as early statuses (Redis and MongoDB drop them after an
+        hour) rather than bringing the records back."""
+        from cogman.admin import chain
+
+        try:
+            attempts = chain(self._backend, self.id)
+        except TaskNotFound:
+            return
+        self._backend.delete([record.task_id for record in attempts])
 
     def get(self, timeout: float | None = None) -> R:
         """The handler's return value once the chain is finished.

@@ -46,6 +46,7 @@ class Task(Generic[P, R]):
         self.bind = bind
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
+        self._keywords = _keyword_names(self._signature, bound=bind)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -111,7 +112,17 @@ class Task(Generic[P, R]):
         return self.app.send_many(self.name, [(tuple(args), {}) for args in calls], priority=priority)
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Raise PoisonMessage if the arguments do not fit the handler's signature."""
+        """Raise PoisonMessage if the arguments do not fit the handler's signature. A keyword the
+        handler does not take is named first: ``Signature.bind`` may report a missing argument instead,
+        which sends the user looking in the wrong place."""
+        if self._keywords is not None:
+            unexpected = [name for name in kwargs if name not in self._keywords]
+            if unexpected:
+                listed = ", ".join(repr(name) for name in unexpected)
+                plural = "s" if len(unexpected) > 1 else ""
+                raise PoisonMessage(
+                    f"arguments do not fit {self.name}: got an unexpected keyword argument{plural} {listed}"
+                )
         try:
             if self.bind:
                 self._signature.bind(None, *args, **kwargs)
@@ -119,6 +130,15 @@ class Task(Generic[P, R]):
                 self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise PoisonMessage(f"arguments do not fit {self.name}: {exc}") from None
+
+
+def _keyword_names(signature: inspect.Signature, *, bound: bool) -> frozenset[str] | None:
+    """The names a handler takes by keyword; None when it takes any (``**kwargs``). A bound handler's
+    first parameter is the TaskContext, never a caller's keyword."""
+    parameters = list(signature.parameters.values())[1 if bound else 0 :]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,13 @@ log = logging.getLogger("cogman.worker")
 RECEIVE_TIMEOUT = 0.2
 #: Errors that no reconnect can heal: the worker stops and says why.
 FATAL = (TopologyError, BrokerAccessRefused, ConsumerStopped)
+
+
+def describe_outcomes(outcomes: Mapping[Outcome, int]) -> str:
+    """``12 succeeded, 1 failed, 2 retried``, then the rarer outcomes only when they happened."""
+    always = [Outcome.SUCCEEDED, Outcome.FAILED, Outcome.RETRIED]
+    rare = [o for o in Outcome if o not in always and outcomes.get(o)]
+    return ", ".join(f"{outcomes.get(o, 0)} {o.value.replace('_', '-')}" for o in always + rare)
 
 
 class StopNow(BaseException):
@@ -134,7 +141,7 @@ class Worker:
         self._begin_stop()
         running = self._describe_running()
         if running:
-            log.info(
+            log.warning(  # at WARNING, as Celery's "Warm shutdown": an operator must see it at the CLI's default
                 "stopping: waiting up to %.0f s for %d running task(s): %s; a second SIGINT/SIGTERM stops at once",
                 grace,
                 len(running),
@@ -186,7 +193,7 @@ class Worker:
             self._loop.stop()
         self.app.middleware.after("worker_shutdown", self)
         self._stopped.set()
-        log.info("%r stopped: %s", self, dict(self.outcomes))
+        log.info("%r stopped: %s", self, describe_outcomes(self.outcomes))
 
     # Threads
 
@@ -246,7 +253,7 @@ class Worker:
             if self._stop_requested.is_set():
                 log.warning("received %s again; stopping at once", name)
                 raise StopNow(name)
-            log.info("received %s; stopping gracefully (send it again to stop at once)", name)
+            log.warning("received %s; stopping gracefully (send it again to stop at once)", name)
             self._stop_requested.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in signals}

@@ -1,6 +1,6 @@
 """Tasks shared by separate client and worker processes, over RabbitMQ and Redis on 127.0.0.1.
 
-Start a worker:   cogman -A examples.distributed worker -c 4
+Start a worker:   cogman -A examples.distributed worker -l INFO   (walkthrough: examples/README.md)
 Send tasks:       python -m examples.distributed
 """
 

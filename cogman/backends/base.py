@@ -166,3 +166,10 @@ class Backend(Protocol):
 
     def forget_worker(self, worker_id: str) -> None:
         """Drop a stopping worker's heartbeat at once."""
+
+    # Forgetting (``AsyncResult.forget``, issue 9)
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        """Remove these records and everything kept about them (index entries, wake-up tokens, statuses
+        that arrived early, leases); unknown ids are ignored. Ordered after this process's earlier
+        writes: a write parked during an outage cannot bring a deleted record back."""

@@ -198,3 +198,12 @@ class MemoryBackend:
     def forget_worker(self, worker_id: str) -> None:
         with self._changed:
             self._heartbeats.pop(worker_id, None)
+
+    # Forgetting
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        with self._changed:
+            for task_id in task_ids:
+                self._records.pop(task_id, None)
+                self._early.pop(task_id, None)
+                self._leases.pop(task_id, None)

@@ -313,3 +313,6 @@ class MongoBackend:
 
     def forget_worker(self, worker_id: str) -> None:
         mongo_workers.forget_worker(self, worker_id)
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        mongo_workers.delete(self, task_ids)

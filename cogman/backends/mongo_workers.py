@@ -1,11 +1,13 @@
 """Operator actions and worker heartbeats in MongoDB: a ``workers`` collection beside the tasks, one
 document per worker (``_id`` = worker id, ``info`` = its JSON), removed by a TTL index on ``expires_at``;
-``add_retries`` raises a chain's budget for a manual retry."""
+``add_retries`` raises a chain's budget for a manual retry; ``delete`` forgets records
+(``AsyncResult.forget``)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -79,3 +81,15 @@ def forget_worker(backend: MongoBackend, worker_id: str) -> None:
     backend.buffer.call(
         lambda: workers_collection(backend).delete_one({"_id": worker_id}), f"forget worker {worker_id}"
     )
+
+
+def delete(backend: MongoBackend, task_ids: Sequence[str]) -> None:
+    ids = list(task_ids)
+    if not ids:
+        return
+
+    def remove() -> None:
+        backend.collection.delete_many({"task_id": {"$in": ids}})
+        backend.early.delete_many({"task_id": {"$in": ids}})
+
+    backend.buffer.write(remove, f"delete {len(ids)} record(s)")

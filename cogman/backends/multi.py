@@ -159,3 +159,9 @@ class MultiBackend:
     def forget_worker(self, worker_id: str) -> None:
         self.primary.forget_worker(worker_id)
         self._mirror(lambda b: b.forget_worker(worker_id), f"forget worker {worker_id}")
+
+    # Forgetting: from every backend, or a secondary would still list what the user forgot
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        self.primary.delete(task_ids)
+        self._mirror(lambda b: b.delete(task_ids), f"delete {len(task_ids)} record(s)")

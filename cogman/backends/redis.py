@@ -341,3 +341,6 @@ class RedisBackend:
 
     def forget_worker(self, worker_id: str) -> None:
         redis_workers.forget_worker(self, worker_id)
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        redis_workers.delete(self, task_ids)

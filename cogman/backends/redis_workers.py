@@ -2,7 +2,7 @@
 
 ``<prefix>:worker:<id>`` holds a worker's heartbeat (JSON, with a TTL); ``<prefix>:workers`` is a sorted
 set of worker ids by last write, so listing needs no SCAN. ``add_retries`` raises a chain's budget for a
-manual retry (Cogman's ``/retry``).
+manual retry (Cogman's ``/retry``); ``delete`` forgets records (``AsyncResult.forget``).
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cogman.backends import codec
 from cogman.record import utcnow
+from cogman.status import Status
 
 if TYPE_CHECKING:
     from cogman.backends.redis import RedisBackend
@@ -33,6 +35,39 @@ budget = budget + tonumber(ARGV[3])
 redis.call('HSET', key, 'retry', tostring(budget), 'updated_at', ARGV[4])
 return budget
 """
+
+#: Ids per delete script call (keeps each script short).
+DELETE_CHUNK = 500
+
+# ARGV: prefix, then task ids. Removes each record's hash, its entries in every index (the name and
+# primary-key indexes named by its own fields), its wake-up token and any early status stub; returns how
+# many records existed.
+DELETE = """
+local P = ARGV[1]
+local STATUSES = {STATUS_NAMES}
+local function decoded(raw)
+  if not raw then return nil end
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'string' then return value end
+  return nil
+end
+local removed = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local key = P .. ':task:' .. id
+  if redis.call('TYPE', key)['ok'] == 'hash' then
+    local f = redis.call('HMGET', key, 'name', 'primary_key')
+    local name, pk = decoded(f[1]), decoded(f[2])
+    if name then redis.call('ZREM', P .. ':idx:name:' .. name, id) end
+    if pk then redis.call('ZREM', P .. ':idx:pk:' .. pk, id) end
+    removed = removed + 1
+  end
+  redis.call('ZREM', P .. ':idx:all', id)
+  for _, status in ipairs(STATUSES) do redis.call('ZREM', P .. ':idx:status:' .. status, id) end
+  redis.call('DEL', key, P .. ':done:' .. id, P .. ':early:' .. id)
+end
+return removed
+""".replace("STATUS_NAMES", ", ".join(f"'{status.value}'" for status in Status))
 
 
 # Operator actions and worker heartbeats: ``<prefix>:worker:<id>`` holds a heartbeat (JSON, with a
@@ -98,3 +133,14 @@ def forget_worker(backend: RedisBackend, worker_id: str) -> None:
         pipe.execute()
 
     backend.buffer.call(forget, f"forget worker {worker_id}")
+
+
+def delete(backend: RedisBackend, task_ids: Sequence[str]) -> None:
+    script = backend.client.register_script(DELETE)
+
+    def run(args: list[str]) -> Callable[[], Any]:
+        return lambda: script(args=args)
+
+    for start in range(0, len(task_ids), DELETE_CHUNK):
+        chunk = list(task_ids[start : start + DELETE_CHUNK])
+        backend.buffer.write(run([backend.prefix, *chunk]), f"delete {len(chunk)} record(s)")
