@@ -2,8 +2,9 @@
 
 Threads share one GIL, so CPU-bound handlers need processes; Dramatiq does the same. The parent only
 supervises: it starts P children with the ``spawn`` method (a fresh interpreter that imports the app
-itself, so no broker connection or lock is ever inherited half-used from a fork), forwards SIGINT and
-SIGTERM to them, and waits. Each child is an ordinary worker: its own RabbitMQ consumer with its own
+itself, so no broker connection or lock is ever inherited half-used from a fork), turns its first SIGINT or
+SIGTERM into a graceful stop of the children (SIGUSR1) and the second into an immediate one (SIGUSR2),
+and waits. Each child is an ordinary worker: its own RabbitMQ consumer with its own
 prefetch, so the broker spreads messages over the children and a child that dies loses nothing (its
 unacked messages are redelivered to the others).
 
@@ -71,9 +72,9 @@ def run_processes(
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():  # the second signal: the children stop at once (their second SIGTERM)
+        if stop.is_set():  # the second signal: the children stop at once (SIGUSR2)
             log.warning("received %s again; stopping %d worker process(es) at once", name, len(children))
-            _signal_children(children)
+            _signal_children(children, signal.SIGUSR2)
             return
         log.warning("received %s; stopping %d worker process(es) gracefully (again: at once)", name, len(children))
         stop.set()
@@ -108,15 +109,15 @@ def _supervise(children: Sequence[multiprocessing.process.BaseProcess], stop: th
     return 0
 
 
-def _signal_children(children: Sequence[multiprocessing.process.BaseProcess]) -> None:
+def _signal_children(children: Sequence[multiprocessing.process.BaseProcess], signum: int) -> None:
     for child in children:
         if child.is_alive() and child.pid is not None:
-            os.kill(child.pid, signal.SIGTERM)
+            os.kill(child.pid, signum)
 
 
 def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
-    """SIGTERM every live child (each stops gracefully), wait, and SIGKILL what is left."""
-    _signal_children(children)
+    """Stop every live child gracefully (SIGUSR1), wait, and SIGKILL what is left."""
+    _signal_children(children, signal.SIGUSR1)
     for child in children:
         child.join(timeout)
         if child.is_alive():
@@ -136,9 +137,10 @@ def _child_main(
 ) -> None:
     """Entry point of one worker process: load the app fresh and run a worker until told to stop.
 
-    A child ignores SIGINT: a Ctrl-C reaches it from the terminal *and* as the parent's SIGTERM, and
-    must count once. The parent's first SIGTERM stops it gracefully, a second one at once. A fatal
-    broker error exits with code 2, which the parent reports.
+    A child ignores SIGINT (a Ctrl-C reaches the whole process group: the parent acts on it). SIGTERM and
+    the parent's SIGUSR1 stop it gracefully, however many arrive (systemd or ``timeout`` signal the
+    whole group, so a child hears SIGTERM directly *and* through its parent); only the parent's SIGUSR2
+    stops it at once. A fatal broker error exits with code 2, which the parent reports.
     """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     from cogman.banner import Announcer
@@ -162,7 +164,7 @@ def _child_main(
     app.middleware.middleware.append(Announcer(f"worker process {index} (pid {os.getpid()}): "))
     worker = app.worker(concurrency=concurrency, priorities=queues)
     try:
-        worker.start(block=True, signals=(signal.SIGTERM,))
+        worker.start(block=True, signals=(signal.SIGTERM, signal.SIGUSR1), immediate=(signal.SIGUSR2,))
         log.info("worker process %s stopped", os.getpid())
     except CogmanError as exc:
         log.critical("worker process %s: %s", os.getpid(), exc)

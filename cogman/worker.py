@@ -48,6 +48,10 @@ def describe_outcomes(outcomes: Mapping[Outcome, int]) -> str:
     return ", ".join(f"{outcomes.get(o, 0)} {o.value.replace('_', '-')}" for o in always + rare)
 
 
+def _nothing() -> None:
+    return None
+
+
 class StopNow(BaseException):
     """Raised in the main thread by a second stop signal: stop without waiting for running handlers."""
 
@@ -89,12 +93,23 @@ class Worker:
 
     # Lifecycle
 
-    def start(self, block: bool = True, signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    def start(
+        self,
+        block: bool = True,
+        signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+        immediate: Iterable[signal.Signals] = (),
+    ) -> None:
         """Start consuming. With ``block``, wait for ``stop()``, a signal or a fatal error, then stop
-        gracefully (a second signal: at once); a fatal error is raised."""
+        gracefully (a second of ``signals``, or one of ``immediate``: at once); a fatal error is raised.
+
+        A ``--processes`` child passes ``signals=(SIGTERM, SIGUSR1)``, ``immediate=(SIGUSR2,)``: its
+        parent escalates with SIGUSR2, so a SIGTERM sent to the whole process group (systemd, ``timeout``)
+        that also reaches the child through its parent counts once."""
         if self._threads:
             raise RuntimeError("this worker was already started; create a new one")
-        restore = self._install_signal_handlers(signals) if block else (lambda: None)
+        immediate = tuple(immediate)
+        escalate = not immediate
+        restore = self._install_signal_handlers((*signals, *immediate), immediate, escalate) if block else _nothing
         try:
             self._launch()
             if not block:
@@ -159,11 +174,14 @@ class Worker:
     def stop_now(self) -> None:
         """Stop at once: running handlers are abandoned, their messages return to the broker unacked."""
         running = self._describe_running()
-        log.warning(
-            "stopping at once: %d running task(s) abandoned; their messages return to the broker: %s",
-            len(running),
-            ", ".join(running[:10]),
-        )
+        if running:
+            log.warning(
+                "stopping at once: %d running task(s) abandoned; their messages return to the broker: %s",
+                len(running),
+                ", ".join(running[:10]),
+            )
+        else:
+            log.warning("stopping at once; no task was running")
         if not self._stopping.is_set():
             self._begin_stop()
         self._finish()
@@ -244,16 +262,22 @@ class Worker:
     def _describe_running(self) -> list[str]:
         return list(self._running.values())
 
-    def _install_signal_handlers(self, signals: Iterable[signal.Signals]) -> Any:
+    def _install_signal_handlers(
+        self, signals: Iterable[signal.Signals], immediate: tuple[signal.Signals, ...], escalate: bool
+    ) -> Any:
         if threading.current_thread() is not threading.main_thread():
-            return lambda: None
+            return _nothing
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
-            if self._stop_requested.is_set():
-                log.warning("received %s again; stopping at once", name)
+            if signum in immediate or (escalate and self._stop_requested.is_set()):
+                log.warning("received %s; stopping at once", name)
                 raise StopNow(name)
-            log.warning("received %s; stopping gracefully (send it again to stop at once)", name)
+            if self._stop_requested.is_set():
+                log.info("received %s; already stopping gracefully", name)
+                return
+            hint = " (send it again to stop at once)" if escalate else ""
+            log.warning("received %s; stopping gracefully%s", name, hint)
             self._stop_requested.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in signals}

@@ -201,3 +201,38 @@ def test_a_crashed_clients_tasks_run_once_with_a_worker_started_later(rabbit: st
     assert sorted(runs) == [100 + i for i in range(50)]  # each once, though two workers swept
     figures("crashed client, worker started later", sent=50, succeeded=50, lost=0, ran_twice=0, dead_lettered=0,
             recover_s=round(recovered, 1))  # fmt: skip
+
+
+def test_a_sigterm_to_the_whole_process_group_stops_processes_gracefully(
+    rabbit: str, env: dict[str, str], client: App, tmp_path: Path
+):
+    """systemd and ``timeout`` signal the whole group: each child hears SIGTERM directly and through its
+    parent, and must still count it once (a graceful stop, the running task finishes)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.integration.rabbit_helpers import ROOT
+
+    log_file = tmp_path / "group.log"
+    with open(log_file, "ab") as output:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "cogman", "-A", APP, "worker", "--processes", "2", "-c", "1", "-l", "INFO"],
+            cwd=ROOT,
+            env={**os.environ, **env, "COGMAN_TEST_STOP_GRACE": "120", "PYTHONPATH": str(ROOT)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        result = client.send_task("rel.blocks", args=(4,))
+        wait_for(lambda: read_runs(env["COGMAN_TEST_RUN_LOG"]) != [], 60, "the task to start")
+        os.killpg(parent.pid, signal.SIGTERM)
+        wait_for(lambda: "waiting up to 120 s for 1 running task(s)" in log_file.read_text(), 30,
+                 "a child to wait for its running task")  # fmt: skip
+        open_gate(env, 4)
+        assert parent.wait(60) == 0
+        assert result.get(timeout=30) == 4  # finished, not abandoned
+    finally:
+        stop(parent)
+    assert "stopping at once" not in log_file.read_text()
