@@ -187,8 +187,33 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_ids: Sequence[str] | None = None,
+        extras: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[AsyncResult[Any]]:
         """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all."""
+        records = self.new_records(
+            name, calls, priority=priority, retry=retry, primary_key=primary_key, task_ids=task_ids, extras=extras
+        )
+        self.client.send(records)
+        if self.config.eager:
+            self._eager_runner().drain()
+        elif self.config.broker_url.startswith("memory://"):
+            self.unjoined.extend(record.task_id for record in records)
+        return [AsyncResult(self.backend, record.task_id, self) for record in records]
+
+    def new_records(
+        self,
+        name: str,
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        priority: Priority | str | None = None,
+        retry: int | None = None,
+        primary_key: str | None = None,
+        task_ids: Sequence[str] | None = None,
+        extras: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[TaskRecord]:
+        """The records ``send_many`` would send, checked (arguments, priority, budget, size); nothing is
+        recorded or sent. ``extras`` adds entries to each record's payload (a workflow's spec, a periodic
+        tick), one dict or None per call. Workers build the next step of a workflow with it."""
         task = self.tasks.get(name)
         chosen_priority = Priority.parse(priority if priority is not None else task.priority if task else Priority.HIGH)
         budget = retry if retry is not None else task.retry if task else 0
@@ -196,6 +221,8 @@ class App:
             raise ValueError(f"retry must be a non-negative integer, got {budget!r}")
         if task_ids is not None and len(task_ids) != len(calls):
             raise ValueError(f"task_ids gives {len(task_ids)} ids for {len(calls)} calls")
+        if extras is not None and len(extras) != len(calls):
+            raise ValueError(f"extras gives {len(extras)} payload additions for {len(calls)} calls")
         records = []
         for index, (args, kwargs) in enumerate(calls):
             check_json_arguments(name, args, kwargs)
@@ -216,13 +243,11 @@ class App:
                     task_id=chosen_id,
                 )
             )
+            extra = extras[index] if extras is not None else None
+            if extra:
+                records[-1] = records[-1].evolve(payload={**records[-1].payload, **extra})
             self._check_size(records[-1])
-        self.client.send(records)
-        if self.config.eager:
-            self._eager_runner().drain()
-        elif self.config.broker_url.startswith("memory://"):
-            self.unjoined.extend(record.task_id for record in records)
-        return [AsyncResult(self.backend, record.task_id, self) for record in records]
+        return records
 
     def _eager_runner(self) -> EagerRunner:
         from cogman.eager import EagerRunner

@@ -13,6 +13,8 @@ from typing import Any
 from cogman.errors import PoisonMessage
 from cogman.priority import Priority
 from cogman.record import TaskRecord
+from cogman.workflow_spec import WorkflowSpec
+from cogman.workflow_spec import parse as parse_workflow
 
 HEADER_TASK_NAME = "TaskName"
 HEADER_TASK_ID = "TaskID"
@@ -32,6 +34,8 @@ class Message:
     primary_key: str | None = None
     attempt: int = 1
     retries_left: int = 0
+    #: The chain or chord this attempt is a step of (cogman/workflow_spec.py); None for a plain task.
+    workflow: WorkflowSpec | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -49,6 +53,7 @@ class Message:
                 "primary_key": self.primary_key,
                 "attempt": self.attempt,
                 "retries_left": self.retries_left,
+                **({} if self.workflow is None else {"workflow": self.workflow.to_dict()}),
             },
             separators=(",", ":"),
         ).encode()
@@ -91,6 +96,10 @@ class Message:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise PoisonMessage("args must be a JSON array and kwargs a JSON object", task_id)
         try:
+            workflow = parse_workflow(data.get("workflow"))
+        except (TypeError, ValueError) as exc:
+            raise PoisonMessage(f"malformed workflow: {exc}", task_id) from None
+        try:
             return cls(
                 task_id=task_id,
                 name=header_name,
@@ -101,6 +110,7 @@ class Message:
                 primary_key=_str_or_none(data.get("primary_key")),
                 attempt=int(data.get("attempt", 1)),
                 retries_left=max(0, int(data.get("retries_left", 0))),
+                workflow=workflow,
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
@@ -117,6 +127,7 @@ class Message:
             primary_key=record.primary_key,
             attempt=record.attempt,
             retries_left=retries_left,
+            workflow=parse_workflow(record.payload.get("workflow")),
         )
 
 

@@ -157,3 +157,13 @@ class MultiBackend:
     def forget_worker(self, worker_id: str) -> None:
         self.primary.forget_worker(worker_id)
         self._mirror(lambda b: b.forget_worker(worker_id), f"forget worker {worker_id}")
+
+    # Workflows and periodic tasks: the primary decides; the secondaries get the record
+
+    def create_new(self, record: TaskRecord) -> bool:
+        created = self.primary.create_new(record)
+        self._mirror(lambda b: b.create([record]), f"create task {record.task_id}")
+        return created
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return self.primary.join_chord(chord_id, index, size, outcome)

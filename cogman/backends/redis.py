@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cogman.backends import codec, redis_queries, redis_workers
+from cogman.backends import codec, redis_queries, redis_workers, redis_workflows
 from cogman.backends import redis_scripts as scripts
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.codec import to_us
@@ -300,3 +300,11 @@ class RedisBackend:
 
     def forget_worker(self, worker_id: str) -> None:
         redis_workers.forget_worker(self, worker_id)
+
+    # Workflows and periodic tasks (redis_workflows.py)
+
+    def create_new(self, record: TaskRecord) -> bool:
+        return redis_workflows.create_new(self, record)
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return redis_workflows.join_chord(self, chord_id, index, size, outcome)
