@@ -22,7 +22,10 @@ from cogman.result import AsyncResult
 from cogman.task import Task, default_task_name
 
 if TYPE_CHECKING:
+    from datetime import timedelta, tzinfo
+
     from cogman.eager import EagerRunner
+    from cogman.periodic import Schedule
     from cogman.worker import Worker
 
 P = ParamSpec("P")
@@ -53,6 +56,8 @@ class App:
         self.name = name
         self.config = config.with_options(**options) if config is not None else Config.from_env(**options)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Periodic schedules by name (``periodic``, ``add_periodic``), run by ``cogman beat``.
+        self.schedules: dict[str, Schedule] = {}
         self.middleware = MiddlewareStack(list(middleware))
         self._client: Client | None = None
         self._lock = threading.Lock()
@@ -107,6 +112,34 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, cron: str | None = None, **options: Any) -> Callable[[Any], Task[Any, Any]]:
+        """``@app.periodic("*/5 * * * *")`` (cron, ``tz="Europe/Paris"``; UTC by default) or
+        ``@app.periodic(every=timedelta(minutes=5))`` over a function (registered as a task too) or a
+        task; ``args``, ``kwargs``, ``name`` and ``catch_up`` as for ``add_periodic``."""
+        from cogman.periodic import periodic
+
+        return periodic(self, cron, **options)
+
+    def add_periodic(
+        self,
+        task: Task[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        tz: str | tzinfo | None = None,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        catch_up: int | None = None,
+    ) -> Schedule:
+        """Send ``task`` at every tick of ``cron`` (in ``tz``) or ``every``; ``name`` (default: the task's
+        name) identifies the schedule's ticks; ``catch_up`` overrides ``Config.periodic_catch_up``."""
+        from cogman.periodic import add_schedule
+
+        return add_schedule(
+            self, task, cron=cron, every=every, tz=tz, args=args, kwargs=kwargs, name=name, catch_up=catch_up
+        )
 
     # Connections
 

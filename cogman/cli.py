@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-Q", "--queues", default="high,low", help="priority families to consume: high,low")
     worker.add_argument("-p", "--processes", type=int, default=1, help="worker processes (default 1)")
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here (process i: port + i)")
+    worker.add_argument("--beat", action="store_true", help="also send the app's periodic tasks (cogman beat)")
 
     status = commands.add_parser("status", help="print a task's record as JSON")
     status.add_argument("task_id")
@@ -75,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--concurrency", type=int, default=8, help="worker threads (default 8)")
 
     from cogman.cli_admin import add_admin_commands
+    from cogman.cli_schedule import add_schedule_commands
 
     add_admin_commands(commands)
+    add_schedule_commands(commands)
     return parser
 
 
@@ -91,12 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.app:
             raise AppPathError(f"cogman {args.command} needs -A module[:attr], e.g. cogman -A proj.tasks worker")
         app = load_app(args.app)
+        from cogman.cli_schedule import SCHEDULE_COMMANDS, run_schedule, with_beat
+
         if args.command == "worker":
-            return _worker(app, args)
+            return with_beat(app, lambda: _worker(app, args)) if args.beat else _worker(app, args)
         from cogman.cli_admin import ADMIN_COMMANDS, run_admin
 
         if args.command in ADMIN_COMMANDS:
             return run_admin(app, args)
+        if args.command in SCHEDULE_COMMANDS:
+            return run_schedule(app, args)
         return _status(app, args.task_id)
     except CogmanError as exc:
         print(f"cogman: error: {exc}", file=sys.stderr)
