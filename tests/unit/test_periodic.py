@@ -101,10 +101,10 @@ def test_registration_checks_everything_at_once(app: App):
         app.add_periodic("p.ping", every=timedelta(milliseconds=10))
     with pytest.raises(ValueError, match="tz applies to cron schedules"):
         app.add_periodic("p.ping", every=timedelta(seconds=5), tz="Europe/Paris")
-    with pytest.raises(TypeError, match="arguments do not fit p.ping"):
+    with pytest.raises(TypeError, match=r"arguments do not fit p\.ping"):
         app.add_periodic("p.ping", cron="* * * * *", args=(1, 2))
     app.add_periodic("p.ping", cron="* * * * *")
-    with pytest.raises(ValueError, match="named 'p.ping' exists already; give this one name="):
+    with pytest.raises(ValueError, match=r"named 'p\.ping' exists already; give this one name="):
         app.add_periodic("p.ping", every=timedelta(seconds=5))
     app.add_periodic("p.ping", every=timedelta(seconds=5), name="ping-often", args=("often",))
     assert sorted(app.schedules) == ["p.ping", "ping-often"]
