@@ -92,8 +92,8 @@ class Config:
     #: ``["*"]``; empty: only the dashboard's own origin.
     api_cors_origins: list[str] = field(default_factory=list)
 
-    #: How many ticks of a periodic schedule a beat sends late, newest first, after it (or every beat)
-    #: was down or stalled past them; older missed ticks are skipped. 0: never catch up.
+    #: Of the ticks of a periodic schedule missed while every beat was down (or stalled), how many a
+    #: beat sends late: the newest ones; older missed ticks are skipped. 0: never catch up.
     periodic_catch_up: int = 1
 
     def __post_init__(self) -> None:
