@@ -287,3 +287,40 @@ def test_a_workflow_by_name_keeps_its_spec_in_the_first_steps_record():
         assert Message.for_record(first, retries_left=0).workflow == ChainStep(1, 2, (Signature("remote.b", (2,)),))
     finally:
         app.close()
+
+
+# Delayed steps: countdown travels with the signature and is sent with it once the delayed-jobs send path
+# (issue11-delays) takes it; until that branch merges these fail, as they must (strict xfail).
+
+
+def started_after(app: App, earlier: str, later: str) -> float:
+    """Seconds between ``earlier`` finishing and ``later`` starting, from the records' histories."""
+    first, second = app.backend.get(earlier), app.backend.get(later)
+    assert first is not None and second is not None
+    finished = dict(first.history)[Status.SUCCESS]
+    return (dict(second.history)[Status.IN_PROGRESS] - finished).total_seconds()
+
+
+@pytest.mark.xfail(strict=True, reason="needs issue11-delays")
+def test_a_chain_step_with_a_countdown_starts_no_earlier(flow: App):
+    (add,) = tasks(flow, "add")
+    result = chain(add.s(1, 2), add.s(10).set(countdown=0.5)).delay()
+    assert result.get(timeout=10) == 13
+    assert started_after(flow, result.ids[0], result.ids[1]) >= 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="needs issue11-delays")
+def test_a_chord_callback_with_a_countdown_starts_no_earlier(flow: App):
+    add, tsum = tasks(flow, "add", "tsum")
+    result = chord([add.s(1, 1)], tsum.s().set(countdown=0.5)).delay()
+    assert result.get(timeout=10) == 2
+    assert started_after(flow, result.group[0].id, result.id) >= 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="needs issue11-delays")
+def test_group_members_with_a_countdown_are_sent_delayed(flow: App):
+    (add,) = tasks(flow, "add")
+    result = group(add.s(1, 1).set(countdown=0.5), add.s(2, 2)).delay()
+    assert result.get(timeout=10) == [2, 4]
+    record = result[0].record()
+    assert (dict(record.history)[Status.IN_PROGRESS] - record.created_at).total_seconds() >= 0.5
