@@ -3,14 +3,17 @@
 import logging
 
 from cogman.app import App
+from cogman.canvas import chain, chord, group
 from cogman.config import Config
-from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, TaskFailed, TaskNotFound
+from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, StepFailed, TaskFailed, TaskNotFound
 from cogman.middleware import Middleware
 from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.result import AsyncResult
+from cogman.signature import Signature
 from cogman.status import Status
 from cogman.task import Task, TaskContext
+from cogman.workflow_results import ChainResult, ChordResult, GroupResult
 
 __version__ = "0.1.0"
 
@@ -19,17 +22,25 @@ logging.getLogger("cogman").addHandler(logging.NullHandler())
 __all__ = [
     "App",
     "AsyncResult",
+    "ChainResult",
+    "ChordResult",
     "CogmanError",
     "Config",
     "CorruptRecord",
+    "GroupResult",
     "Middleware",
     "PoisonMessage",
     "Priority",
+    "Signature",
     "Status",
+    "StepFailed",
     "Task",
     "TaskContext",
     "TaskFailed",
     "TaskNotFound",
     "TaskRecord",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 ]

@@ -22,7 +22,10 @@ from cogman.result import AsyncResult
 from cogman.task import Task, default_task_name
 
 if TYPE_CHECKING:
+    from datetime import timedelta, tzinfo
+
     from cogman.eager import EagerRunner
+    from cogman.periodic import Schedule
     from cogman.worker import Worker
 
 P = ParamSpec("P")
@@ -53,6 +56,8 @@ class App:
         self.name = name
         self.config = config.with_options(**options) if config is not None else Config.from_env(**options)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Periodic schedules by name (``periodic``, ``add_periodic``), run by ``cogman beat``.
+        self.schedules: dict[str, Schedule] = {}
         self.middleware = MiddlewareStack(list(middleware))
         self._client: Client | None = None
         self._lock = threading.Lock()
@@ -107,6 +112,34 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, cron: str | None = None, **options: Any) -> Callable[[Any], Task[Any, Any]]:
+        """``@app.periodic("*/5 * * * *")`` (cron, ``tz="Europe/Paris"``; UTC by default) or
+        ``@app.periodic(every=timedelta(minutes=5))`` over a function (registered as a task too) or a
+        task; ``args``, ``kwargs``, ``name`` and ``catch_up`` as for ``add_periodic``."""
+        from cogman.periodic import periodic
+
+        return periodic(self, cron, **options)
+
+    def add_periodic(
+        self,
+        task: Task[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        tz: str | tzinfo | None = None,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        catch_up: int | None = None,
+    ) -> Schedule:
+        """Send ``task`` at every tick of ``cron`` (in ``tz``) or ``every``; ``name`` (default: the task's
+        name) identifies the schedule's ticks; ``catch_up`` overrides ``Config.periodic_catch_up``."""
+        from cogman.periodic import add_schedule
+
+        return add_schedule(
+            self, task, cron=cron, every=every, tz=tz, args=args, kwargs=kwargs, name=name, catch_up=catch_up
+        )
 
     # Connections
 
@@ -189,9 +222,51 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_ids: Sequence[str] | None = None,
+        extras: Sequence[dict[str, Any] | None] | None = None,
         wait_confirmed: bool | None = None,
     ) -> list[AsyncResult[Any]]:
         """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all."""
+        records, messages = self._prepare(
+            name, calls, priority=priority, retry=retry, primary_key=primary_key, task_ids=task_ids, extras=extras
+        )
+        receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
+        if self.config.eager:
+            self._eager_runner().drain()
+        elif self.config.broker_url.startswith("memory://"):
+            self.unjoined.extend(record.task_id for record in records)
+        return [AsyncResult(self.backend, record.task_id, self, receipt) for record in records]
+
+    def new_records(
+        self,
+        name: str,
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        priority: Priority | str | None = None,
+        retry: int | None = None,
+        primary_key: str | None = None,
+        task_ids: Sequence[str] | None = None,
+        extras: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[TaskRecord]:
+        """The records ``send_many`` would send, checked (arguments, priority, budget, size); nothing is
+        recorded or sent. ``extras`` adds entries to each record's payload (a workflow's spec, a periodic
+        tick), one dict or None per call. Workers build the next step of a workflow with it."""
+        return self._prepare(
+            name, calls, priority=priority, retry=retry, primary_key=primary_key, task_ids=task_ids, extras=extras
+        )[0]
+
+    def _prepare(
+        self,
+        name: str,
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        priority: Priority | str | None = None,
+        retry: int | None = None,
+        primary_key: str | None = None,
+        task_ids: Sequence[str] | None = None,
+        extras: Sequence[dict[str, Any] | None] | None = None,
+    ) -> tuple[list[TaskRecord], list[Message]]:
+        """Records and their messages, each message encoded once (the size check and the publisher share
+        the bytes)."""
         task = self.tasks.get(name)
         chosen_priority = Priority.parse(priority if priority is not None else task.priority if task else Priority.HIGH)
         budget = retry if retry is not None else task.retry if task else 0
@@ -199,6 +274,8 @@ class App:
             raise ValueError(f"retry must be a non-negative integer, got {budget!r}")
         if task_ids is not None and len(task_ids) != len(calls):
             raise ValueError(f"task_ids gives {len(task_ids)} ids for {len(calls)} calls")
+        if extras is not None and len(extras) != len(calls):
+            raise ValueError(f"extras gives {len(extras)} payload additions for {len(calls)} calls")
         records = []
         for index, (args, kwargs) in enumerate(calls):
             if task is not None:
@@ -218,13 +295,10 @@ class App:
                     task_id=chosen_id,
                 )
             )
-        messages = [self._checked_message(record) for record in records]
-        receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
-        if self.config.eager:
-            self._eager_runner().drain()
-        elif self.config.broker_url.startswith("memory://"):
-            self.unjoined.extend(record.task_id for record in records)
-        return [AsyncResult(self.backend, record.task_id, self, receipt) for record in records]
+            extra = extras[index] if extras is not None else None
+            if extra:
+                records[-1] = records[-1].evolve(payload={**records[-1].payload, **extra})
+        return records, [self._checked_message(record) for record in records]
 
     def _eager_runner(self) -> EagerRunner:
         from cogman.eager import EagerRunner

@@ -152,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-p", "--processes", type=_at_least(1), default=1, help="worker processes (default 1)")
     worker.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics here (process i: port + i)")
     _log_level_option(worker, "-l", "--loglevel", "--log-level", default=argparse.SUPPRESS)
+    worker.add_argument("--beat", action="store_true", help="also send the app's periodic tasks (cogman beat)")
 
     status = commands.add_parser("status", help="print a task's record as JSON")
     status.add_argument("task_id")
@@ -161,8 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--concurrency", type=_at_least(1), default=8, help="worker threads (default 8)")
 
     from cogman.cli_admin import add_admin_commands
+    from cogman.cli_schedule import add_schedule_commands
 
     add_admin_commands(commands)
+    add_schedule_commands(commands)
     for name, command in commands.choices.items():
         if name not in WITHOUT_APP:
             _url_options(command, default=argparse.SUPPRESS)
@@ -185,13 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = url_overrides(args.broker, args.backend)
         if overrides:
             app.reconfigure(**overrides)  # before anything connects
+        from cogman.cli_schedule import SCHEDULE_COMMANDS, run_schedule, with_beat
+
         if args.command == "worker":
+            if args.beat:
+                return with_beat(app, lambda: _worker(app, args, overrides))
             return _worker(app, args, overrides)
         _note_memory(app, args.command)
         from cogman.cli_admin import ADMIN_COMMANDS, run_admin
 
         if args.command in ADMIN_COMMANDS:
             return run_admin(app, args)
+        if args.command in SCHEDULE_COMMANDS:
+            return run_schedule(app, args)
         return _status(app, args.task_id)
     except CogmanError as exc:
         print(f"cogman: error: {exc}", file=sys.stderr)

@@ -96,6 +96,10 @@ class Config:
     #: ``["*"]``; empty: only the dashboard's own origin.
     api_cors_origins: list[str] = field(default_factory=list)
 
+    #: Of the ticks of a periodic schedule missed while every beat was down (or stalled), how many a
+    #: beat sends late: the newest ones; older missed ticks are skipped. 0: never catch up.
+    periodic_catch_up: int = 1
+
     def __post_init__(self) -> None:
         for name in (
             "high_priority_queue_count",
@@ -130,6 +134,8 @@ class Config:
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be a TCP port (0-65535), got {self.metrics_port!r}")
+        if self.periodic_catch_up < 0:
+            raise ConfigError(f"periodic_catch_up must not be negative, got {self.periodic_catch_up!r}")
         if self.heartbeat_interval < 0:
             raise ConfigError(f"heartbeat_interval must not be negative, got {self.heartbeat_interval!r}")
 

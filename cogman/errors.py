@@ -82,3 +82,15 @@ class TopologyError(CogmanError):
 
 class PublishError(CogmanError):
     """The broker refused a message (nack) or did not confirm it in time."""
+
+
+class StepFailed(TaskFailed):
+    """A workflow failed because one of its steps did: ``step`` names it (``"chain step 2 of 3
+    (shop.resize)"``, ``"chord member 4 of 100 (shop.add)"``, ``"chord callback (shop.total)"``);
+    ``task_id``, ``error``, ``traceback`` and ``attempts`` are that step's."""
+
+    def __init__(self, step: str, task_id: str, error: str | None, traceback: str | None = None, attempts: int = 1):
+        super().__init__(task_id, error, traceback, attempts)
+        after = f" after {attempts} attempts" if attempts > 1 else ""
+        self.args = (f"{step} failed{after} (task {task_id}): {error}",)
+        self.step = step

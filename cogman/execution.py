@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from cogman import workflow
 from cogman.errors import BackendUnavailable, PoisonMessage
 from cogman.handlers import EventLoopThread, ensure_json_result, run_handler
 from cogman.message import Message, header_task_id
@@ -28,6 +29,8 @@ from cogman.record import bounded_traceback
 from cogman.status import Status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cogman.app import App
     from cogman.backends.base import Started
     from cogman.brokers.base import Consumer, Delivery, Receipt
@@ -102,13 +105,14 @@ class Executor:
             decoded = self._decode(delivery)
             task = self._task_for(decoded)
         except PoisonMessage as poison:
-            return decoded, self._dead_letter(delivery, poison)
+            return decoded, self._dead_letter(delivery, poison, decoded)
         message = decoded
 
         started = self._until_recorded(lambda: self.backend.start(message.task_id), f"start task {message.task_id}")
         if started is not None and started.status.is_final:
             log.info("task %s already %s; acking its redelivery without running it", message.task_id, started.status)
-            self._ack_when_durable(delivery)
+            redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
+            self._ack_when_durable(delivery, after=redo)
             return message, Outcome.SKIPPED
         chain = _chain_of(message, started)
 
@@ -126,7 +130,8 @@ class Executor:
             f"record the success of task {message.task_id}",
         )
         self.app.middleware.after("after_execute", message, result=result)
-        self._ack_when_durable(delivery)
+        sent = self._continue(message, started, lambda: workflow.after_success(self.app, message, started, result))
+        self._ack_when_durable(delivery, after=sent)
         if log.isEnabledFor(logging.INFO):
             shown = repr(result)
             shown = shown if len(shown) <= RESULT_SHOWN else shown[:RESULT_SHOWN] + "..."
@@ -153,9 +158,10 @@ class Executor:
             raise PoisonMessage(exc.reason, message.task_id) from None
         return task
 
-    def _dead_letter(self, delivery: Delivery, poison: PoisonMessage) -> Outcome:
+    def _dead_letter(self, delivery: Delivery, poison: PoisonMessage, message: Message | None = None) -> Outcome:
         """The message can never run: it moves to the dead-letter queue (the consumer acks the source
-        only once the copy is confirmed), and its record, when the task id is known, says why."""
+        only once the copy is confirmed), and its record, when the task id is known, says why. A
+        workflow step fails its workflow (what that sends waits for re-enqueue if unconfirmed)."""
         log.error("dead-lettering message from %s: %s", delivery.queue, poison.reason)
         if poison.task_id is not None:
             self._until_recorded(
@@ -164,6 +170,8 @@ class Executor:
                 ),
                 f"record the dead-lettering of task {poison.task_id}",
             )
+        if message is not None and poison.task_id == message.task_id:
+            self._continue(message, None, lambda: workflow.after_failure(self.app, message, None, poison.reason))
         self.consumer.dead_letter(delivery, poison.reason)
         return Outcome.DEAD_LETTERED
 
@@ -191,7 +199,8 @@ class Executor:
             "task %s[%s] failed in %.4fs (%s): %s", message.name, message.task_id, duration, what, error, exc_info=exc
         )
         if spawned is None:
-            self._ack_when_durable(delivery)
+            ended = self._continue(message, started, lambda: workflow.after_failure(self.app, message, started, error))
+            self._ack_when_durable(delivery, after=ended)
             return Outcome.FAILED
         self._ack_when_durable(delivery, after=spawned[1])
         return Outcome.RETRIED
@@ -203,6 +212,16 @@ class Executor:
             return started.original_task_id, started.attempt
         record = self._until_recorded(lambda: self.backend.get(message.task_id), f"read task {message.task_id}")
         return (record.original_task_id, record.attempt) if record is not None else (message.task_id, 1)
+
+    def _continue(
+        self, message: Message, started: Started | None, step_ended: Callable[[], Receipt | None]
+    ) -> Receipt | None:
+        """A workflow step sends what follows it (cogman/workflow.py) before its ack; the ack then waits
+        for that publish's receipt. Plain tasks pass through without I/O."""
+        if not workflow.involved(message, started):
+            return None
+        receipt: Receipt | None = self._until_recorded(step_ended, f"continue the workflow of task {message.task_id}")
+        return receipt
 
     # Settling
 

@@ -13,6 +13,8 @@ from typing import Any
 from cogman.errors import PoisonMessage
 from cogman.priority import Priority
 from cogman.record import TaskRecord
+from cogman.workflow_spec import WorkflowSpec
+from cogman.workflow_spec import parse as parse_workflow
 
 #: Strict JSON (no NaN or infinities), compact; one encoder for every message.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -35,6 +37,8 @@ class Message:
     primary_key: str | None = None
     attempt: int = 1
     retries_left: int = 0
+    #: The chain or chord this attempt is a step of (cogman/workflow_spec.py); None for a plain task.
+    workflow: WorkflowSpec | None = None
     #: The encoded body, made once: the size check at send time and the publisher use the same bytes.
     _encoded: bytes | None = field(default=None, compare=False, repr=False)
 
@@ -57,6 +61,7 @@ class Message:
                 "primary_key": self.primary_key,
                 "attempt": self.attempt,
                 "retries_left": self.retries_left,
+                **({} if self.workflow is None else {"workflow": self.workflow.to_dict()}),
             }
         ).encode()
         object.__setattr__(self, "_encoded", body)
@@ -100,6 +105,10 @@ class Message:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise PoisonMessage("args must be a JSON array and kwargs a JSON object", task_id)
         try:
+            workflow = parse_workflow(data.get("workflow"))
+        except (TypeError, ValueError) as exc:
+            raise PoisonMessage(f"malformed workflow: {exc}", task_id) from None
+        try:
             return cls(
                 task_id=task_id,
                 name=header_name,
@@ -110,6 +119,7 @@ class Message:
                 primary_key=_str_or_none(data.get("primary_key")),
                 attempt=int(data.get("attempt", 1)),
                 retries_left=max(0, int(data.get("retries_left", 0))),
+                workflow=workflow,
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
@@ -126,6 +136,7 @@ class Message:
             primary_key=record.primary_key,
             attempt=record.attempt,
             retries_left=retries_left,
+            workflow=parse_workflow(record.payload.get("workflow")),
         )
 
 

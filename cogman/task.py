@@ -13,6 +13,7 @@ from cogman.priority import Priority
 if TYPE_CHECKING:
     from cogman.app import App
     from cogman.result import AsyncResult
+    from cogman.signature import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,6 +111,13 @@ class Task(Generic[P, R]):
     ) -> list[AsyncResult[R]]:
         """Queue one task per tuple of positional arguments; the confirms are awaited together."""
         return self.app.send_many(self.name, [(tuple(args), {}) for args in calls], priority=priority)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """This task with these arguments, as data: a step of ``chain``, ``group`` or ``chord``
+        (a chain step receives the previous result in front of them)."""
+        from cogman.signature import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise PoisonMessage if the arguments do not fit the handler's signature. A keyword the

@@ -173,3 +173,18 @@ class Backend(Protocol):
         """Remove these records and everything kept about them (index entries, wake-up tokens, statuses
         that arrived early, leases); unknown ids are ignored. Ordered after this process's earlier
         writes: a write parked during an outage cannot bring a deleted record back."""
+
+    # Workflows and periodic tasks (issue 11)
+
+    def create_new(self, record: TaskRecord) -> bool:
+        """Store ``record`` if no record has its id, atomically, and say whether this call stored it. Of
+        N processes creating the same record (beats claiming one periodic tick, workers firing one chord
+        callback), exactly one gets True and publishes the message. Raises BackendUnavailable: a claim
+        is never buffered. A call whose reply was lost and is retried gets False: the record then waits,
+        unconfirmed, for the re-enqueue sweep to publish it."""
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        """Store member ``index``'s outcome (JSON text) in the chord's set unless it has one (a redelivered
+        member keeps the first), atomically with counting the set; once all ``size`` members are in,
+        return every outcome in member order, else None. Every call that finds the set complete gets the
+        list; the callback record's ``create_new`` decides which one sends the callback."""

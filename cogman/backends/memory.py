@@ -23,6 +23,7 @@ class MemoryBackend:
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
+        self._chords: dict[str, dict[int, str]] = {}
 
     def create(self, records: Sequence[TaskRecord]) -> bool:
         with self._changed:
@@ -207,3 +208,20 @@ class MemoryBackend:
                 self._records.pop(task_id, None)
                 self._early.pop(task_id, None)
                 self._leases.pop(task_id, None)
+
+    # Workflows and periodic tasks
+
+    def create_new(self, record: TaskRecord) -> bool:
+        with self._changed:
+            if record.task_id in self._records:
+                return False
+            self.create([record])
+            return True
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        if not 0 <= index < size:
+            raise ValueError(f"chord member index {index} is outside 0..{size - 1}")
+        with self._changed:
+            outcomes = self._chords.setdefault(chord_id, {})
+            outcomes.setdefault(index, outcome)
+            return [outcomes[i] for i in range(size)] if len(outcomes) >= size else None

@@ -19,7 +19,7 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from cogman.backends import codec, mongo_queries, mongo_schema, mongo_workers
+from cogman.backends import codec, mongo_queries, mongo_schema, mongo_workers, mongo_workflows
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import CorruptRecord
@@ -73,6 +73,7 @@ class MongoBackend:
         )
         self._indexes_ready = False
         self.workers_index_ready = False
+        self.chords_index_ready = False
         try:
             self.buffer.call(self.ensure_indexes, "create indexes")
         except ConnectionError as exc:
@@ -316,3 +317,11 @@ class MongoBackend:
 
     def delete(self, task_ids: Sequence[str]) -> None:
         mongo_workers.delete(self, task_ids)
+
+    # Workflows and periodic tasks (mongo_workflows.py)
+
+    def create_new(self, record: TaskRecord) -> bool:
+        return mongo_workflows.create_new(self, record)
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return mongo_workflows.join_chord(self, chord_id, index, size, outcome)

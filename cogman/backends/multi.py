@@ -165,3 +165,13 @@ class MultiBackend:
     def delete(self, task_ids: Sequence[str]) -> None:
         self.primary.delete(task_ids)
         self._mirror(lambda b: b.delete(task_ids), f"delete {len(task_ids)} record(s)")
+
+    # Workflows and periodic tasks: the primary decides; the secondaries get the record
+
+    def create_new(self, record: TaskRecord) -> bool:
+        created = self.primary.create_new(record)
+        self._mirror(lambda b: b.create([record]), f"create task {record.task_id}")
+        return created
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return self.primary.join_chord(chord_id, index, size, outcome)

@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cogman.backends import codec, redis_queries, redis_workers
+from cogman.backends import codec, redis_queries, redis_workers, redis_workflows
 from cogman.backends import redis_scripts as scripts
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.codec import to_us
@@ -344,3 +344,11 @@ class RedisBackend:
 
     def delete(self, task_ids: Sequence[str]) -> None:
         redis_workers.delete(self, task_ids)
+
+    # Workflows and periodic tasks (redis_workflows.py)
+
+    def create_new(self, record: TaskRecord) -> bool:
+        return redis_workflows.create_new(self, record)
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return redis_workflows.join_chord(self, chord_id, index, size, outcome)

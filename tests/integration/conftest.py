@@ -14,10 +14,12 @@ from tests.integration.rabbit_helpers import broker_up, rabbitmqctl, require_rab
 @pytest.fixture(scope="session")
 def rabbit_vhost_url() -> str:
     """The test vhost on the local RabbitMQ, created once per session."""
-    require_rabbitmqctl()
     from tests.conftest import RABBITMQ_URL
+    from tests.service_lock import services
 
-    return vhost_url(RABBITMQ_URL)
+    with services(exclusive=False):  # not while another suite's disruptive test has RabbitMQ stopped
+        require_rabbitmqctl()
+        return vhost_url(RABBITMQ_URL)
 
 
 @pytest.fixture

@@ -503,3 +503,81 @@ def test_a_full_write_buffer_refuses_loudly_and_drops_nothing():
         assert buffer.flush(10) and store.applied == ["one", "two"]
     finally:
         buffer.close(timeout=0.1)
+
+
+# Workflows and periodic tasks (issue 11): the claim of a record and the chord's set
+
+
+def test_create_new_says_which_call_created_the_record(backend: Backend):
+    first = record(payload={"args": [1], "kwargs": {}})
+    assert backend.create_new(first) is True
+    assert backend.create_new(first.evolve(payload={"args": [2], "kwargs": {}})) is False
+    stored = backend.get(first.task_id)
+    assert stored is not None and stored.args == [1]
+    backend.transition(first.task_id, Status.SUCCESS, result=1)
+    assert backend.create_new(first) is False
+    assert backend.get(first.task_id).status is Status.SUCCESS  # type: ignore[union-attr]
+
+
+def test_create_new_of_a_final_record_wakes_its_waiters(backend: Backend):
+    failed = record(status=Status.FAILED).evolve(fail_error="not run: step 1 (a) failed: E")
+    assert backend.create_new(failed) is True
+    assert backend.wait(failed.task_id, 5).fail_error == "not run: step 1 (a) failed: E"  # type: ignore[union-attr]
+
+
+def test_of_many_concurrent_create_new_exactly_one_wins(backend: Backend):
+    contested = record()
+    outcomes: list[bool] = []
+    start = threading.Barrier(8)
+
+    def claim() -> None:
+        start.wait()
+        outcomes.append(backend.create_new(contested))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [False] * 7 + [True]
+
+
+def test_join_chord_completes_once_every_member_is_in_and_keeps_first_outcomes(backend: Backend):
+    chord_id = str(uuid.uuid4())
+    assert backend.join_chord(chord_id, 1, 3, '{"ok": 1}') is None
+    assert backend.join_chord(chord_id, 1, 3, '{"ok": "again"}') is None  # a redelivered member
+    assert backend.join_chord(chord_id, 0, 3, '{"ok": 0}') is None
+    assert backend.join_chord(chord_id, 2, 3, '{"failed": "E"}') == ['{"ok": 0}', '{"ok": 1}', '{"failed": "E"}']
+    assert backend.join_chord(chord_id, 2, 3, '{"ok": 2}') == ['{"ok": 0}', '{"ok": 1}', '{"failed": "E"}']
+    assert backend.join_chord(str(uuid.uuid4()), 0, 1, "[]") == ["[]"]
+    with pytest.raises(ValueError, match=r"outside 0\.\.2"):
+        backend.join_chord(chord_id, 3, 3, "{}")
+
+
+def test_members_joining_at_the_same_time_see_the_chord_complete_at_least_once(backend: Backend):
+    size = 8
+
+    def join(chord_id: str, index: int, start: threading.Barrier, seen: list[list[str] | None]) -> None:
+        start.wait()
+        seen.append(backend.join_chord(chord_id, index, size, str(index)))
+
+    for _ in range(5):
+        chord_id, start, seen = str(uuid.uuid4()), threading.Barrier(size), []
+        threads = [threading.Thread(target=join, args=(chord_id, i, start, seen)) for i in range(size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        complete = [outcomes for outcomes in seen if outcomes is not None]
+        assert complete and all(outcomes == [str(i) for i in range(size)] for outcomes in complete)
+
+
+def test_a_multi_backend_claims_on_the_primary_and_mirrors_the_record():
+    from cogman.backends.multi import MultiBackend
+
+    primary, secondary = MemoryBackend(), MemoryBackend()
+    both = MultiBackend([primary, secondary])
+    claimed = record()
+    assert both.create_new(claimed) is True and both.create_new(claimed) is False
+    assert secondary.get(claimed.task_id) is not None
+    assert both.join_chord("c", 0, 1, "1") == ["1"] and secondary.join_chord("c", 0, 2, "x") is None
