@@ -6,13 +6,16 @@ import atexit
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from cogman import inprocess
 from cogman.backends import Backend, create_backend
+from cogman.backoff import Backoff
 from cogman.brokers import Broker, create_broker
 from cogman.client import Client, new_record
 from cogman.config import Config
+from cogman.delays import plan
 from cogman.errors import MessageTooLarge
 from cogman.message import Message, check_json_arguments
 from cogman.middleware import Middleware, MiddlewareStack
@@ -81,6 +84,9 @@ class App:
         priority: Priority | str = Priority.HIGH,
         retry: int = 0,
         bind: bool = False,
+        retry_backoff: Backoff | None = None,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        time_limit: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -92,8 +98,15 @@ class App:
         priority: Priority | str = Priority.HIGH,
         retry: int = 0,
         bind: bool = False,
+        retry_backoff: Backoff | None = None,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        time_limit: float | None = None,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``.
+
+        ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
+        tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
+        runs longer: see docs/scheduling.md."""
         parsed_priority = Priority.parse(priority)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -101,7 +114,15 @@ class App:
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
             task: Task[Any, Any] = Task(
-                self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind
+                self,
+                function,
+                name=task_name,
+                priority=parsed_priority,
+                retry=retry,
+                bind=bind,
+                retry_backoff=retry_backoff,
+                retry_for=retry_for,
+                time_limit=time_limit,
             )
             self.tasks[task_name] = task
             return task
@@ -165,10 +186,15 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> AsyncResult[Any]:
         """Queue a task by name; works from a process that does not have the function. ``task_id``
         chooses the id (sending an id twice records it once; the second message is a duplicate the
-        worker skips once the first finished)."""
+        worker skips once the first finished). ``countdown`` (seconds) or ``eta`` (a datetime, naive
+        = UTC) delays it; ``expires`` (seconds from now, or a datetime) fails it unrun if not started
+        by then (docs/scheduling.md)."""
         return self.send_many(
             name,
             [(tuple(args), kwargs or {})],
@@ -176,6 +202,9 @@ class App:
             retry=retry,
             primary_key=primary_key,
             task_ids=None if task_id is None else [task_id],
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
         )[0]
 
     def send_many(
@@ -187,8 +216,13 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_ids: Sequence[str] | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> list[AsyncResult[Any]]:
-        """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all."""
+        """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all. The
+        options, ``countdown``/``eta``/``expires`` included, are the same for every call."""
+        schedule = plan(countdown=countdown, eta=eta, expires=expires)
         task = self.tasks.get(name)
         chosen_priority = Priority.parse(priority if priority is not None else task.priority if task else Priority.HIGH)
         budget = retry if retry is not None else task.retry if task else 0
@@ -214,6 +248,8 @@ class App:
                     retry=budget,
                     primary_key=primary_key,
                     task_id=chosen_id,
+                    eta=schedule.eta,
+                    expires=schedule.expires,
                 )
             )
             self._check_size(records[-1])

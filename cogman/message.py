@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cogman.errors import PoisonMessage
@@ -32,26 +33,32 @@ class Message:
     primary_key: str | None = None
     attempt: int = 1
     retries_left: int = 0
+    #: Not to start before (``countdown``/``eta``); on the wire only when set, as ISO 8601.
+    eta: datetime | None = None
+    #: Not to start after: a worker records it failed ("expired") instead.
+    expires: datetime | None = None
 
     @property
     def headers(self) -> dict[str, str]:
         return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id}
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "task_id": self.task_id,
-                "name": self.name,
-                "original_task_id": self.original_task_id,
-                "priority": self.priority.value,
-                "args": list(self.args),
-                "kwargs": self.kwargs or {},
-                "primary_key": self.primary_key,
-                "attempt": self.attempt,
-                "retries_left": self.retries_left,
-            },
-            separators=(",", ":"),
-        ).encode()
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "name": self.name,
+            "original_task_id": self.original_task_id,
+            "priority": self.priority.value,
+            "args": list(self.args),
+            "kwargs": self.kwargs or {},
+            "primary_key": self.primary_key,
+            "attempt": self.attempt,
+            "retries_left": self.retries_left,
+        }
+        if self.eta is not None:
+            data["eta"] = self.eta.isoformat()
+        if self.expires is not None:
+            data["expires"] = self.expires.isoformat()
+        return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, body: bytes, headers: dict[str, Any] | None) -> Message:
@@ -101,6 +108,8 @@ class Message:
                 primary_key=_str_or_none(data.get("primary_key")),
                 attempt=int(data.get("attempt", 1)),
                 retries_left=max(0, int(data.get("retries_left", 0))),
+                eta=_moment_or_none(data.get("eta")),
+                expires=_moment_or_none(data.get("expires")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
@@ -117,6 +126,8 @@ class Message:
             primary_key=record.primary_key,
             attempt=record.attempt,
             retries_left=retries_left,
+            eta=record.eta,
+            expires=record.expires,
         )
 
 
@@ -128,6 +139,16 @@ def header_task_id(headers: dict[str, Any]) -> str | None:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _moment_or_none(value: Any) -> datetime | None:
+    """An ISO 8601 moment (naive means UTC); anything else raises TypeError or ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"a moment must be an ISO 8601 string, got {value!r}")
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def check_json_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
