@@ -16,6 +16,7 @@ import amqp.exceptions
 
 from cogman.brokers.confirms import Confirms
 from cogman.brokers.connection import Connection, close_quietly, describe, dial, discard, drain_ready, kombu
+from cogman.brokers.delay_ladder import route
 from cogman.brokers.outbox import Entry
 from cogman.brokers.topology import DEFAULT_EXCHANGE, Topology
 from cogman.config import Config
@@ -26,7 +27,7 @@ log = logging.getLogger("cogman.rabbitmq")
 
 
 class PublishLink:
-    """One connection, its topology declared once, and a channel in confirm mode."""
+    """One connection, its topology (the delay ladder too) declared once, and a channel in confirm mode."""
 
     def __init__(
         self,
@@ -59,7 +60,7 @@ class PublishLink:
         return len(confirms.outstanding) if confirms is not None else 0
 
     def open(self) -> None:
-        """Dial, declare the topology, open the confirming channel.
+        """Dial, declare the topology and the delay ladder, open the confirming channel.
 
         Raises BrokerAccessRefused for a refused login or vhost, or a channel error while declaring
         (no permission to configure the queues), TopologyError for a queue declared with other
@@ -76,6 +77,7 @@ class PublishLink:
             channel = connection.channel()
             try:
                 self.topology.declare(channel)
+                self.topology.declare_ladder(channel)
             except amqp.exceptions.ChannelError as exc:
                 where = describe(connection)
                 raise BrokerAccessRefused(f"RabbitMQ refused to declare cogman's queues for {where}: {exc}") from None
@@ -89,12 +91,14 @@ class PublishLink:
         self.announced = False
 
     def send(self, entry: Entry) -> int:
-        """Publish one message (mandatory, persistent); returns its delivery tag."""
+        """Publish one message (mandatory, persistent); returns its delivery tag. A message with an
+        ``eta`` goes into the delay ladder for what is left of its delay now."""
         assert self._producer is not None and self._confirms is not None
+        exchange, routing_key = route(entry.queue, entry.message.eta)
         self._producer.publish(
             entry.body,
-            exchange="",
-            routing_key=entry.queue,
+            exchange=exchange,
+            routing_key=routing_key,
             headers=entry.message.headers,
             message_id=entry.message.task_id,
             delivery_mode=2,

@@ -2,7 +2,8 @@
 
 The names and arguments are the Go seed system's, so operators recognise the queues and a mixed fleet
 can share them: ``high_priority_queue_N`` with ``x-queue-mode: default`` and ``low_priority_queue_N``
-with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name). RabbitMQ
+with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name), plus the
+delay ladder of ``brokers/delay_ladder.py``, declared by publishing connections only. RabbitMQ
 refuses (406 PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration
 mistake an operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
 """
@@ -17,6 +18,15 @@ from amqp.exceptions import PreconditionFailed
 
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
 from cogman.brokers.connection import kombu
+from cogman.brokers.delay_ladder import (
+    DELIVERY_EXCHANGE,
+    PREFIX,
+    UNROUTABLE_EXCHANGE,
+    level_arguments,
+    level_bindings,
+    level_name,
+)
+from cogman.delays import LEVELS
 from cogman.errors import TopologyError
 from cogman.priority import Priority
 
@@ -73,11 +83,56 @@ class Topology:
         Raises TopologyError when one exists with other arguments. RabbitMQ closes the channel then,
         so the caller must drop it (and, simplest, the connection).
         """
-        for queue in [q for q, _ in self.queues(priorities)] + [self.dead_letter_queue()]:
+        declared = [q for q, _ in self.queues(priorities)] + [self.dead_letter_queue()]
+        for queue in declared:
             try:
                 queue(channel).declare()
             except PreconditionFailed as exc:
                 raise mismatch_error(queue, exc) from None
+        self.declare_delivery(channel, [queue.name for queue in declared[:-1]])
+
+    def declare_delivery(self, channel: Any, queue_names: Iterable[str]) -> None:
+        """The delay ladder's exit (brokers/delay_ladder.py): the delivery exchange, its alternate exchange
+        into the dead-letter queue, and a binding per task queue. A few cheap declares, so consumers make
+        them too: a queue deleted and declared again gets its binding back at once."""
+        channel.exchange_declare(UNROUTABLE_EXCHANGE, "fanout", durable=True, auto_delete=False)
+        channel.queue_bind(DEAD_LETTER_QUEUE, UNROUTABLE_EXCHANGE, routing_key="")
+        arguments = {"alternate-exchange": UNROUTABLE_EXCHANGE}
+        try:
+            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", durable=True, auto_delete=False, arguments=arguments)
+        except PreconditionFailed as exc:
+            raise ladder_error(exc) from None
+        for name in queue_names:
+            channel.queue_bind(name, DELIVERY_EXCHANGE, routing_key=f"#.{name}")
+
+    def declare_ladder(self, channel: Any) -> None:
+        """The 28 levels of the delay ladder, once per publishing connection: about 110 declares and
+        bindings sent without waiting for each reply (``nowait``), then one that waits, so the whole
+        ladder costs one round trip. RabbitMQ refuses one of them by closing the channel, and the final
+        declare then raises that refusal."""
+        for level in reversed(range(LEVELS)):
+            name = level_name(level)
+            into_queue, _ = level_bindings(level)
+            channel.exchange_declare(name, "topic", durable=True, auto_delete=False, nowait=True)
+            arguments = level_arguments(level, self.queue_type)
+            channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments, nowait=True)
+            channel.queue_bind(name, name, routing_key=into_queue, nowait=True)
+        for level in reversed(range(LEVELS)):
+            _, onward = level_bindings(level)
+            lower = level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE
+            channel.exchange_bind(lower, level_name(level), routing_key=onward, nowait=True)
+        try:
+            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", passive=True)
+        except PreconditionFailed as exc:
+            raise ladder_error(exc) from None
+
+
+def ladder_error(exc: PreconditionFailed) -> TopologyError:
+    return TopologyError(
+        f"RabbitMQ refused to declare cogman's delay ladder ({exc.reply_text}): a {PREFIX}.* queue or exchange "
+        f"exists with other arguments, e.g. from another queue_type. Set queue_type to match, or delete the "
+        f"{PREFIX}.* queues and exchanges; their messages are delayed tasks, so only once they are empty."
+    )
 
 
 def mismatch_error(queue: Any, exc: PreconditionFailed) -> TopologyError:
