@@ -3,8 +3,10 @@
 import logging
 
 from cogman.app import App
+from cogman.backoff import Retry
 from cogman.config import Config
 from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, TaskFailed, TaskNotFound
+from cogman.limits import TimeLimitExceeded
 from cogman.middleware import Middleware
 from cogman.priority import Priority
 from cogman.record import TaskRecord
@@ -25,11 +27,13 @@ __all__ = [
     "Middleware",
     "PoisonMessage",
     "Priority",
+    "Retry",
     "Status",
     "Task",
     "TaskContext",
     "TaskFailed",
     "TaskNotFound",
     "TaskRecord",
+    "TimeLimitExceeded",
     "__version__",
 ]
