@@ -44,7 +44,8 @@ def plan(
         raise ValueError(f"give countdown or eta, not both (countdown={countdown!r}, eta={eta!r})")
     start: datetime | None = None
     if countdown is not None:
-        start = now + timedelta(seconds=_seconds("countdown", countdown))
+        seconds = _seconds("countdown", countdown)
+        start = now + timedelta(seconds=seconds) if seconds > 0 else None
     elif eta is not None:
         start = _moment("eta", eta)
     if start is not None and (start - now).total_seconds() > MAX_DELAY:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from cogman import App, Priority
+from cogman import App, Priority, Status, TaskContext, TaskRecord
 from cogman.backends.base import TaskQuery
 from cogman.brokers.delay_ladder import (
     DELIVERY_EXCHANGE,
@@ -22,7 +22,9 @@ from cogman.brokers.delay_ladder import (
     route,
 )
 from cogman.brokers.memory import MemoryBroker
+from cogman.client import new_record
 from cogman.delays import LEVELS, MAX_DELAY, plan, whole_seconds_until
+from cogman.execution import Outcome
 from cogman.message import Message
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -235,3 +237,68 @@ def test_a_delayed_message_waits_for_a_consumer_of_its_family():
     assert high_only.receive(0.3) is None
     delivery = broker.consume([Priority.LOW], prefetch=1).receive(5)
     assert delivery is not None and delivery.headers["TaskID"] == "low-1"
+
+
+# A worker on the memory broker
+
+
+def started(record: TaskRecord) -> datetime:
+    return next(moment for status, moment in record.history if status is Status.IN_PROGRESS)
+
+
+def test_memory_worker_runs_a_countdown_no_earlier_than_asked(app: App):
+    @app.task(name="delays.mem")
+    def mem(index: int) -> int:
+        return index
+
+    worker = app.start_background(concurrency=2)
+    try:
+        before = datetime.now(UTC)
+        results = [mem.send(args=(index,), countdown=0.2 * index) for index in range(4)]
+        assert [r.get(timeout=30) for r in results] == [0, 1, 2, 3]
+        for index, result in enumerate(results):
+            assert started(result.record()) >= before + timedelta(seconds=0.2 * index)
+    finally:
+        worker.stop()
+
+
+def test_memory_early_delivery_goes_back_to_wait(app: App):
+    """A foreign producer's message due later, put straight into a queue: the worker sends it back to
+    the broker's delay instead of running it (or holding it)."""
+
+    @app.task(name="delays.mem_foreign")
+    def mem_foreign() -> str:
+        return "on time"
+
+    eta = datetime.now(UTC) + timedelta(seconds=0.5)
+    record = new_record("delays.mem_foreign", (), {}, priority=Priority.HIGH, retry=0, primary_key=None, eta=eta)
+    app.backend.create([record])
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    message = Message.for_record(record, retries_left=0)
+    broker.put(message.encode(), message.headers, Priority.HIGH)  # no due: ready at once
+    worker = app.start_background(concurrency=1)
+    try:
+        assert app.result(record.task_id).get(timeout=30) == "on time"
+        assert started(app.backend.get(record.task_id)) >= eta  # type: ignore[arg-type]
+        assert worker.outcomes[Outcome.DELAYED] == 1
+    finally:
+        worker.stop()
+
+
+def test_eager_mode_waits_for_a_delayed_retry():
+    app = App("eager", broker="memory://", backend="memory://", eager=True)
+
+    @app.task(name="delays.eager_flaky", retry=1, retry_backoff=0.3, bind=True)
+    def eager_flaky(ctx: TaskContext) -> int:
+        if ctx.attempt == 1:
+            raise ConnectionError("once")
+        return ctx.attempt
+
+    try:
+        result = eager_flaky.delay()
+        assert result.status is Status.SUCCESS and result.get(timeout=0) == 2
+        retry = result.latest()
+        assert retry.eta is not None and started(retry) >= retry.eta
+    finally:
+        app.close()

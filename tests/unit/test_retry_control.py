@@ -144,7 +144,7 @@ def test_a_handler_that_swallows_the_interrupt_still_fails():
         try:
             spin(30)
         except BaseException:
-            pass
+            print("swallowed")
         return "pretended to finish"
 
     with pytest.raises(TimeLimitExceeded):
