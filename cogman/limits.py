@@ -62,9 +62,10 @@ def check_time_limit(task_name: str, value: Any) -> float | None:
 
 def call(limit: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on this thread, interrupted once ``limit`` seconds have passed."""
-    watch = _watchdog().watch(threading.get_ident(), time.monotonic() + limit)
+    watch = _Watch(threading.get_ident(), time.monotonic() + limit)
     try:
         try:
+            _watchdog().watch(watch)  # inside the try: a short limit may fire before it even returns
             result = fn(*args, **kwargs)
         finally:
             watch.finish()
@@ -127,12 +128,10 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="cogman-time-limits", daemon=True)
         self._thread.start()
 
-    def watch(self, thread_id: int, deadline: float) -> _Watch:
-        watch = _Watch(thread_id, deadline)
+    def watch(self, watch: _Watch) -> None:
         with self._changed:
-            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            heapq.heappush(self._heap, (watch.deadline, next(self._order), watch))
             self._changed.notify()
-        return watch
 
     def _run(self) -> None:
         while True:

@@ -77,7 +77,7 @@ class PublishLink:
             channel = connection.channel()
             try:
                 self.topology.declare(channel)
-                self.topology.declare_ladder(channel)
+                self.topology.declare_delays(connection, ladder=True)
             except amqp.exceptions.ChannelError as exc:
                 where = describe(connection)
                 raise BrokerAccessRefused(f"RabbitMQ refused to declare cogman's queues for {where}: {exc}") from None

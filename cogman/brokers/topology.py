@@ -3,18 +3,19 @@
 The names and arguments are the Go seed system's, so operators recognise the queues and a mixed fleet
 can share them: ``high_priority_queue_N`` with ``x-queue-mode: default`` and ``low_priority_queue_N``
 with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name), plus the
-delay ladder of ``brokers/delay_ladder.py``, declared by publishing connections only. RabbitMQ
+delay ladder of ``brokers/delay_ladder.py`` (``declare_delays``). RabbitMQ
 refuses (406 PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration
 mistake an operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import AccessRefused, PreconditionFailed
 
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
 from cogman.brokers.connection import kombu
@@ -29,6 +30,8 @@ from cogman.brokers.delay_ladder import (
 from cogman.delays import LEVELS
 from cogman.errors import TopologyError
 from cogman.priority import Priority
+
+log = logging.getLogger("cogman.rabbitmq")
 
 #: The default exchange: routing key = queue name, nothing to declare or bind.
 DEFAULT_EXCHANGE = kombu.Exchange("", type="direct")
@@ -83,33 +86,50 @@ class Topology:
         Raises TopologyError when one exists with other arguments. RabbitMQ closes the channel then,
         so the caller must drop it (and, simplest, the connection).
         """
-        declared = [q for q, _ in self.queues(priorities)] + [self.dead_letter_queue()]
-        for queue in declared:
+        for queue in [q for q, _ in self.queues(priorities)] + [self.dead_letter_queue()]:
             try:
                 queue(channel).declare()
             except PreconditionFailed as exc:
                 raise mismatch_error(queue, exc) from None
-        self.declare_delivery(channel, [queue.name for queue in declared[:-1]])
 
-    def declare_delivery(self, channel: Any, queue_names: Iterable[str]) -> None:
-        """The delay ladder's exit (brokers/delay_ladder.py): the delivery exchange, its alternate exchange
-        into the dead-letter queue, and a binding per task queue. A few cheap declares, so consumers make
-        them too: a queue deleted and declared again gets its binding back at once."""
-        channel.exchange_declare(UNROUTABLE_EXCHANGE, "fanout", durable=True, auto_delete=False)
-        channel.queue_bind(DEAD_LETTER_QUEUE, UNROUTABLE_EXCHANGE, routing_key="")
-        arguments = {"alternate-exchange": UNROUTABLE_EXCHANGE}
+    def declare_delays(
+        self, connection: Any, priorities: Iterable[Priority] = (Priority.HIGH, Priority.LOW), *, ladder: bool
+    ) -> None:
+        """The delay ladder (``ladder``: publishing connections) and its exit, on a channel of their own,
+        after ``declare``. Everything is sent without waiting for each reply (``nowait``), then one
+        declare waits: about 115 declares and bindings for one round trip. RabbitMQ refuses one by
+        closing the channel, and that last declare raises the refusal.
+
+        The exit (the delivery exchange, its alternate exchange into the dead-letter queue, a binding
+        per task queue) is cheap, so consumers declare it too: a queue deleted and declared again gets
+        its binding back at once. A user without the permissions for it gets a warning, not an error:
+        its plain tasks go as before, and a delayed one it publishes fails alone if the ladder is not
+        there (raises TopologyError for a ladder declared with other arguments)."""
+        channel = connection.channel()
         try:
-            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", durable=True, auto_delete=False, arguments=arguments)
+            self._declare_exit(channel, [name for priority in priorities for name in self.names(priority)])
+            if ladder:
+                self._declare_ladder(channel)
+            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", passive=True)
         except PreconditionFailed as exc:
             raise ladder_error(exc) from None
-        for name in queue_names:
-            channel.queue_bind(name, DELIVERY_EXCHANGE, routing_key=f"#.{name}")
+        except AccessRefused as exc:
+            log.warning("cannot declare cogman's delay ladder (%s); delayed tasks need it declared", exc.reply_text)
+        finally:
+            if channel.is_open:
+                channel.close()
 
-    def declare_ladder(self, channel: Any) -> None:
-        """The 28 levels of the delay ladder, once per publishing connection: about 110 declares and
-        bindings sent without waiting for each reply (``nowait``), then one that waits, so the whole
-        ladder costs one round trip. RabbitMQ refuses one of them by closing the channel, and the final
-        declare then raises that refusal."""
+    def _declare_exit(self, channel: Any, queue_names: list[str]) -> None:
+        channel.exchange_declare(UNROUTABLE_EXCHANGE, "fanout", durable=True, auto_delete=False, nowait=True)
+        channel.queue_bind(DEAD_LETTER_QUEUE, UNROUTABLE_EXCHANGE, routing_key="", nowait=True)
+        arguments = {"alternate-exchange": UNROUTABLE_EXCHANGE}
+        channel.exchange_declare(
+            DELIVERY_EXCHANGE, "topic", durable=True, auto_delete=False, arguments=arguments, nowait=True
+        )
+        for name in queue_names:
+            channel.queue_bind(name, DELIVERY_EXCHANGE, routing_key=f"#.{name}", nowait=True)
+
+    def _declare_ladder(self, channel: Any) -> None:
         for level in reversed(range(LEVELS)):
             name = level_name(level)
             into_queue, _ = level_bindings(level)
@@ -121,10 +141,6 @@ class Topology:
             _, onward = level_bindings(level)
             lower = level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE
             channel.exchange_bind(lower, level_name(level), routing_key=onward, nowait=True)
-        try:
-            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", passive=True)
-        except PreconditionFailed as exc:
-            raise ladder_error(exc) from None
 
 
 def ladder_error(exc: PreconditionFailed) -> TopologyError:
