@@ -63,9 +63,10 @@ def check_time_limit(task_name: str, value: Any) -> float | None:
 def call(limit: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on this thread, interrupted once ``limit`` seconds have passed."""
     watch = _Watch(threading.get_ident(), time.monotonic() + limit)
+    _watchdog().watch(watch)
     try:
         try:
-            _watchdog().watch(watch)  # inside the try: a short limit may fire before it even returns
+            watch.arm()  # from here on the interrupt may come: only inside this try
             result = fn(*args, **kwargs)
         finally:
             watch.finish()
@@ -89,20 +90,31 @@ async def bounded(coroutine: Coroutine[Any, Any, T], limit: float) -> T:
 
 
 class _Watch:
-    """One running call: the watchdog fires it at most once, and never after ``finish``."""
+    """One running call: the watchdog fires it at most once, only between ``arm`` and ``finish`` (a
+    deadline that passes before ``arm`` makes ``arm`` raise), so the interrupt never lands in cogman's
+    own bookkeeping outside the guarded block."""
 
-    __slots__ = ("deadline", "finished", "fired", "lock", "thread_id")
+    __slots__ = ("armed", "deadline", "due", "finished", "fired", "lock", "thread_id")
 
     def __init__(self, thread_id: int, deadline: float) -> None:
         self.thread_id = thread_id
         self.deadline = deadline
         self.lock = threading.Lock()
-        self.fired = False
-        self.finished = False
+        self.armed = self.due = self.fired = self.finished = False
+
+    def arm(self) -> None:
+        with self.lock:
+            self.armed = True
+            if self.due:
+                self.fired = True
+                raise _Interrupt
 
     def fire(self) -> None:
         with self.lock:
             if self.finished or self.fired:
+                return
+            if not self.armed:
+                self.due = True
                 return
             self.fired = True
             _set_async_exc(self.thread_id, _Interrupt)
