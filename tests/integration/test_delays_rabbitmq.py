@@ -22,6 +22,7 @@ from cogman.brokers.base import DEAD_LETTER_QUEUE
 from cogman.brokers.delay_ladder import DELIVERY_EXCHANGE, level_arguments, level_name
 from cogman.client import new_record
 from cogman.delays import LEVELS
+from cogman.errors import TopologyError
 from cogman.execution import Outcome
 from cogman.message import Message
 from cogman.priority import Priority
@@ -281,5 +282,15 @@ def test_a_delayed_message_whose_queue_is_gone_is_dead_lettered_not_dropped(
         channel.queue_delete("high_priority_queue_1")
     wait_for(lambda: depth(rabbit, DEAD_LETTER_QUEUE) == 1, 30, "the message to reach the dead-letter queue")
     [dead] = app.broker.dead_letters()
-    assert dead.headers["TaskID"] == result.id
+    assert dead.headers["TaskID"] == result.id and result.status is Status.QUEUED
     assert dead.headers["x-first-death-reason"] == "expired"  # it left the ladder, found no queue
+
+
+def test_a_ladder_of_another_queue_type_is_a_clear_error(rabbit: str, scheduled_app: Callable[..., App]):
+    scheduled_app().send_task("delays.anything", countdown=1)  # a classic ladder, with a message in it
+    with Connection(rabbit) as connection:  # the task queues go, the ladder stays
+        channel = connection.channel()
+        for name in ("high_priority_queue_0", "low_priority_queue_0", DEAD_LETTER_QUEUE):
+            channel.queue_delete(name)
+    with pytest.raises(TopologyError, match=r"delay ladder .*cogman\.delay\.\d+.*queue_type"):
+        scheduled_app(queue_type="quorum").send_task("delays.anything")

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from cogman import App, Priority, Status, TaskContext, TaskRecord
+from cogman import App, Priority, Status, TaskContext, TaskFailed, TaskRecord
+from cogman.admin import retry_task
 from cogman.backends.base import TaskQuery
 from cogman.brokers.delay_ladder import (
     DELIVERY_EXCHANGE,
@@ -302,3 +303,24 @@ def test_eager_mode_waits_for_a_delayed_retry():
         assert retry.eta is not None and started(retry) >= retry.eta
     finally:
         app.close()
+
+
+def test_a_manual_retry_of_an_expired_task_has_no_expiry(app: App):
+    @app.task(name="delays.mem_perishable")
+    def mem_perishable() -> str:
+        return "ran"
+
+    expired = mem_perishable.send(expires=datetime.now(UTC) + timedelta(milliseconds=50))
+    deadline = expired.record().expires
+    assert deadline is not None
+    while datetime.now(UTC) <= deadline:  # the expiry passing is what is waited for
+        time.sleep(0.01)
+    worker = app.start_background(concurrency=1)
+    try:
+        with pytest.raises(TaskFailed, match="expired"):
+            expired.get(timeout=30)
+        attempt = retry_task(app, expired.id)
+        assert attempt.expires is None
+        assert expired.get(timeout=30) == "ran"
+    finally:
+        worker.stop()
