@@ -227,23 +227,21 @@ class Executor:
             )
             self._ack_when_durable(delivery)
             return Outcome.EXPIRED
-        if message.eta is None or seconds_until(message.eta, now) <= 0:
+        if message.eta is None or (early := seconds_until(message.eta, now)) <= 0:
             return None
-        early = seconds_until(message.eta, now)
         log.info("task %s[%s] came %.3f s early; it goes back to wait", message.name, message.task_id, early)
-        try:
-            receipt = self.app.broker.publish([message])
-        except (BrokerUnavailable, PublishError) as exc:
-            self.consumer.redeliver(delivery, f"an early delivery could not be delayed again: {exc}")
-            return Outcome.REQUEUED
 
-        def sent(failure: str | None) -> None:
+        def sent(failure: str | None) -> None:  # a failure is counted: no endless loop through the broker
             if failure is None:
                 self.consumer.ack(delivery)
             else:
                 self.consumer.redeliver(delivery, f"an early delivery could not be delayed again: {failure}")
 
-        receipt.add_done_callback(sent)
+        try:
+            self.app.broker.publish([message]).add_done_callback(sent)
+        except (BrokerUnavailable, PublishError) as exc:
+            sent(str(exc))
+            return Outcome.REQUEUED
         return Outcome.DELAYED
 
     def _place_of(self, message: Message, started: Started | None) -> tuple[str, int]:
