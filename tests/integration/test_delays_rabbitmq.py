@@ -294,3 +294,18 @@ def test_a_ladder_of_another_queue_type_is_a_clear_error(rabbit: str, scheduled_
             channel.queue_delete(name)
     with pytest.raises(TopologyError, match=r"delay ladder .*cogman\.delay\.\d+.*queue_type"):
         scheduled_app(queue_type="quorum").send_task("delays.anything")
+
+
+@pytest.mark.disruptive
+def test_the_delay_is_computed_when_the_message_is_published(rabbit: str, scheduled_app: Callable[..., App]):
+    """Sent while RabbitMQ is down, a task waits in the offline outbox; published after its eta has
+    passed, it goes straight to its task queue, not through the ladder: time in the outbox counts."""
+    app = scheduled_app()
+    with broker_stopped(rabbit):
+        result = app.send_task("delays.outboxed", countdown=2)
+        eta = result.record().eta
+        assert eta is not None and app.broker.pending() == 1
+        wait_for(lambda: datetime.now(UTC) > eta, 10, "the eta to pass while RabbitMQ is down")
+    wait_for(lambda: app.broker.pending() == 0, 60, "the outbox to be flushed")
+    assert result.status is Status.QUEUED
+    assert depth(rabbit, "high_priority_queue_0") == 1 and in_ladder(queue_counts()) == {}
