@@ -3,9 +3,9 @@
 The names and arguments are the Go seed system's, so operators recognise the queues and a mixed fleet
 can share them: ``high_priority_queue_N`` with ``x-queue-mode: default`` and ``low_priority_queue_N``
 with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name), plus the
-delay ladder of ``brokers/delay_ladder.py`` (``declare_delays``). RabbitMQ
-refuses (406 PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration
-mistake an operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
+delay ladder of ``brokers/delay_ladder.py`` (``declare_delays``). RabbitMQ refuses (406
+PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration mistake an
+operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ class Topology:
         The exit (the delivery exchange, its alternate exchange into the dead-letter queue, a binding
         per task queue) is cheap, so consumers declare it too: a queue deleted and declared again gets
         its binding back at once. A user without the permissions for it gets a warning, not an error:
-        its plain tasks go as before, and a delayed one it publishes fails alone if the ladder is not
-        there (raises TopologyError for a ladder declared with other arguments)."""
+        its plain tasks go as before, and RabbitMQ refuses a delayed one it publishes, alone, if the
+        ladder is not there. Raises TopologyError for a ladder declared with other arguments."""
         channel = connection.channel()
         try:
             self._declare_exit(channel, [name for priority in priorities for name in self.names(priority)])

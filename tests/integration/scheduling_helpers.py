@@ -21,13 +21,13 @@ LATE = 5.0
 
 @pytest.fixture
 def scheduled_app(rabbit: str, redis_url: str) -> Iterator[Callable[..., App]]:
-    """``scheduled_app(**options)``: an App on the test vhost with its own Redis key prefix; closed, and
-    its keys dropped, afterwards."""
+    """``scheduled_app(broker=None, **options)``: an App on the test vhost (or ``broker``) with its own
+    Redis key prefix; closed, and its keys dropped, afterwards."""
     made: list[tuple[App, str]] = []
 
-    def make(**options: Any) -> App:
+    def make(broker: str | None = None, **options: Any) -> App:
         prefix = f"delaytest-{uuid.uuid4().hex[:8]}"
-        app = App("delays", broker=rabbit, backend=redis_url, redis_prefix=prefix, **options)
+        app = App("delays", broker=broker or rabbit, backend=redis_url, redis_prefix=prefix, **options)
         made.append((app, prefix))
         return app
 

@@ -11,6 +11,7 @@ import signal
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import quote
 
 import amqp.exceptions
 import pytest
@@ -18,21 +19,24 @@ import redis
 from kombu import Connection
 
 from cogman import App, Status, TaskFailed
+from cogman.backends.base import TaskQuery
 from cogman.brokers.base import DEAD_LETTER_QUEUE
-from cogman.brokers.delay_ladder import DELIVERY_EXCHANGE, level_arguments, level_name
+from cogman.brokers.delay_ladder import DELIVERY_EXCHANGE, UNROUTABLE_EXCHANGE, level_arguments, level_name
 from cogman.client import new_record
 from cogman.delays import LEVELS
-from cogman.errors import TopologyError
+from cogman.errors import PublishError, TopologyError
 from cogman.execution import Outcome
 from cogman.message import Message
 from cogman.priority import Priority
 from cogman.record import utcnow
 from tests.integration.rabbit_helpers import (
     LADDER_QUEUES,
+    VHOST,
     broker_stopped,
     consumer_count,
     depth,
     list_queues,
+    rabbitmqctl,
     wait_for,
     worker_process,
 )
@@ -309,3 +313,28 @@ def test_the_delay_is_computed_when_the_message_is_published(rabbit: str, schedu
     wait_for(lambda: app.broker.pending() == 0, 60, "the outbox to be flushed")
     assert result.status is Status.QUEUED
     assert depth(rabbit, "high_priority_queue_0") == 1 and in_ladder(queue_counts()) == {}
+
+
+def test_a_user_who_may_not_declare_the_ladder_still_sends_plain_tasks(rabbit: str, scheduled_app: Callable[..., App]):
+    """No permission to configure ``cogman.delay.*`` and no ladder in the vhost: a warning, plain tasks
+    go as before, and a delayed one is refused alone (its record says why), never parked forever."""
+    with Connection(rabbit) as connection:
+        channel = connection.channel()
+        for name in [*LADDER_QUEUES, DELIVERY_EXCHANGE, UNROUTABLE_EXCHANGE]:
+            channel.exchange_delete(name)
+    user = f"{VHOST}_noladder"
+    rabbitmqctl("delete_user", user, check=False)
+    rabbitmqctl("add_user", user, "secret")
+    try:
+        rabbitmqctl("set_permissions", "-p", VHOST, user, r"^(?!cogman\.delay\.).*", ".*", ".*")
+        host = rabbit.split("@", 1)[1]
+        app = scheduled_app(broker=f"amqp://{quote(user)}:secret@{host}")
+        plain = app.send_task("delays.plain")
+        assert plain.status is Status.QUEUED
+        with pytest.raises(PublishError, match="NOT_FOUND"):
+            app.send_task("delays.delayed", countdown=5)
+        [delayed] = [r for r in app.backend.query(TaskQuery()).records if r.name == "delays.delayed"]
+        assert delayed.status is Status.FAILED and "NOT_FOUND" in str(delayed.fail_error)
+        assert plain.status is Status.QUEUED and depth(rabbit, "high_priority_queue_0") == 1
+    finally:
+        rabbitmqctl("delete_user", user, check=False)
