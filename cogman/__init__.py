@@ -3,9 +3,11 @@
 import logging
 
 from cogman.app import App
+from cogman.backoff import Retry
 from cogman.canvas import chain, chord, group
 from cogman.config import Config
 from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, StepFailed, TaskFailed, TaskNotFound
+from cogman.limits import TimeLimitExceeded
 from cogman.middleware import Middleware
 from cogman.priority import Priority
 from cogman.record import TaskRecord
@@ -31,6 +33,7 @@ __all__ = [
     "Middleware",
     "PoisonMessage",
     "Priority",
+    "Retry",
     "Signature",
     "Status",
     "StepFailed",
@@ -39,6 +42,7 @@ __all__ = [
     "TaskFailed",
     "TaskNotFound",
     "TaskRecord",
+    "TimeLimitExceeded",
     "__version__",
     "chain",
     "chord",

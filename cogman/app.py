@@ -6,19 +6,20 @@ import atexit
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from cogman import inprocess
 from cogman.backends import Backend, create_backend
+from cogman.backoff import Backoff
 from cogman.brokers import Broker, create_broker
-from cogman.client import Client, new_record
+from cogman.client import Client
 from cogman.config import Config
-from cogman.errors import MessageTooLarge
-from cogman.message import Message, check_json_arguments
 from cogman.middleware import Middleware, MiddlewareStack
 from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.result import AsyncResult
+from cogman.sending import SendOptions, prepare
 from cogman.task import Task, default_task_name
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class App:
         priority: Priority | str = Priority.HIGH,
         retry: int = 0,
         bind: bool = False,
+        retry_backoff: Backoff | None = None,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        time_limit: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -97,8 +101,15 @@ class App:
         priority: Priority | str = Priority.HIGH,
         retry: int = 0,
         bind: bool = False,
+        retry_backoff: Backoff | None = None,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        time_limit: float | None = None,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``.
+
+        ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
+        tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
+        runs longer: see docs/scheduling.md."""
         parsed_priority = Priority.parse(priority)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -106,7 +117,15 @@ class App:
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
             task: Task[Any, Any] = Task(
-                self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind
+                self,
+                function,
+                name=task_name,
+                priority=parsed_priority,
+                retry=retry,
+                bind=bind,
+                retry_backoff=retry_backoff,
+                retry_for=retry_for,
+                time_limit=time_limit,
             )
             self.tasks[task_name] = task
             return task
@@ -198,11 +217,16 @@ class App:
         retry: int | None = None,
         primary_key: str | None = None,
         task_id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
         wait_confirmed: bool | None = None,
     ) -> AsyncResult[Any]:
         """Queue a task by name; works from a process that does not have the function. ``task_id``
         chooses the id (sending an id twice records it once; the second message is a duplicate the
-        worker skips once the first finished). ``wait_confirmed`` overrides ``send_mode``."""
+        worker skips once the first finished). ``countdown`` (seconds) or ``eta`` (a datetime, naive
+        = UTC) delays it; ``expires`` (seconds from now, or a datetime) fails it unrun if not started
+        by then (docs/scheduling.md). ``wait_confirmed`` overrides ``send_mode``."""
         return self.send_many(
             name,
             [(tuple(args), kwargs or {})],
@@ -210,6 +234,9 @@ class App:
             retry=retry,
             primary_key=primary_key,
             task_ids=None if task_id is None else [task_id],
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
             wait_confirmed=wait_confirmed,
         )[0]
 
@@ -218,17 +245,13 @@ class App:
         name: str,
         calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         *,
-        priority: Priority | str | None = None,
-        retry: int | None = None,
-        primary_key: str | None = None,
-        task_ids: Sequence[str] | None = None,
-        extras: Sequence[dict[str, Any] | None] | None = None,
         wait_confirmed: bool | None = None,
+        **options: Any,
     ) -> list[AsyncResult[Any]]:
-        """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all."""
-        records, messages = self._prepare(
-            name, calls, priority=priority, retry=retry, primary_key=primary_key, task_ids=task_ids, extras=extras
-        )
+        """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all. The
+        options (``priority``, ``retry``, ``primary_key``, ``countdown``, ``eta``, ``expires``; see
+        ``send_task``) are the same for every call; ``task_ids`` and ``extras`` give one per call."""
+        records, messages = prepare(self, name, calls, SendOptions(**options))
         receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
         if self.config.eager:
             self._eager_runner().drain()
@@ -237,68 +260,11 @@ class App:
         return [AsyncResult(self.backend, record.task_id, self, receipt) for record in records]
 
     def new_records(
-        self,
-        name: str,
-        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        *,
-        priority: Priority | str | None = None,
-        retry: int | None = None,
-        primary_key: str | None = None,
-        task_ids: Sequence[str] | None = None,
-        extras: Sequence[dict[str, Any] | None] | None = None,
+        self, name: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any
     ) -> list[TaskRecord]:
-        """The records ``send_many`` would send, checked (arguments, priority, budget, size); nothing is
-        recorded or sent. ``extras`` adds entries to each record's payload (a workflow's spec, a periodic
-        tick), one dict or None per call. Workers build the next step of a workflow with it."""
-        return self._prepare(
-            name, calls, priority=priority, retry=retry, primary_key=primary_key, task_ids=task_ids, extras=extras
-        )[0]
-
-    def _prepare(
-        self,
-        name: str,
-        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        *,
-        priority: Priority | str | None = None,
-        retry: int | None = None,
-        primary_key: str | None = None,
-        task_ids: Sequence[str] | None = None,
-        extras: Sequence[dict[str, Any] | None] | None = None,
-    ) -> tuple[list[TaskRecord], list[Message]]:
-        """Records and their messages, each message encoded once (the size check and the publisher share
-        the bytes)."""
-        task = self.tasks.get(name)
-        chosen_priority = Priority.parse(priority if priority is not None else task.priority if task else Priority.HIGH)
-        budget = retry if retry is not None else task.retry if task else 0
-        if not isinstance(budget, int) or budget < 0:
-            raise ValueError(f"retry must be a non-negative integer, got {budget!r}")
-        if task_ids is not None and len(task_ids) != len(calls):
-            raise ValueError(f"task_ids gives {len(task_ids)} ids for {len(calls)} calls")
-        if extras is not None and len(extras) != len(calls):
-            raise ValueError(f"extras gives {len(extras)} payload additions for {len(calls)} calls")
-        records = []
-        for index, (args, kwargs) in enumerate(calls):
-            if task is not None:
-                try:
-                    task.check_arguments(args, kwargs)
-                except Exception as exc:
-                    raise TypeError(str(exc)) from None
-            chosen_id = task_ids[index] if task_ids is not None else None
-            records.append(
-                new_record(
-                    name,
-                    args,
-                    kwargs,
-                    priority=chosen_priority,
-                    retry=budget,
-                    primary_key=primary_key,
-                    task_id=chosen_id,
-                )
-            )
-            extra = extras[index] if extras is not None else None
-            if extra:
-                records[-1] = records[-1].evolve(payload={**records[-1].payload, **extra})
-        return records, [self._checked_message(record) for record in records]
+        """The records ``send_many`` would send with these options, checked; nothing is recorded or
+        sent. Workers build the next step of a workflow, and beats a tick, with it."""
+        return prepare(self, name, calls, SendOptions(**options))[0]
 
     def _eager_runner(self) -> EagerRunner:
         from cogman.eager import EagerRunner
@@ -314,23 +280,6 @@ class App:
         for tests, as Dramatiq's ``StubBroker.join``; with ``fail_fast``, raise the first failure met
         (TaskFailed), in send order. Raises TimeoutError, or NoWorker when no worker runs here."""
         inprocess.join(self, timeout, fail_fast=fail_fast)
-
-    def _checked_message(self, record: TaskRecord) -> Message:
-        """The record's message, encoded once here (the publisher sends these bytes): arguments JSON
-        cannot carry raise TypeError naming the argument, an oversized one MessageTooLarge, before
-        anything is recorded."""
-        message = Message.for_record(record, retries_left=record.retry)
-        try:
-            size = len(message.encode())
-        except (TypeError, ValueError):
-            check_json_arguments(record.name, tuple(record.args), record.kwargs)
-            raise
-        if size > self.config.max_message_size:
-            raise MessageTooLarge(
-                f"task {record.name}: its message is {size} bytes encoded, over max_message_size="
-                f"{self.config.max_message_size} bytes; nothing was recorded or sent"
-            )
-        return message
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(self.backend, task_id, self)

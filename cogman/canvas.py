@@ -8,13 +8,14 @@ given, later chain steps and the chord's callback with a result in front of thei
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cogman.client import new_task_id
+from cogman.delays import plan
+from cogman.sending import SendOptions
 from cogman.signature import Signature
 from cogman.workflow_results import ChainResult, ChordResult, GroupResult
 from cogman.workflow_spec import ChainStep, ChordMember, callback_id, chain_ids
@@ -150,11 +151,12 @@ def _app_of(signatures: Iterable[Signature], app: App | None) -> App:
 
 
 def _check_options(app: App, step: Signature, where: str) -> None:
-    """Workers send later steps with their options: refuse now an option this cogman cannot send."""
-    known = inspect.signature(app.new_records).parameters
-    unknown = [name for name in step.options if name not in known]
-    if unknown:
-        raise TypeError(f"{where}: option(s) {', '.join(unknown)} not supported by this version's send path")
+    """Workers send later steps with their options: refuse now what they could not send then."""
+    try:
+        options = SendOptions(**step.send_options())
+        plan(countdown=options.countdown, eta=options.eta, expires=options.expires)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def _send(

@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cogman.backends.base import Backend
@@ -51,6 +52,8 @@ def new_record(
     retry: int,
     primary_key: str | None,
     task_id: str | None = None,
+    eta: datetime | None = None,
+    expires: datetime | None = None,
 ) -> TaskRecord:
     task_id = task_id or new_task_id()
     now = utcnow()
@@ -65,6 +68,8 @@ def new_record(
         retry=retry,
         created_at=now,
         updated_at=now,
+        eta=eta,
+        expires=expires,
     )
 
 
@@ -113,12 +118,15 @@ class Client:
         return receipt
 
     def spawn_retry(
-        self, failed: Message, original_task_id: str, failed_attempt: int
+        self, failed: Message, original_task_id: str, failed_attempt: int, countdown: float | None = None
     ) -> tuple[Message, Receipt | None] | None:
         """Record and publish the next attempt of a failed one if the chain's budget allows; None when
         spent. The attempt's id derives from the failed one's, so doing this twice (a redelivered
         failure) spends the budget once. The receipt says when the broker confirmed it; None when the
-        publish raised: the attempt's record stays ``retry`` and re-enqueue republishes it."""
+        publish raised: the attempt's record stays ``retry`` and re-enqueue republishes it.
+
+        ``countdown`` (seconds, the retry backoff) delays the attempt; it keeps the failed one's
+        ``expires``."""
         now = utcnow()
         attempt = TaskRecord(
             task_id=retry_task_id(failed.task_id),
@@ -132,6 +140,8 @@ class Client:
             attempt=failed_attempt + 1,
             created_at=now,
             updated_at=now,
+            eta=now + timedelta(seconds=countdown) if countdown else None,
+            expires=failed.expires,
         )
         left = self.backend.spawn_retry(original_task_id, attempt)
         if left is None:

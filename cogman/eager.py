@@ -26,14 +26,23 @@ class EagerRunner:
         broker = app.broker
         if not isinstance(broker, MemoryBroker):
             raise TypeError("eager mode runs on the app's in-process broker")
+        self.broker = broker
         self.consumer = broker.consume(tuple(Priority), prefetch=1)
         self.loop = EventLoopThread() if any(task.is_async for task in app.tasks.values()) else None
         self.executor = Executor(app, self.consumer, self.loop, threading.Event())
 
     def drain(self) -> None:
-        """Run every waiting delivery (and the retries they spawn) here and now."""
-        while (delivery := self.consumer.receive(0)) is not None:
-            self.executor.execute(delivery)
+        """Run every waiting delivery (and the retries they spawn) here and now; a delayed one (a
+        ``countdown``, a retry's backoff) once due, so the caller waits for it as a worker would."""
+        while True:
+            delivery = self.consumer.receive(0)
+            if delivery is None:
+                due = self.broker.next_due()
+                if due is None:
+                    return
+                delivery = self.consumer.receive(due)
+            if delivery is not None:
+                self.executor.execute(delivery)
 
     def close(self) -> None:
         if self.loop is not None:

@@ -22,7 +22,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from cogman import workflow
-from cogman.errors import BackendUnavailable, PoisonMessage
+from cogman.backoff import Retry, decide
+from cogman.delays import expired_error, seconds_until
+from cogman.errors import BackendUnavailable, BrokerUnavailable, PoisonMessage, PublishError
 from cogman.handlers import EventLoopThread, ensure_json_result, run_handler
 from cogman.message import Message, header_task_id
 from cogman.record import bounded_traceback
@@ -50,6 +52,8 @@ class Outcome(StrEnum):
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
     SKIPPED = "skipped"  #: a redelivery of a task that already finished
+    EXPIRED = "expired"  #: not started before its ``expires``: recorded failed, never run
+    DELAYED = "delayed"  #: came before its ``eta``: sent back to wait in the broker
     REQUEUED = "requeued"  #: given back to the broker unfinished (a stopping worker, an unexpected error)
 
 
@@ -107,6 +111,9 @@ class Executor:
         except PoisonMessage as poison:
             return decoded, self._dead_letter(delivery, poison, decoded)
         message = decoded
+        untimely = self._settle_untimely(delivery, message)
+        if untimely is not None:
+            return message, untimely
 
         started = self._until_recorded(lambda: self.backend.start(message.task_id), f"start task {message.task_id}")
         if started is not None and started.status.is_final:
@@ -121,7 +128,7 @@ class Executor:
         try:
             result = ensure_json_result(task, run_handler(task, message, chain, self.loop))
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the attempt fails, the thread lives on
-            return message, self._failed(delivery, message, started, exc, time.perf_counter() - begun)
+            return message, self._failed(delivery, message, task, started, exc, time.perf_counter() - begun)
         duration = time.perf_counter() - begun
         self._until_recorded(
             lambda: self.backend.transition(
@@ -176,25 +183,39 @@ class Executor:
         return Outcome.DEAD_LETTERED
 
     def _failed(
-        self, delivery: Delivery, message: Message, started: Started | None, exc: BaseException, duration: float
+        self,
+        delivery: Delivery,
+        message: Message,
+        task: Task[Any, Any],
+        started: Started | None,
+        exc: BaseException,
+        duration: float,
     ) -> Outcome:
-        """The handler raised: spawn the retry attempt (if the budget allows) and publish it, record this
-        attempt failed, and ack once both the record is durable and the retry is confirmed."""
+        """The handler raised: spawn the retry attempt (if the task's policy and the budget allow) and
+        publish it, record this attempt failed, and ack once both the record is durable and the retry is
+        confirmed."""
         error = f"{type(exc).__name__}: {exc}"
         trace = bounded_traceback("".join(traceback.format_exception(exc)))
         self.app.middleware.after("after_execute", message, exception=exc)
         original_task_id, attempt = self._place_of(message, started)
-        spawned = self._until_recorded(
-            lambda: self.app.client.spawn_retry(message, original_task_id, attempt),
-            f"spawn a retry of task {message.task_id}",
-        )
+        decision = decide(task.retry_policy, exc, attempt)
+        spawned = None
+        if decision.retry:
+            spawned = self._until_recorded(
+                lambda: self.app.client.spawn_retry(message, original_task_id, attempt, decision.countdown),
+                f"spawn a retry of task {message.task_id}",
+            )
+            if spawned is None and isinstance(exc, Retry):
+                error += ", but no retry is left (the chain's retry budget is spent)"
         self._until_recorded(
             lambda: self.backend.transition(
                 message.task_id, Status.FAILED, fail_error=error, traceback=trace, duration=duration, returning=False
             ),
             f"record the failure of task {message.task_id}",
         )
-        what = "no retry left" if spawned is None else f"retrying as {spawned[0].task_id}"
+        what = decision.why_not or "no retry left"
+        if spawned is not None:
+            what = f"retrying as {spawned[0].task_id} in {decision.countdown:g} s"
         log.error(
             "task %s[%s] failed in %.4fs (%s): %s", message.name, message.task_id, duration, what, error, exc_info=exc
         )
@@ -204,6 +225,37 @@ class Executor:
             return Outcome.FAILED
         self._ack_when_durable(delivery, after=spawned[1])
         return Outcome.RETRIED
+
+    def _settle_untimely(self, delivery: Delivery, message: Message) -> Outcome | None:
+        """A task past its ``expires`` is recorded failed and acked, never run. One that came before its
+        ``eta`` (clock skew, a foreign producer) goes back to the broker's delay for the rest and is
+        acked once that copy is confirmed: never held here. None: it is due, run it."""
+        now = time.time()
+        if message.expires is not None and seconds_until(message.expires, now) <= 0:
+            error = expired_error(message.expires)
+            log.warning("task %s[%s] %s; it does not run", message.name, message.task_id, error)
+            self._until_recorded(
+                lambda: self.backend.transition(message.task_id, Status.FAILED, fail_error=error),
+                f"record the expiry of task {message.task_id}",
+            )
+            self._ack_when_durable(delivery)
+            return Outcome.EXPIRED
+        if message.eta is None or (early := seconds_until(message.eta, now)) <= 0:
+            return None
+        log.info("task %s[%s] came %.3f s early; it goes back to wait", message.name, message.task_id, early)
+
+        def sent(failure: str | None) -> None:  # a failure is counted: no endless loop through the broker
+            if failure is None:
+                self.consumer.ack(delivery)
+            else:
+                self.consumer.redeliver(delivery, f"an early delivery could not be delayed again: {failure}")
+
+        try:
+            self.app.broker.publish([message]).add_done_callback(sent)
+        except (BrokerUnavailable, PublishError) as exc:
+            sent(str(exc))
+            return Outcome.REQUEUED
+        return Outcome.DELAYED
 
     def _place_of(self, message: Message, started: Started | None) -> tuple[str, int]:
         """(original id, attempt number) from the backend; read again if the start could not tell (an

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from cogman import limits
 from cogman.task import TaskContext
 
 if TYPE_CHECKING:
@@ -45,11 +46,15 @@ def run_handler(task: Task[Any, Any], message: Message, chain: Chain, loop: Even
             primary_key=message.primary_key,
         )
         args = (context, *args)
+    if task.time_limit is not None and not task.is_async:
+        return limits.call(task.time_limit, task.fn, *args, **(message.kwargs or {}))
     outcome = task.fn(*args, **(message.kwargs or {}))
     if not task.is_async:
         return outcome
     if loop is None:
         raise RuntimeError(f"async task {task.name} needs the worker's event loop")
+    if task.time_limit is not None:
+        outcome = limits.bounded(outcome, task.time_limit)
     try:
         return loop.run(outcome)
     except HandlerExit as wrapped:

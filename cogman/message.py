@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cogman.errors import PoisonMessage
@@ -39,6 +40,10 @@ class Message:
     retries_left: int = 0
     #: The chain or chord this attempt is a step of (cogman/workflow_spec.py); None for a plain task.
     workflow: WorkflowSpec | None = None
+    #: Not to start before (``countdown``/``eta``); on the wire only when set, as ISO 8601.
+    eta: datetime | None = None
+    #: Not to start after: a worker records it failed ("expired") instead.
+    expires: datetime | None = None
     #: The encoded body, made once: the size check at send time and the publisher use the same bytes.
     _encoded: bytes | None = field(default=None, compare=False, repr=False)
 
@@ -50,20 +55,24 @@ class Message:
         """The JSON body (strict: NaN and infinities are refused, as JSON has none); encoded once."""
         if self._encoded is not None:
             return self._encoded
-        body = _ENCODER.encode(
-            {
-                "task_id": self.task_id,
-                "name": self.name,
-                "original_task_id": self.original_task_id,
-                "priority": self.priority.value,
-                "args": list(self.args),
-                "kwargs": self.kwargs or {},
-                "primary_key": self.primary_key,
-                "attempt": self.attempt,
-                "retries_left": self.retries_left,
-                **({} if self.workflow is None else {"workflow": self.workflow.to_dict()}),
-            }
-        ).encode()
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "name": self.name,
+            "original_task_id": self.original_task_id,
+            "priority": self.priority.value,
+            "args": list(self.args),
+            "kwargs": self.kwargs or {},
+            "primary_key": self.primary_key,
+            "attempt": self.attempt,
+            "retries_left": self.retries_left,
+        }
+        if self.workflow is not None:
+            data["workflow"] = self.workflow.to_dict()
+        if self.eta is not None:
+            data["eta"] = self.eta.isoformat()
+        if self.expires is not None:
+            data["expires"] = self.expires.isoformat()
+        body = _ENCODER.encode(data).encode()
         object.__setattr__(self, "_encoded", body)
         return body
 
@@ -120,6 +129,8 @@ class Message:
                 attempt=int(data.get("attempt", 1)),
                 retries_left=max(0, int(data.get("retries_left", 0))),
                 workflow=workflow,
+                eta=_moment_or_none(data.get("eta")),
+                expires=_moment_or_none(data.get("expires")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
@@ -137,6 +148,8 @@ class Message:
             attempt=record.attempt,
             retries_left=retries_left,
             workflow=parse_workflow(record.payload.get("workflow")),
+            eta=record.eta,
+            expires=record.expires,
         )
 
 
@@ -148,6 +161,16 @@ def header_task_id(headers: dict[str, Any]) -> str | None:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _moment_or_none(value: Any) -> datetime | None:
+    """An ISO 8601 moment (naive means UTC); anything else raises TypeError or ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"a moment must be an ISO 8601 string, got {value!r}")
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def check_json_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -32,8 +32,8 @@ class Middleware:
         """The handler returned ``result`` or raised ``exception``; the outcome is recorded."""
 
     def after_outcome(self, message: Message | None, outcome: str) -> None:
-        """A delivery is settled: ``outcome`` is one of ``succeeded failed retried dead_lettered skipped requeued``
-        (``message`` is None when the delivery could not be decoded)."""
+        """A delivery is settled: ``outcome`` is one of ``succeeded failed retried dead_lettered skipped requeued``,
+        or ``expired`` / ``delayed`` (docs/scheduling.md); ``message`` is None when it could not be decoded."""
 
     def worker_boot(self, worker: Worker) -> None:
         """A worker is starting its threads."""

@@ -51,6 +51,10 @@ class TaskRecord:
     #: When the attempt reached each status it went through, oldest first (its creation status at
     #: ``created_at`` when nothing else is known).
     history: tuple[tuple[Status, datetime], ...] = ()
+    #: When the task was planned to start (``countdown``/``eta``, or a retry's backoff); None: at once.
+    eta: datetime | None = None
+    #: When it expires: not started by then, it is recorded failed and never runs.
+    expires: datetime | None = None
 
     def __post_init__(self) -> None:
         if not self.history:
@@ -92,6 +96,8 @@ class TaskRecord:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "history": [[status.value, moment.isoformat()] for status, moment in self.history],
+            "eta": None if self.eta is None else self.eta.isoformat(),
+            "expires": None if self.expires is None else self.expires.isoformat(),
         }
 
     def to_json(self) -> str:
@@ -121,6 +127,8 @@ class TaskRecord:
                 created_at=_datetime(data["created_at"]),
                 updated_at=_datetime(data["updated_at"]),
                 history=_history(data.get("history")),
+                eta=_optional_datetime(data.get("eta")),
+                expires=_optional_datetime(data.get("expires")),
             )
         except CorruptRecord:
             raise
@@ -170,6 +178,10 @@ def _datetime(value: Any) -> datetime:
         raise TypeError(f"timestamp must be an ISO 8601 string, got {value!r}")
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _optional_datetime(value: Any) -> datetime | None:
+    return None if value is None else _datetime(value)
 
 
 def _history(value: Any) -> tuple[tuple[Status, datetime], ...]:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from cogman.canvas import chain
     from cogman.result import AsyncResult
 
-#: Options a signature carries to ``App.send_task``. ``countdown``, ``eta`` and ``expires`` are the
-#: delayed-jobs options: accepted here, and sent once the app's send path takes them.
+#: Options a signature carries to ``App.send_task`` (``countdown``, ``eta`` and ``expires`` delay or
+#: expire the step it starts; see docs/scheduling.md).
 SEND_OPTIONS = ("priority", "retry", "primary_key", "countdown", "eta", "expires")
 #: Options whose value may be a datetime (carried as ISO 8601 text in JSON).
 _MOMENTS = ("eta", "expires")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from cogman.backoff import Backoff, RetryPolicy
 from cogman.errors import PoisonMessage
+from cogman.limits import check_time_limit
 from cogman.priority import Priority
 
 if TYPE_CHECKING:
@@ -35,10 +38,24 @@ class Task(Generic[P, R]):
     """A function registered with an app. Calling it runs it here; ``delay``/``send`` queue it."""
 
     def __init__(
-        self, app: App, fn: Callable[..., Any], *, name: str, priority: Priority, retry: int, bind: bool
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        priority: Priority,
+        retry: int,
+        bind: bool,
+        retry_backoff: Backoff | None = None,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        time_limit: float | None = None,
     ) -> None:
         if retry < 0:
             raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
+        #: ``retry_backoff`` and ``retry_for`` (cogman/backoff.py).
+        self.retry_policy = RetryPolicy.build(name, retry_backoff, retry_for)
+        #: Seconds an attempt may run (cogman/limits.py); None: no limit.
+        self.time_limit = check_time_limit(name, time_limit)
         self.app = app
         self.fn = fn
         self.name = name
@@ -70,11 +87,16 @@ class Task(Generic[P, R]):
         priority: Priority | str | None = None,
         retry: int | None = None,
         primary_key: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
         wait_confirmed: bool | None = None,
     ) -> AsyncResult[R]:
-        """Queue the task with explicit options. Returns once it is recorded and handed to the broker
-        (``send_mode="recorded"``, the default) or once the broker confirmed it (``send_mode=
-        "confirmed"``, or ``wait_confirmed=True`` for this send); see docs/guarantees.md."""
+        """Queue the task with explicit options. ``countdown`` (seconds) or ``eta`` (a datetime, naive =
+        UTC) delays it; ``expires`` (seconds from now, or a datetime) fails it unrun if not started by
+        then. Returns once it is recorded and handed to the broker (``send_mode="recorded"``, the
+        default) or once the broker confirmed it (``send_mode="confirmed"``, or ``wait_confirmed=True``
+        for this send); see docs/guarantees.md."""
         return self.app.send_task(
             self.name,
             args=args,
@@ -82,6 +104,9 @@ class Task(Generic[P, R]):
             priority=priority,
             retry=retry,
             primary_key=primary_key,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
             wait_confirmed=wait_confirmed,
         )
 
@@ -94,6 +119,9 @@ class Task(Generic[P, R]):
         priority: Priority | str | None = None,
         retry: int | None = None,
         primary_key: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> AsyncResult[R]:
         """Celery's name for ``send``, with ``task_id`` to choose the id."""
         return self.app.send_task(
@@ -104,13 +132,29 @@ class Task(Generic[P, R]):
             retry=retry,
             primary_key=primary_key,
             task_id=task_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
         )
 
     def send_many(
-        self, calls: Iterable[tuple[Any, ...]], *, priority: Priority | str | None = None
+        self,
+        calls: Iterable[tuple[Any, ...]],
+        *,
+        priority: Priority | str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> list[AsyncResult[R]]:
         """Queue one task per tuple of positional arguments; the confirms are awaited together."""
-        return self.app.send_many(self.name, [(tuple(args), {}) for args in calls], priority=priority)
+        return self.app.send_many(
+            self.name,
+            [(tuple(args), {}) for args in calls],
+            priority=priority,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+        )
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """This task with these arguments, as data: a step of ``chain``, ``group`` or ``chord``

@@ -18,6 +18,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Fields stored as they are in a MongoDB document (the rest: JSON text, dates, microseconds).
 PLAIN = ("task_id", "name", "original_task_id", "priority", "status", "primary_key", "retry", "attempt",
          "fail_error", "traceback", "duration", "latest_attempt_id")  # fmt: skip
+#: Optional moments of a record, kept in a MongoDB document as a date and exactly as ``<name>_us``.
+MOMENTS = ("eta", "expires")
 
 
 def to_us(moment: datetime) -> int:
@@ -89,6 +91,9 @@ def to_document(record: TaskRecord) -> dict[str, Any]:
     doc["created_at"], doc["created_us"] = record.created_at, to_us(record.created_at)
     doc["updated_at"], doc["updated_us"] = record.updated_at, to_us(record.updated_at)
     doc["at"] = {status.value: to_us(moment) for status, moment in record.history}  # exact microseconds
+    for name in MOMENTS:
+        moment = getattr(record, name)
+        doc[name], doc[f"{name}_us"] = moment, None if moment is None else to_us(moment)
     return doc
 
 
@@ -103,6 +108,9 @@ def from_document(doc: dict[str, Any], key: str) -> TaskRecord:
     for name in ("created", "updated"):
         exact = doc.get(f"{name}_us")
         data[f"{name}_at"] = from_us(exact) if isinstance(exact, int) else doc.get(f"{name}_at")
+    for name in MOMENTS:
+        exact = doc.get(f"{name}_us")
+        data[name] = from_us(exact) if isinstance(exact, int) else doc.get(name)
     at = doc.get("at")
     data["history"] = (
         [[status, from_us(moment) if isinstance(moment, int) else moment] for status, moment in at.items()]

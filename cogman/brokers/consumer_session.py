@@ -77,6 +77,7 @@ class Session:
             use_lenient_framing(self.connection.connection)
             self.channel: Any = self.connection.channel()
             topology.declare(self.channel, priorities)
+            topology.declare_delays(self.connection, priorities, ladder=False)
             self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
             self.republisher = Republisher(self.connection.channel(), topology, self._copied)
             self.consumer_tags: list[str] = []

@@ -1,11 +1,14 @@
 """In-process broker: Cogman's queue topology in deques, for the embedded default and for tests.
 
 Messages are stored encoded, as bytes and headers, so the worker exercises the same decode path (and
-meets the same poison messages) as with RabbitMQ. Nothing leaves the process.
+meets the same poison messages) as with RabbitMQ. Nothing leaves the process. A message with an ``eta``
+waits in a heap ordered by it and joins its queue once due; ``receive`` hands out only due messages and
+wakes when the earliest one becomes due.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
@@ -35,6 +38,9 @@ class MemoryBroker:
         }
         self._round_robin = {p: itertools.cycle(list(q)) for p, q in self.queues.items()}
         self._dead: list[Delivery] = []
+        #: Messages not due yet: (due, epoch seconds; arrival order; delivery).
+        self._delayed: list[tuple[float, int, Delivery]] = []
+        self._arrivals = itertools.count()
         self._listener: PublishListener | None = None
         self._ready = threading.Condition()
         self._consumers: weakref.WeakSet[MemoryConsumer] = weakref.WeakSet()
@@ -46,7 +52,8 @@ class MemoryBroker:
     def publish(self, messages: Sequence[Message], *, wait: bool = True) -> Receipt:
         with self._ready:
             for message in messages:
-                self.put(message.encode(), message.headers, message.priority)
+                due = None if message.eta is None else message.eta.timestamp()
+                self.put(message.encode(), message.headers, message.priority, due=due)
         if self._listener is not None:
             self._listener.confirmed(messages)
         return Receipt.confirmed()
@@ -58,12 +65,25 @@ class MemoryBroker:
     def unconfirmed_ids(self) -> list[str]:
         return []
 
-    def put(self, body: bytes, headers: Mapping[str, object], priority: Priority, queue: str | None = None) -> None:
-        """Enqueue raw bytes, as a foreign producer would (tests use it to send poison messages)."""
+    def put(
+        self,
+        body: bytes,
+        headers: Mapping[str, object],
+        priority: Priority,
+        queue: str | None = None,
+        due: float | None = None,
+    ) -> None:
+        """Enqueue raw bytes, as a foreign producer would (tests use it to send poison messages);
+        ``due`` (epoch seconds) holds it back until then."""
         with self._ready:
             name = queue or next(self._round_robin[priority])
-            self.queues[priority][name].append(Delivery(body, dict(headers), name, priority))
-            self._ready.notify()
+            delivery = Delivery(body, dict(headers), name, priority)
+            if due is not None and due > time.time():
+                heapq.heappush(self._delayed, (due, next(self._arrivals), delivery))
+                self._ready.notify_all()  # a waiting receive may now have to wake earlier
+            else:
+                self.queues[priority][name].append(delivery)
+                self._ready.notify()
 
     def consume(self, priorities: Iterable[Priority], prefetch: int) -> MemoryConsumer:
         consumer = MemoryConsumer(self, tuple(sorted(set(priorities), key=lambda p: p.order)))
@@ -79,10 +99,25 @@ class MemoryBroker:
         with self._ready:
             return sum(len(q) for family in self.queues.values() for q in family.values())
 
+    def delayed(self) -> int:
+        """Messages waiting for their ``eta``."""
+        with self._ready:
+            return len(self._delayed)
+
+    def next_due(self) -> float | None:
+        """Seconds until the earliest delayed message is due (0 if it is); None when none waits."""
+        with self._ready:
+            return max(0.0, self._delayed[0][0] - time.time()) if self._delayed else None
+
     def close(self) -> None:
         """Nothing to release; queued messages stay for the next consumer."""
 
     def _take(self, priorities: tuple[Priority, ...]) -> Delivery | None:
+        """Lock held. Due delayed messages join their queues first."""
+        now = time.time()
+        while self._delayed and self._delayed[0][0] <= now:
+            delivery = heapq.heappop(self._delayed)[2]
+            self.queues[delivery.priority][delivery.queue].append(delivery)
         for priority in priorities:
             for queue in self.queues[priority].values():
                 if queue:
@@ -152,6 +187,9 @@ class MemoryConsumer:
                 remaining = deadline - time.monotonic()
                 if delivery is not None or remaining <= 0:
                     break
+                delayed = self._broker._delayed
+                if delayed and not self._cancelled:
+                    remaining = min(remaining, max(0.0, delayed[0][0] - time.time()))
                 self._broker._ready.wait(remaining)
         if delivery is not None:
             delivery.tag = next(self._tags)

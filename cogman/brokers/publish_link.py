@@ -16,6 +16,7 @@ import amqp.exceptions
 
 from cogman.brokers.confirms import Confirms
 from cogman.brokers.connection import Connection, close_quietly, describe, dial, discard, drain_ready
+from cogman.brokers.delay_ladder import route
 from cogman.brokers.outbox import Entry
 from cogman.brokers.topology import Topology
 from cogman.config import Config
@@ -26,7 +27,7 @@ log = logging.getLogger("cogman.rabbitmq")
 
 
 class PublishLink:
-    """One connection, its topology declared once, and a channel in confirm mode."""
+    """One connection, its topology (the delay ladder too) declared once, and a channel in confirm mode."""
 
     def __init__(
         self,
@@ -58,7 +59,7 @@ class PublishLink:
         return len(confirms.outstanding) if confirms is not None else 0
 
     def open(self) -> None:
-        """Dial, declare the topology, open the confirming channel.
+        """Dial, declare the topology and the delay ladder, open the confirming channel.
 
         Raises BrokerAccessRefused for a refused login or vhost, or a channel error while declaring
         (no permission to configure the queues), TopologyError for a queue declared with other
@@ -75,6 +76,7 @@ class PublishLink:
             channel = connection.channel()
             try:
                 self.topology.declare(channel)
+                self.topology.declare_delays(connection, ladder=True)
             except amqp.exceptions.ChannelError as exc:
                 where = describe(connection)
                 raise BrokerAccessRefused(f"RabbitMQ refused to declare cogman's queues for {where}: {exc}") from None
@@ -87,11 +89,13 @@ class PublishLink:
         self.announced = False
 
     def send(self, entry: Entry) -> int:
-        """Publish one message (mandatory, persistent); returns its delivery tag.
+        """Publish one message (mandatory, persistent); returns its delivery tag. A message with an
+        ``eta`` goes into the delay ladder for what is left of its delay now.
 
         Straight through py-amqp: the body is encoded already, and kombu's Producer (serializer lookup,
         compression, a message object per call) would cost more than the frame write itself."""
         assert self._confirms is not None
+        exchange, routing_key = route(entry.queue, entry.message.eta)
         message = amqp.Message(
             entry.body,
             application_headers=entry.message.headers,
@@ -100,7 +104,7 @@ class PublishLink:
             content_type=CONTENT_TYPE,
             content_encoding="utf-8",
         )
-        self._confirms.channel.basic_publish(message, exchange="", routing_key=entry.queue, mandatory=True)
+        self._confirms.channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
         self._confirms.sent(entry, entry.message.task_id)
         return self._confirms.last_tag
 

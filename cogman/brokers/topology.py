@@ -2,23 +2,36 @@
 
 The names and arguments are the Go seed system's, so operators recognise the queues and a mixed fleet
 can share them: ``high_priority_queue_N`` with ``x-queue-mode: default`` and ``low_priority_queue_N``
-with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name). RabbitMQ
-refuses (406 PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration
-mistake an operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
+with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name), plus the
+delay ladder of ``brokers/delay_ladder.py`` (``declare_delays``). RabbitMQ refuses (406
+PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration mistake an
+operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import AccessRefused, PreconditionFailed
 
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
 from cogman.brokers.connection import kombu
+from cogman.brokers.delay_ladder import (
+    DELIVERY_EXCHANGE,
+    PREFIX,
+    UNROUTABLE_EXCHANGE,
+    level_arguments,
+    level_bindings,
+    level_name,
+)
+from cogman.delays import LEVELS
 from cogman.errors import TopologyError
 from cogman.priority import Priority
+
+log = logging.getLogger("cogman.rabbitmq")
 
 #: The default exchange: routing key = queue name, nothing to declare or bind.
 DEFAULT_EXCHANGE = kombu.Exchange("", type="direct")
@@ -78,6 +91,64 @@ class Topology:
                 queue(channel).declare()
             except PreconditionFailed as exc:
                 raise mismatch_error(queue, exc) from None
+
+    def declare_delays(
+        self, connection: Any, priorities: Iterable[Priority] = (Priority.HIGH, Priority.LOW), *, ladder: bool
+    ) -> None:
+        """The delay ladder (``ladder``: publishing connections) and its exit, on a channel of their own,
+        after ``declare``. Everything is sent without waiting for each reply (``nowait``), then one
+        declare waits: about 115 declares and bindings for one round trip. RabbitMQ refuses one by
+        closing the channel, and that last declare raises the refusal.
+
+        The exit (the delivery exchange, its alternate exchange into the dead-letter queue, a binding
+        per task queue) is cheap, so consumers declare it too: a queue deleted and declared again gets
+        its binding back at once. A user without the permissions for it gets a warning, not an error:
+        its plain tasks go as before, and RabbitMQ refuses a delayed one it publishes, alone, if the
+        ladder is not there. Raises TopologyError for a ladder declared with other arguments."""
+        channel = connection.channel()
+        try:
+            self._declare_exit(channel, [name for priority in priorities for name in self.names(priority)])
+            if ladder:
+                self._declare_ladder(channel)
+            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", passive=True)
+        except PreconditionFailed as exc:
+            raise ladder_error(exc) from None
+        except AccessRefused as exc:
+            log.warning("cannot declare cogman's delay ladder (%s); delayed tasks need it declared", exc.reply_text)
+        finally:
+            if channel.is_open:
+                channel.close()
+
+    def _declare_exit(self, channel: Any, queue_names: list[str]) -> None:
+        channel.exchange_declare(UNROUTABLE_EXCHANGE, "fanout", durable=True, auto_delete=False, nowait=True)
+        channel.queue_bind(DEAD_LETTER_QUEUE, UNROUTABLE_EXCHANGE, routing_key="", nowait=True)
+        arguments = {"alternate-exchange": UNROUTABLE_EXCHANGE}
+        channel.exchange_declare(
+            DELIVERY_EXCHANGE, "topic", durable=True, auto_delete=False, arguments=arguments, nowait=True
+        )
+        for name in queue_names:
+            channel.queue_bind(name, DELIVERY_EXCHANGE, routing_key=f"#.{name}", nowait=True)
+
+    def _declare_ladder(self, channel: Any) -> None:
+        for level in reversed(range(LEVELS)):
+            name = level_name(level)
+            into_queue, _ = level_bindings(level)
+            channel.exchange_declare(name, "topic", durable=True, auto_delete=False, nowait=True)
+            arguments = level_arguments(level, self.queue_type)
+            channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments, nowait=True)
+            channel.queue_bind(name, name, routing_key=into_queue, nowait=True)
+        for level in reversed(range(LEVELS)):
+            _, onward = level_bindings(level)
+            lower = level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE
+            channel.exchange_bind(lower, level_name(level), routing_key=onward, nowait=True)
+
+
+def ladder_error(exc: PreconditionFailed) -> TopologyError:
+    return TopologyError(
+        f"RabbitMQ refused to declare cogman's delay ladder ({exc.reply_text}): a {PREFIX}.* queue or exchange "
+        f"exists with other arguments, e.g. from another queue_type. Set queue_type to match, or delete the "
+        f"{PREFIX}.* queues and exchanges; their messages are delayed tasks, so only once they are empty."
+    )
 
 
 def mismatch_error(queue: Any, exc: PreconditionFailed) -> TopologyError:

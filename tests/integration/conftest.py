@@ -49,3 +49,6 @@ def rabbit_app(rabbit: str) -> Iterator[Callable[..., App]]:
 
 # The operator tests' stacks (issue 10): a real worker on RabbitMQ with Redis or mongomock behind it.
 from tests.integration.api_helpers import backend_options, stack  # noqa: E402, F401
+
+# The delay and retry-control tests (issue 11): an App on RabbitMQ with its own Redis key prefix.
+from tests.integration.scheduling_helpers import scheduled_app  # noqa: E402, F401

@@ -26,13 +26,16 @@ import pytest
 from kombu import Connection
 
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
+from cogman.brokers.delay_ladder import level_name
+from cogman.delays import LEVELS
 from cogman.priority import Priority
 from tests.service_lock import require_exclusive
 
 VHOST = os.environ.get("COGMAN_TEST_VHOST", "cogman_test")
 ROOT = Path(__file__).resolve().parents[2]
-#: Every queue name a test may create (the tests use at most 4 queues per family).
-ALL_QUEUES = [*queue_names(Priority.HIGH, 4), *queue_names(Priority.LOW, 4), DEAD_LETTER_QUEUE]
+#: Every queue name a test may create (the tests use at most 4 queues per family), the delay ladder's too.
+LADDER_QUEUES = [level_name(level) for level in range(LEVELS)]
+ALL_QUEUES = [*queue_names(Priority.HIGH, 4), *queue_names(Priority.LOW, 4), DEAD_LETTER_QUEUE, *LADDER_QUEUES]
 
 
 def rabbitmqctl(*args: str, check: bool = True) -> str:

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -114,6 +114,26 @@ def test_create_and_get_round_trip_every_field(backend: Backend):
     assert backend.get(first.task_id) == first
     assert backend.get(second.task_id) == second
     assert backend.get("no-such-task") is None
+
+
+def test_planned_start_and_expiry_round_trip_exactly(backend: Backend):
+    """``eta`` and ``expires`` (issue 11) are kept to the microsecond, on first and retry attempts, and
+    survive status changes."""
+    eta = datetime(2031, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
+    expires = eta + timedelta(seconds=90, microseconds=7)
+    delayed = record().evolve(eta=eta, expires=expires)
+    backend.create([delayed])
+    assert backend.get(delayed.task_id) == delayed
+    backend.transition(delayed.task_id, Status.QUEUED)
+    stored = backend.get(delayed.task_id)
+    assert stored is not None and (stored.eta, stored.expires) == (eta, expires)
+
+    original = record(retry=1)
+    backend.create([original])
+    retry = attempt_of(original, 2).evolve(eta=eta, expires=None)
+    assert backend.spawn_retry(original.task_id, retry) == 0
+    assert backend.get(retry.task_id) == retry
+    assert backend.get(original.task_id).eta is None  # type: ignore[union-attr]
 
 
 def test_transition_sets_fields_and_returns_the_record(backend: Backend):

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -21,7 +22,7 @@ from cogman.config import Config
 from cogman.errors import TopologyError
 from cogman.message import Message
 from cogman.priority import Priority
-from tests.integration.rabbit_helpers import depth, list_queues, wait_for
+from tests.integration.rabbit_helpers import LADDER_QUEUES, depth, list_queues, wait_for
 
 
 class Recorder:
@@ -73,12 +74,17 @@ def make_broker(rabbit: str) -> Callable[..., tuple[RabbitMQBroker, Recorder]]:
         broker.close()
 
 
+def without_ladder(queues: dict[str, Any]) -> dict[str, Any]:
+    """The task queues and the dead-letter queue (the delay ladder is tested in test_delays_rabbitmq.py)."""
+    return {name: queue for name, queue in queues.items() if name not in LADDER_QUEUES}
+
+
 def test_declares_cogman_queues_with_their_arguments(make_broker: Callable[..., tuple[RabbitMQBroker, Recorder]]):
     broker, _ = make_broker(high_priority_queue_count=3, low_priority_queue_count=2)
 
     broker.publish([message(Priority.HIGH)])
 
-    queues = list_queues()
+    queues = without_ladder(list_queues())
     assert sorted(queues) == sorted(
         [
             "high_priority_queue_0",
@@ -186,7 +192,7 @@ def test_quorum_queues(make_broker: Callable[..., tuple[RabbitMQBroker, Recorder
 
     broker.publish([message(Priority.HIGH), message(Priority.LOW)])
 
-    queues = list_queues()
+    queues = without_ladder(list_queues())
     assert sorted(queues) == sorted(["high_priority_queue_0", "low_priority_queue_0", DEAD_LETTER_QUEUE])
     for queue in queues.values():
         assert (queue["type"], queue["durable"], queue["arguments"]) == ("quorum", True, {"x-queue-type": "quorum"})

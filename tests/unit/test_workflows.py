@@ -289,8 +289,7 @@ def test_a_workflow_by_name_keeps_its_spec_in_the_first_steps_record():
         app.close()
 
 
-# Delayed steps: countdown travels with the signature and is sent with it once the delayed-jobs send path
-# (issue11-delays) takes it; until that branch merges these fail, as they must (strict xfail).
+# Delayed steps: countdown travels with the signature and is sent with it.
 
 
 def started_after(app: App, earlier: str, later: str) -> float:
@@ -301,7 +300,6 @@ def started_after(app: App, earlier: str, later: str) -> float:
     return (dict(second.history)[Status.IN_PROGRESS] - finished).total_seconds()
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue11-delays")
 def test_a_chain_step_with_a_countdown_starts_no_earlier(flow: App):
     (add,) = tasks(flow, "add")
     result = chain(add.s(1, 2), add.s(10).set(countdown=0.5)).delay()
@@ -309,7 +307,6 @@ def test_a_chain_step_with_a_countdown_starts_no_earlier(flow: App):
     assert started_after(flow, result.ids[0], result.ids[1]) >= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue11-delays")
 def test_a_chord_callback_with_a_countdown_starts_no_earlier(flow: App):
     add, tsum = tasks(flow, "add", "tsum")
     result = chord([add.s(1, 1)], tsum.s().set(countdown=0.5)).delay()
@@ -317,7 +314,6 @@ def test_a_chord_callback_with_a_countdown_starts_no_earlier(flow: App):
     assert started_after(flow, result.group[0].id, result.id) >= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue11-delays")
 def test_group_members_with_a_countdown_are_sent_delayed(flow: App):
     (add,) = tasks(flow, "add")
     result = group(add.s(1, 1).set(countdown=0.5), add.s(2, 2)).delay()
