@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -80,6 +81,10 @@ class RedisBackend:
         self._renew = self.client.register_script(scripts.source(scripts.RENEW))
         self._query = self.client.register_script(scripts.source(scripts.QUERY))
         self._group: GroupCommit[Any] = GroupCommit(self._run_batch)
+        #: One connection per thread for the scripts (see ``_evalsha``), closed with the backend.
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._connections_lock = threading.Lock()
         kwargs = self.client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
         self.buffer = WriteBuffer(f"Redis {where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
@@ -275,6 +280,10 @@ class RedisBackend:
         self.buffer.close()
         self.client.close()
         self._waits.close()
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.disconnect()
 
     # Helpers
 
@@ -324,9 +333,38 @@ class RedisBackend:
                 replies[index] = script(args=args)  # redis-py loads it again on NOSCRIPT
         return replies
 
-    @staticmethod
-    def _run(script: Any, args: list[Any]) -> Callable[[], Any]:
-        return lambda: script(args=args)
+    def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
+        return lambda: self._evalsha(script, args)
+
+    def _evalsha(self, script: Any, args: list[Any]) -> Any:
+        """EVALSHA on this thread's own connection. redis-py's command path (pool checkout, retry
+        wrapper, response callbacks) costs more CPU than the round trip on a busy worker, and every
+        state change is one of these calls; a script the server lost (a restart) is loaded again."""
+        connection = self._connection()
+        try:
+            try:
+                connection.send_command("EVALSHA", script.sha, 0, *args)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response()
+                connection.send_command("EVALSHA", script.sha, 0, *args)
+                return connection.read_response()
+        except redis.ResponseError:
+            raise  # the connection is fine: the server answered
+        except BaseException:
+            connection.disconnect()  # a reply may be half read: never reuse this socket as it is
+            raise
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            pool = self.client.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
 
     # Operator actions and worker heartbeats (redis_workers.py)
 

@@ -122,7 +122,24 @@ def dial(
     except BaseException:
         discard(connection)
         raise
+    read_ahead(connection)
     return connection
+
+
+#: Bytes a connection asks its socket for at once: py-amqp reads each frame exactly (two recv calls a
+#: frame, six a delivery); reading ahead serves a burst of deliveries or confirms from one recv.
+READ_AHEAD = 4096
+
+
+def read_ahead(connection: Connection) -> None:
+    """Let a plain TCP connection read ahead. py-amqp keeps what it read beyond a frame in its read
+    buffer, which ``wait_readable``/``drain_ready`` look at before the socket; TLS transports keep
+    their own reads."""
+    transport = connection.connection.transport
+    if type(transport).__name__ != "TCPTransport":
+        return
+    recv = transport.sock.recv
+    transport._quick_recv = lambda wanted: recv(max(wanted, READ_AHEAD))
 
 
 def describe(connection: Connection) -> str:
