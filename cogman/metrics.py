@@ -33,8 +33,8 @@ INSTALL_HINT = "the Prometheus middleware needs prometheus-client: pip install c
 #: Handler durations, from 5 ms to 15 min (Dramatiq's buckets, in seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
                     60.0, 600.0, 900.0, float("inf"))  # fmt: skip
-#: ``after_outcome`` names, each counted in ``cogman_attempts_<outcome>_total``.
-OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped")
+#: ``after_outcome`` names (execution.Outcome), each counted in ``cogman_attempts_<outcome>_total``.
+OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "expired", "delayed", "requeued")
 
 
 def _prometheus() -> Any:

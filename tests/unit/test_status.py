@@ -53,3 +53,10 @@ def test_parse_names_the_bad_value():
     assert parse("queued") is Status.QUEUED
     with pytest.raises(ValueError, match="'done'"):
         parse("done")
+
+
+def test_every_worker_outcome_has_a_metrics_counter():
+    from cogman.execution import Outcome
+    from cogman.metrics import OUTCOMES
+
+    assert set(OUTCOMES) == {outcome.value for outcome in Outcome}
