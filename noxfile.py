@@ -41,3 +41,11 @@ def bench(session: nox.Session) -> None:
     bench/results/. ``nox -s bench -- --quick`` for a smoke run; see docs/performance.md."""
     session.install("-e", ".", *BENCH_PACKAGES)
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def profile(session: nox.Session) -> None:
+    """py-spy on a sending client and a draining worker (RabbitMQ and Redis on 127.0.0.1); top frames printed,
+    collapsed stacks in bench/results/profile-*.txt. ``nox -s profile -- --tasks 5000``."""
+    session.install("-e", ".", "py-spy", "psutil")
+    session.run("python", "bench/profile.py", *session.posargs)

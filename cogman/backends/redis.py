@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -26,6 +25,7 @@ from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQue
 from cogman.backends.codec import to_us
 from cogman.backends.group_commit import GroupCommit
 from cogman.backends.outage import WriteBuffer
+from cogman.backends.redis_wire import ScriptCaller, is_transient
 from cogman.errors import BackendUnavailable, CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
@@ -41,27 +41,6 @@ WAIT_SLICE = 5.0
 DONE_TTL_MS = 300_000
 #: Records per create script call and ids per transition_many call (keeps each script short).
 CHUNK = 500
-#: Error replies a failover or a busy server gives for a while; the write is retried, never failed for good.
-TRANSIENT_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
-TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-#: A wrong password is a ConnectionError for redis-py, but waiting will not fix it.
-NOT_TRANSIENT: tuple[type[BaseException], ...] = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for an outage or a failover (retry later), False for a mistake (fail now)."""
-    if isinstance(exc, NOT_TRANSIENT):
-        return False
-    if isinstance(exc, TRANSIENT_CLASSES):
-        return True
-    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES
 
 
 class RedisBackend:
@@ -81,10 +60,7 @@ class RedisBackend:
         self._renew = self.client.register_script(scripts.source(scripts.RENEW))
         self._query = self.client.register_script(scripts.source(scripts.QUERY))
         self._group: GroupCommit[Any] = GroupCommit(self._run_batch)
-        #: One connection per thread for the scripts (see ``_evalsha``), closed with the backend.
-        self._local = threading.local()
-        self._connections: list[Any] = []
-        self._connections_lock = threading.Lock()
+        self._scripts = ScriptCaller(self.client)
         kwargs = self.client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
         self.buffer = WriteBuffer(f"Redis {where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
@@ -280,10 +256,7 @@ class RedisBackend:
         self.buffer.close()
         self.client.close()
         self._waits.close()
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.disconnect()
+        self._scripts.close()
 
     # Helpers
 
@@ -317,54 +290,10 @@ class RedisBackend:
         return replies if replies is not None else [None] * len(items)
 
     def _pipeline(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
-        """EVALSHA each call in one pipeline (redis-py's script pipelining would add a SCRIPT EXISTS round
-        trip per batch). A failover reply raises, so the whole batch is retried or parked: the scripts
-        are idempotent. A script the server lost (a restart) is loaded again and its calls rerun."""
-        pipe = self.client.pipeline(transaction=False)
-        for script, args, _ in items:
-            pipe.evalsha(script.sha, 0, *args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception) and is_transient(reply):
-                raise reply
-        for index, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                script, args, _ = items[index]
-                replies[index] = script(args=args)  # redis-py loads it again on NOSCRIPT
-        return replies
+        return self._scripts.pipeline([(script, args) for script, args, _ in items])
 
     def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
-        return lambda: self._evalsha(script, args)
-
-    def _evalsha(self, script: Any, args: list[Any]) -> Any:
-        """EVALSHA on this thread's own connection. redis-py's command path (pool checkout, retry
-        wrapper, response callbacks) costs more CPU than the round trip on a busy worker, and every
-        state change is one of these calls; a script the server lost (a restart) is loaded again."""
-        connection = self._connection()
-        try:
-            try:
-                connection.send_command("EVALSHA", script.sha, 0, *args)
-                return connection.read_response()
-            except redis.exceptions.NoScriptError:
-                connection.send_command("SCRIPT", "LOAD", script.script)
-                connection.read_response()
-                connection.send_command("EVALSHA", script.sha, 0, *args)
-                return connection.read_response()
-        except redis.ResponseError:
-            raise  # the connection is fine: the server answered
-        except BaseException:
-            connection.disconnect()  # a reply may be half read: never reuse this socket as it is
-            raise
-
-    def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            pool = self.client.connection_pool
-            connection = pool.connection_class(**pool.connection_kwargs)
-            self._local.connection = connection
-            with self._connections_lock:
-                self._connections.append(connection)
-        return connection
+        return lambda: self._scripts.evalsha(script, args)
 
     # Operator actions and worker heartbeats (redis_workers.py)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis
 import uvicorn
 
 from cogman import App, AsyncResult, TaskFailed
 from tests.admin_app import register
 from tests.integration.rabbit_helpers import wait_for
+from tests.integration.redis_helpers import drop_prefix
 
 
 def free_port() -> int:
@@ -73,21 +73,13 @@ class Stack:
         return self.worker_app.send_task(name, args, **options)
 
 
-def _drop_prefix(redis_url: str, prefix: str) -> None:
-    connection = redis.Redis.from_url(redis_url)
-    keys = list(connection.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        connection.delete(*keys)
-    connection.close()
-
-
 @pytest.fixture(params=["redis", "mongomock"])
 def backend_options(request: pytest.FixtureRequest, redis_url: str) -> Iterator[dict[str, Any]]:
     """Each test once on Redis (its own key prefix) and once on mongomock (its own database)."""
     if request.param == "redis":
         prefix = f"apitest-{uuid.uuid4().hex[:8]}"
         yield {"backend": redis_url, "redis_prefix": prefix}
-        _drop_prefix(redis_url, prefix)
+        drop_prefix(redis_url, prefix)
     else:
         yield {"backend": f"mongomock://apitest-{uuid.uuid4().hex[:8]}"}
 

@@ -9,6 +9,7 @@ import pytest
 
 from cogman import App
 from tests.integration.rabbit_helpers import broker_up, rabbitmqctl, require_rabbitmqctl, reset_queues, vhost_url
+from tests.integration.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,18 @@ def rabbit_app(rabbit: str) -> Iterator[Callable[..., App]]:
     yield make
     for app in reversed(apps):
         app.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the test RabbitMQ, to kill connections as a dying server or network would."""
+    from tests.conftest import RABBITMQ_URL
+
+    port = int(RABBITMQ_URL.rsplit(":", 1)[1].split("/", 1)[0])
+    tcp = TcpProxy(port)
+    tcp.start()
+    yield tcp
+    tcp.kill()
 
 
 # The operator tests' stacks (issue 10): a real worker on RabbitMQ with Redis or mongomock behind it.

@@ -17,7 +17,6 @@ from cogman.config import Config
 from cogman.message import Message
 from cogman.priority import Priority
 from tests.integration.rabbit_helpers import VHOST, rabbitmqctl
-from tests.integration.tcp_proxy import TcpProxy
 
 MakeBroker = Callable[..., RabbitMQBroker]
 
@@ -36,17 +35,6 @@ def make_broker(rabbit: str) -> Iterator[MakeBroker]:
     yield make
     for broker in brokers:
         broker.close()
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    from tests.conftest import RABBITMQ_URL
-
-    port = int(RABBITMQ_URL.rsplit(":", 1)[1].split("/", 1)[0])
-    tcp = TcpProxy(port)
-    tcp.start()
-    yield tcp
-    tcp.kill()
 
 
 def message(priority: Priority = Priority.HIGH, index: int = 0, name: str = "consuming.t") -> Message:

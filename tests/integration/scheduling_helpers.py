@@ -12,8 +12,8 @@ import pytest
 
 from cogman import App, Status, TaskRecord
 from cogman.client import retry_task_id
-from tests.integration.api_helpers import _drop_prefix
 from tests.integration.rabbit_helpers import LADDER_QUEUES, VHOST, rabbitmqctl
+from tests.integration.redis_helpers import drop_prefix
 
 #: Slack allowed after a planned start, for a busy CI machine (the lower bound is always exact).
 LATE = 5.0
@@ -36,7 +36,7 @@ def scheduled_app(rabbit: str, redis_url: str) -> Iterator[Callable[..., App]]:
         for worker in list(app.running_workers):
             worker.stop()
         app.close()
-        _drop_prefix(redis_url, prefix)
+        drop_prefix(redis_url, prefix)
 
 
 def reached(record: TaskRecord, status: Status) -> datetime:

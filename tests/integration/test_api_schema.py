@@ -17,7 +17,8 @@ from schemathesis import GenerationMode
 from cogman import App, TaskFailed
 from cogman.api import create_app
 from tests.admin_app import register
-from tests.integration.api_helpers import _drop_prefix, serving
+from tests.integration.api_helpers import serving
+from tests.integration.redis_helpers import drop_prefix
 
 TOKEN = "schema-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,7 +39,7 @@ def base_url(redis_url: str) -> Iterator[str]:
     finally:
         worker.stop()
         app.close()
-        _drop_prefix(redis_url, prefix)
+        drop_prefix(redis_url, prefix)
 
 
 def test_no_generated_request_gets_a_server_error(base_url: str):

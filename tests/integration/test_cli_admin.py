@@ -18,15 +18,16 @@ from cogman import App
 from cogman.admin import PURGED
 from cogman.status import Status
 from tests.admin_app import register
-from tests.integration.api_helpers import _drop_prefix, free_port, wait_until_final
+from tests.integration.api_helpers import free_port, wait_until_final
 from tests.integration.rabbit_helpers import ROOT, wait_for
+from tests.integration.redis_helpers import drop_prefix
 
 
 @pytest.fixture
 def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
     prefix = f"clitest-{uuid.uuid4().hex[:8]}"
     yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    _drop_prefix(redis_url, prefix)
+    drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture

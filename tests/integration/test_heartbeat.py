@@ -21,8 +21,8 @@ from cogman.client import new_record
 from cogman.config import Config
 from cogman.priority import Priority
 from cogman.record import utcnow
-from tests.integration.api_helpers import _drop_prefix
 from tests.integration.rabbit_helpers import ROOT, wait_for
+from tests.integration.redis_helpers import drop_prefix
 
 
 @pytest.fixture(params=["memory", "redis", "mongomock", "multi"])
@@ -37,7 +37,7 @@ def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]
     store = create_backend(Config(backend_url=urls, redis_prefix=prefix))
     yield store
     store.close()
-    _drop_prefix(redis_url, prefix)
+    drop_prefix(redis_url, prefix)
 
 
 def test_heartbeats_expire_and_can_be_forgotten(backend: Backend):
@@ -89,7 +89,7 @@ def test_a_worker_beats_while_it_runs_and_is_forgotten_when_it_stops(redis_url: 
         assert app.backend.live_workers() == []
     finally:
         app.close()
-        _drop_prefix(redis_url, prefix)
+        drop_prefix(redis_url, prefix)
 
 
 def cogman(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -107,7 +107,7 @@ def cogman(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.C
 def shared_env(redis_url: str) -> Iterator[dict[str, str]]:
     prefix = f"hbtest-{uuid.uuid4().hex[:8]}"
     yield {"COGMAN_BROKER_URL": "memory://", "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    _drop_prefix(redis_url, prefix)
+    drop_prefix(redis_url, prefix)
 
 
 def test_ping_exit_codes_follow_a_worker_process(shared_env: dict[str, str]):

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from cogman import App
 from cogman.metrics import INSTALL_HINT, Prometheus
 from tests.admin_app import register
-from tests.integration.api_helpers import _drop_prefix, free_port, wait_until_final
+from tests.integration.api_helpers import free_port, wait_until_final
 from tests.integration.rabbit_helpers import ROOT, wait_for
+from tests.integration.redis_helpers import drop_prefix
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -52,7 +53,7 @@ def task(name: str) -> tuple[tuple[str, str], ...]:
 def prefix(redis_url: str) -> Iterator[str]:
     value = f"metrics-{uuid.uuid4().hex[:8]}"
     yield value
-    _drop_prefix(redis_url, value)
+    drop_prefix(redis_url, value)
 
 
 def test_counters_move_with_a_real_worker(rabbit: str, redis_url: str, prefix: str):

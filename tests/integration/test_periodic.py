@@ -23,6 +23,7 @@ from cogman.backends.base import TaskQuery
 from cogman.beat import Beat
 from cogman.record import TaskRecord
 from tests.integration.rabbit_helpers import ROOT, depth, wait_for
+from tests.integration.redis_helpers import drop_prefix
 
 APP = "tests.integration.workflow_app"
 
@@ -32,11 +33,7 @@ def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
     prefix = f"cogman-beat-{uuid.uuid4().hex[:8]}"
     yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix,
            "COGMAN_TEST_PERIODIC": "1"}  # fmt: skip
-    connection = redis.Redis.from_url(redis_url)
-    keys = list(connection.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        connection.delete(*keys)
-    connection.close()
+    drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from contextlib import suppress
 from cogman.brokers.rabbitmq_consumer import ConsumerStopped, RabbitMQConsumer
 from cogman.errors import BrokerAccessRefused, CogmanError, TopologyError
 from cogman.priority import Priority
-from tests.integration.consuming_helpers import MakeBroker, delete_queue, make_broker, message, proxy, unacked
+from tests.integration.consuming_helpers import MakeBroker, delete_queue, make_broker, message, unacked
 from tests.integration.rabbit_helpers import VHOST, consumer_count, depth, figures, rabbitmqctl, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 
-__all__ = ["make_broker", "proxy"]  # fixtures
+__all__ = ["make_broker"]  # fixtures
 
 HIGH = "high_priority_queue_0"
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from kombu import Connection
 
 from cogman import App, Status
@@ -39,6 +38,7 @@ from tests.integration.rabbit_helpers import (
     wait_for,
     worker_process,
 )
+from tests.integration.redis_helpers import drop_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -268,11 +268,7 @@ def shared(rabbit: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[App, d
     client = App("faults-client", broker=rabbit, backend=redis_url, redis_prefix=prefix)
     yield client, env, tmp_path
     client.close()
-    connection = redis.Redis.from_url(redis_url)
-    keys = list(connection.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        connection.delete(*keys)
-    connection.close()
+    drop_prefix(redis_url, prefix)
 
 
 def test_sigkill_of_a_worker_process_loses_nothing(rabbit: str, shared: tuple[App, dict[str, str], Path]):

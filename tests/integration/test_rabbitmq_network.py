@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -15,17 +15,6 @@ from tests.integration.rabbit_helpers import CountingLoad, figures, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    from tests.conftest import RABBITMQ_URL
-
-    port = int(RABBITMQ_URL.rsplit(":", 1)[1].split("/", 1)[0])
-    tcp = TcpProxy(port)
-    tcp.start()
-    yield tcp
-    tcp.kill()
 
 
 def statuses(app: App, results: list) -> Counter[Status]:

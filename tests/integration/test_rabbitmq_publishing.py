@@ -38,17 +38,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    from tests.conftest import RABBITMQ_URL
-
-    port = int(RABBITMQ_URL.rsplit(":", 1)[1].split("/", 1)[0])
-    tcp = TcpProxy(port)
-    tcp.start()
-    yield tcp
-    tcp.kill()
-
-
-@pytest.fixture
 def rabbit_user(rabbit: str) -> Iterator[Callable[..., str]]:
     """``rabbit_user(name, password, write=".*")``: a RabbitMQ user on the test vhost; its AMQP URL.
     Deleted afterwards (names carry the vhost, so concurrent suites never share one)."""

@@ -28,6 +28,7 @@ from tests.integration.rabbit_helpers import (
     wait_for,
     worker_process,
 )
+from tests.integration.redis_helpers import drop_prefix
 from tests.integration.reliability_app import read_runs
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -43,11 +44,7 @@ def env(rabbit: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]
         "COGMAN_TEST_PREFIX": prefix,
         "COGMAN_TEST_RUN_LOG": str(tmp_path / "runs.log"),
     }
-    connection = redis.Redis.from_url(redis_url)
-    keys = list(connection.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        connection.delete(*keys)
-    connection.close()
+    drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from cogman.brokers.memory import MemoryBroker, MemoryConsumer
 from cogman.message import Message
 from cogman.priority import Priority
 from cogman.worker import Worker
+from tests.integration.rabbit_helpers import figures
 from tests.integration.tcp_proxy import TcpProxy
 
 
@@ -66,6 +67,8 @@ def test_a_handler_raising_base_exception_fails_the_attempt_and_the_threads_live
             assert caught.value.error is not None and caught.value.error.startswith(kind.__name__)
         assert [fine.delay(i).get(timeout=10) for i in range(4)] == [0, 1, 2, 3]
         assert all(thread.is_alive() for thread in worker._threads)
+        figures(f"handler raising {kind.__name__}", sent=12, succeeded=4, failed_as_promised=8, lost=0, ran_twice=0,
+                dead_lettered=0, handler_threads_alive=len(worker._threads))  # fmt: skip
     finally:
         worker.stop()
 
@@ -108,6 +111,8 @@ def test_stop_has_one_grace_deadline_for_all_handlers_and_takes_nothing_new():
         broker = app.broker
         assert isinstance(broker, MemoryBroker)
         assert broker.depth() >= 1 and late.status is Status.QUEUED
+        figures("stop with 4 stuck handlers (grace 0.3 s)", sent=5, succeeded=0, lost=0, ran_twice=0, dead_lettered=0,
+                grace_waited_s=round(sum(w or 0 for w in waits), 3), back_in_queue=broker.depth())  # fmt: skip
     finally:
         release.set()
         app.close()
@@ -211,9 +216,13 @@ def test_outcomes_parked_during_a_redis_outage_hold_their_acks(redis_url: str, r
         assert unacked(worker) >= 3  # ran, outcome parked in memory: not acked
         assert worker._executor.held <= 3 + 2  # stops fetching once it holds `prefetch` of them
         assert all(direct.get(r.id).status is Status.QUEUED for r in results)  # type: ignore[union-attr]
+        held = worker._executor.held
         proxy.start()  # Redis is back: the parked outcomes land, then the acks go
+        back = time.monotonic()
         assert [r.get(timeout=30) for r in results] == [i * 2 for i in range(10)]
         wait_until(lambda: unacked(worker) == 0 and worker._executor.held == 0, what="every ack")  # type: ignore[union-attr]
+        figures("Redis outage: outcomes held unacked", sent=10, succeeded=10, lost=0, ran_twice=0, dead_lettered=0,
+                acks_held_at_most=held, recover_s=round(time.monotonic() - back, 2))  # fmt: skip
     finally:
         if not proxy._running.is_set():
             proxy.start()
@@ -248,7 +257,10 @@ def test_a_failure_during_a_redis_outage_waits_for_redis_and_loses_no_retry(
         wait_until(lambda: caplog.text.count("cannot spawn a retry") >= 2, what="the worker to wait for Redis twice")
         assert worker.outcomes["requeued"] == 0 and unacked(worker) == 1  # waited, not requeued in a loop
         proxy.start()
+        back = time.monotonic()
         assert result.get(timeout=30) == 2 and attempts == [1, 2]
+        figures("failure during a Redis outage: retry spawned once Redis is back", sent=1, succeeded=1, lost=0,
+                ran_twice=0, dead_lettered=0, requeued=0, recover_s=round(time.monotonic() - back, 2))  # fmt: skip
         direct = RedisBackend(redis_url, app.config)
         assert direct.get(result.id).status is Status.FAILED  # type: ignore[union-attr]
         direct.close()

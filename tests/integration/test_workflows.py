@@ -15,6 +15,7 @@ import redis
 
 from cogman import App, Signature, Status, StepFailed, chain, chord, group
 from tests.integration.rabbit_helpers import consumer_count, wait_for, worker_process
+from tests.integration.redis_helpers import drop_prefix
 
 APP = "tests.integration.workflow_app"
 
@@ -23,11 +24,7 @@ APP = "tests.integration.workflow_app"
 def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
     prefix = f"cogman-flow-{uuid.uuid4().hex[:8]}"
     yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    connection = redis.Redis.from_url(redis_url)
-    keys = list(connection.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        connection.delete(*keys)
-    connection.close()
+    drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture

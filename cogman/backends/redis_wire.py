@@ -1,0 +1,97 @@
+"""How the Redis backend talks to Redis: which errors are an outage, and script calls on fast paths.
+
+Every state change is one EVALSHA; on a busy worker redis-py's command path (pool checkout, retry
+wrapper, response callbacks) costs more CPU than the round trip itself, so :class:`ScriptCaller` keeps
+one raw connection per thread for single calls and one pipeline for batches. A script the server lost
+(a restart, a failover) is loaded again and its call rerun.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+#: Error replies a failover or a busy server gives for a while; the write is retried, never failed for good.
+TRANSIENT_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
+TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+#: A wrong password is a ConnectionError for redis-py, but waiting will not fix it.
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an outage or a failover (retry later), False for a mistake (fail now)."""
+    if isinstance(exc, NOT_TRANSIENT):
+        return False
+    if isinstance(exc, TRANSIENT_CLASSES):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES
+
+
+class ScriptCaller:
+    """EVALSHA on this thread's own connection, or many in one pipeline; closed with the backend."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    def evalsha(self, script: Any, args: list[Any]) -> Any:
+        connection = self._connection()
+        try:
+            try:
+                connection.send_command("EVALSHA", script.sha, 0, *args)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response()
+                connection.send_command("EVALSHA", script.sha, 0, *args)
+                return connection.read_response()
+        except redis.ResponseError:
+            raise  # the connection is fine: the server answered
+        except BaseException:
+            connection.disconnect()  # a reply may be half read: never reuse this socket as it is
+            raise
+
+    def pipeline(self, calls: Sequence[tuple[Any, list[Any]]]) -> list[Any]:
+        """Each call's reply, in order (redis-py's script pipelining would add a SCRIPT EXISTS round trip
+        per batch). A failover reply raises, so the caller retries or parks the whole batch: the scripts
+        are idempotent."""
+        pipe = self.client.pipeline(transaction=False)
+        for script, args in calls:
+            pipe.evalsha(script.sha, 0, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and is_transient(reply):
+                raise reply
+        for index, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                script, args = calls[index]
+                replies[index] = script(args=args)  # redis-py loads it again on NOSCRIPT
+        return replies
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.disconnect()
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            pool = self.client.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
