@@ -1,6 +1,6 @@
 """The earlier, in-process harness: send N no-op tasks, drain them with a worker, report rates.
 
-Kept for the ``memory://`` stack and for the first figures of docs/performance.md; the comparison
+Kept for the ``memory://`` stack and for quick back-to-back comparisons of one change; the comparison
 with raw kombu, Celery and Dramatiq is ``python bench/run.py`` (``nox -s bench``).
 
     python bench/throughput.py --stack memory            # embedded default
