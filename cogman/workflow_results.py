@@ -28,8 +28,9 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _get(app: App, task_id: str, deadline: float | None, progress: Any) -> Any:
+def _get(app: App, task_id: str, timeout: float | None, progress: Any) -> Any:
     """``AsyncResult(task_id).get`` once the record exists; TimeoutError says where the workflow stands."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = _remaining(deadline)
         if app.backend.wait(task_id, _WAIT_SLICE if left is None else min(left, _WAIT_SLICE)) is not None:
@@ -43,6 +44,11 @@ def _get(app: App, task_id: str, deadline: float | None, progress: Any) -> Any:
         return AsyncResult(app.backend, task_id, app).get(_remaining(deadline))
     except TimeoutError:
         raise TimeoutError(f"workflow not finished in time: {progress()}") from None
+
+
+def _finished(app: App, task_id: str) -> bool:
+    latest = _latest(app, task_id)
+    return latest is not None and latest.status.is_final
 
 
 def _latest(app: App, task_id: str) -> TaskRecord | None:
@@ -71,14 +77,12 @@ class ChainResult:
         return [AsyncResult(self.app.backend, task_id, self.app) for task_id in self.ids]
 
     def ready(self) -> bool:
-        latest = _latest(self.app, self.id)
-        return latest is not None and latest.status.is_final
+        return _finished(self.app, self.id)
 
     def get(self, timeout: float | None = None) -> Any:
         """Raises StepFailed naming the step that failed (the steps after it are recorded not run)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return _get(self.app, self.id, deadline, self.progress)
+            return _get(self.app, self.id, timeout, self.progress)
         except TaskFailed as failed:
             raise self._culprit(failed) from None
 
@@ -163,14 +167,12 @@ class ChordResult:
         return f"<ChordResult {self.id} ({len(self.group)} members)>"
 
     def ready(self) -> bool:
-        latest = _latest(self.app, self.id)
-        return latest is not None and latest.status.is_final
+        return _finished(self.app, self.id)
 
     def get(self, timeout: float | None = None) -> Any:
         """Raises StepFailed naming the failed member (the callback is recorded not run), or the callback."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return _get(self.app, self.id, deadline, self.progress)
+            return _get(self.app, self.id, timeout, self.progress)
         except TaskFailed as failed:
             latest = _latest(self.app, self.id)
             member = self.group.first_failure("chord member") if latest is not None and _not_run(latest) else None
