@@ -83,7 +83,10 @@ class RetryDecision:
 def decide(policy: RetryPolicy, exc: BaseException, failed_attempt: int) -> RetryDecision:
     """What to do after attempt number ``failed_attempt`` (1 for the first) raised ``exc``."""
     if isinstance(exc, Retry):
-        return RetryDecision(True, exc.countdown if exc.countdown is not None else wait(policy, exc, failed_attempt))
+        asked = exc.countdown
+        return RetryDecision(
+            True, min(asked, float(MAX_DELAY)) if asked is not None else wait(policy, exc, failed_attempt)
+        )
     if policy.retry_for is not None and not isinstance(exc, policy.retry_for):
         names = ", ".join(kind.__name__ for kind in policy.retry_for)
         return RetryDecision(False, why_not=f"{type(exc).__name__} is not in retry_for ({names})")

@@ -95,7 +95,7 @@ class Executor:
         except GiveBack:
             self.consumer.requeue(delivery)
             outcome = Outcome.REQUEUED
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:  # a middleware hook's too
             reason = f"unexpected {type(exc).__name__} while running a delivery from {delivery.queue}: {exc}"
             log.exception("%s; giving it back (at most max_redeliveries times)", reason)
             self.consumer.redeliver(delivery, reason)
@@ -235,10 +235,11 @@ class Executor:
             error = expired_error(message.expires)
             log.warning("task %s[%s] %s; it does not run", message.name, message.task_id, error)
             self._until_recorded(
-                lambda: self.backend.transition(message.task_id, Status.FAILED, fail_error=error),
+                lambda: self.backend.transition(message.task_id, Status.FAILED, fail_error=error, returning=False),
                 f"record the expiry of task {message.task_id}",
             )
-            self._ack_when_durable(delivery)
+            ended = self._continue(message, None, lambda: workflow.after_failure(self.app, message, None, error))
+            self._ack_when_durable(delivery, after=ended)
             return Outcome.EXPIRED
         if message.eta is None or (early := seconds_until(message.eta, now)) <= 0:
             return None
@@ -303,7 +304,7 @@ class Executor:
             # the retry's record waits for re-enqueue, or says why it failed.
             log.warning("retry of a failed attempt not confirmed (%s); its message goes back", failure)
             try:
-                self.consumer.requeue(delivery)
+                self.consumer.redeliver(delivery, f"retry not confirmed: {failure}")
             finally:
                 with self._held_lock:
                     self._held -= 1

@@ -93,11 +93,14 @@ class EventLoopThread:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            self.loop.run_forever()
-        except BaseException:
-            log.critical("the worker's event loop stopped unexpectedly; async tasks cannot run", exc_info=True)
-            raise
+        """Top level of the loop's thread: ``stop()`` ends it; anything a callback raises (a background
+        task's SystemExit) is logged and the loop runs on, or every later async task would wait forever."""
+        while True:
+            try:
+                self.loop.run_forever()
+                return
+            except BaseException:
+                log.critical("the worker's event loop raised; it runs on", exc_info=True)
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(_guarded(coroutine), self.loop).result()

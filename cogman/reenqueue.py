@@ -123,6 +123,8 @@ def _send(records: list[TaskRecord], backend: Backend, broker: Broker, report: R
         try:
             check_json_arguments(record.name, tuple(record.args), record.kwargs)
             messages.append(Message.for_record(record, retries_left=_budget(backend, record)))
+        except ConnectionError:
+            raise  # the backend is away: the claimed record waits for its lease to end and the next sweep
         except Exception as exc:
             _fail(record.task_id, f"{type(exc).__name__}: {exc}", backend, report)
     if not messages:

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 Calls = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
+#: A task id is also the AMQP ``message_id``, a short string: py-amqp cannot encode a longer one.
+MAX_TASK_ID_BYTES = 255
+
+
 @dataclass(frozen=True, slots=True)
 class SendOptions:
     """The options of one send, the same for every call of a batch (``task_ids`` and ``extras``: one per
@@ -52,6 +56,11 @@ def prepare(app: App, name: str, calls: Calls, options: SendOptions) -> tuple[li
     for label, per_call in (("task_ids", options.task_ids), ("extras", options.extras)):
         if per_call is not None and len(per_call) != len(calls):
             raise ValueError(f"{label} gives {len(per_call)} entries for {len(calls)} calls")
+    for task_id in options.task_ids or ():
+        if not isinstance(task_id, str) or not 0 < len(task_id.encode()) <= MAX_TASK_ID_BYTES:
+            raise ValueError(
+                f"task_id must be a string of 1 to {MAX_TASK_ID_BYTES} UTF-8 bytes, got {str(task_id)[:40]!r}"
+            )
     when = plan(countdown=options.countdown, eta=options.eta, expires=options.expires)
     records = []
     for index, (args, kwargs) in enumerate(calls):

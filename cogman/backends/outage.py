@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -34,6 +35,9 @@ from cogman.errors import BackendUnavailable
 log = logging.getLogger("cogman.backends")
 
 T = TypeVar("T")
+
+#: How long after the replay queue drains a new barrier still gets the reason of a write that failed.
+FAILURE_MEMORY = 1.0
 #: ``callback(failure)``: None once every earlier write is in the store, else why one failed for good.
 DurableCallback = Callable[[str | None], None]
 
@@ -70,8 +74,12 @@ class WriteBuffer:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._thread: threading.Thread | None = None
-        #: Why a replayed write failed for good since the last barrier (reported to that barrier).
+        #: Why a replayed write failed for good. Every barrier queued behind it gets the reason, and so
+        #: does one that arrives within FAILURE_MEMORY seconds of the queue draining (its owner's write may
+        #: have been replayed between the write and the barrier): reporting a failure to a barrier that
+        #: did not own the write only costs a redelivery; missing its owner would ack an unrecorded outcome.
         self._failure: str | None = None
+        self._failure_until = 0.0
 
     # The entry points
 
@@ -110,6 +118,15 @@ class WriteBuffer:
                 )
             return None
 
+    def park(self, op: Callable[[], object], what: str) -> None:
+        """Queue ``op`` for replay without trying it now (the caller just found the store away)."""
+        with self._lock:
+            first = not self._parked
+            self._park(_Parked(op, what))
+        if first:
+            log.warning("%s unreachable; buffering writes in memory and replaying them when it is back "
+                        "(first parked: %s)", self.name, what)  # fmt: skip
+
     def durable(self, callback: DurableCallback) -> None:
         """``callback(None)`` once every write made before this call is in the store (at once when
         nothing is parked), or ``callback(reason)`` if one of them failed for good. Runs on the caller's
@@ -119,7 +136,7 @@ class WriteBuffer:
                 self._queue.append(_Barrier(callback))
                 self._wake.notify_all()
                 return
-            failure, self._failure = self._failure, None
+            failure = self._failure if time.monotonic() < self._failure_until else None
         _fire(callback, failure, self.name)
 
     # State
@@ -176,6 +193,8 @@ class WriteBuffer:
 
     def _park(self, parked: _Parked) -> None:
         """Caller holds the lock."""
+        if not self._queue and self._failure is not None and time.monotonic() >= self._failure_until:
+            self._failure = None  # an earlier outage's failure: none of this one's barriers owns it
         if self._closed:
             raise BackendUnavailable(f"{self.name}: the backend was closed; cannot {parked.what}")
         if self._parked >= self.max_pending:
@@ -202,7 +221,8 @@ class WriteBuffer:
                     head = self._queue[0]
                     if isinstance(head, _Barrier):
                         self._queue.popleft()
-                        failure, self._failure = self._failure, None
+                        failure = self._failure
+                        self._note_drained()
                         self._wake.notify_all()
                 if isinstance(head, _Barrier):
                     _fire(head.callback, failure, self.name)
@@ -211,8 +231,8 @@ class WriteBuffer:
                 if outcome == "retry":
                     if delay >= 1.0:
                         log.warning("%s still unreachable; %d write(s) waiting", self.name, self.pending)
-                    with self._lock:
-                        self._wake.wait(delay)
+                    with self._lock:  # new parked writes do not cut the backoff short; close does
+                        self._wake.wait_for(lambda: self._closed, delay)
                     delay = min(delay * 2, 5.0)
                     continue
                 with self._lock:
@@ -220,7 +240,8 @@ class WriteBuffer:
                         self._queue.popleft()
                         self._parked -= 1
                     if outcome != "applied":
-                        self._failure = self._failure or outcome
+                        self._failure = outcome
+                    self._note_drained()
                     replayed += 1
                     drained = not self._parked
                     self._wake.notify_all()
@@ -232,6 +253,11 @@ class WriteBuffer:
                 log.exception("%s: the replay thread hit an unexpected error; it carries on", self.name)
                 with self._lock:
                     self._wake.wait(1.0)
+
+    def _note_drained(self) -> None:
+        """Caller holds the lock: once the queue is empty, a failure is remembered for FAILURE_MEMORY."""
+        if not self._queue and self._failure is not None:
+            self._failure_until = time.monotonic() + FAILURE_MEMORY
 
     def _apply(self, parked: _Parked) -> str:
         """'applied', 'retry' (store still away), or the reason it failed for good."""

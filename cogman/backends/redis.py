@@ -282,12 +282,20 @@ class RedisBackend:
         return out
 
     def _run_batch(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
+        """A batch goes in one pipeline; when the store is away, each write is parked on its own, so a
+        replayed write that fails for good is reported as itself (a pipeline returns such errors as
+        replies), and the buffer's bound counts writes."""
         if len(items) == 1:
             script, args, what = items[0]
             return [self.buffer.write(self._run(script, args), what)]
-        what = f"{len(items)} writes ({items[0][2]} ...)"
-        replies = self.buffer.write(lambda: self._pipeline(items), what)
-        return replies if replies is not None else [None] * len(items)
+        if not self.buffer.pending:
+            try:
+                return self.buffer.call(lambda: self._pipeline(items), f"{len(items)} writes ({items[0][2]} ...)")
+            except BackendUnavailable:
+                pass
+        for script, args, what in items:
+            self.buffer.park(self._run(script, args), what)
+        return [None] * len(items)
 
     def _pipeline(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
         return self._scripts.pipeline([(script, args) for script, args, _ in items])

@@ -43,7 +43,9 @@ class ScriptCaller:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._local = threading.local()
-        self._connections: list[Any] = []
+        #: Each thread's connection with its thread: those of threads that ended are closed when another
+        #: thread opens one (API request threads, re-enqueue passes come and go).
+        self._connections: list[tuple[threading.Thread, Any]] = []
         self._lock = threading.Lock()
 
     def evalsha(self, script: Any, args: list[Any]) -> Any:
@@ -83,7 +85,7 @@ class ScriptCaller:
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
-        for connection in connections:
+        for _, connection in connections:
             connection.disconnect()
 
     def _connection(self) -> Any:
@@ -93,5 +95,9 @@ class ScriptCaller:
             connection = pool.connection_class(**pool.connection_kwargs)
             self._local.connection = connection
             with self._lock:
-                self._connections.append(connection)
+                ended = [c for thread, c in self._connections if not thread.is_alive()]
+                self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
+                self._connections.append((threading.current_thread(), connection))
+            for stale in ended:
+                stale.disconnect()
         return connection

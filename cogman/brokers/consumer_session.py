@@ -69,6 +69,7 @@ class Session:
         consume: bool = True,
     ) -> None:
         self.generation = generation
+        self.opened_at = time.monotonic()
         self._take = take
         self._max_size = config.max_message_size
         self._request_timeout = config.request_timeout
@@ -76,6 +77,7 @@ class Session:
         try:
             use_lenient_framing(self.connection.connection)
             self.channel: Any = self.connection.channel()
+            self.channel.auto_decode = False  # bodies stay bytes: no copy, and the worker judges bad UTF-8
             topology.declare(self.channel, priorities)
             topology.declare_delays(self.connection, priorities, ladder=False)
             self.channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)

@@ -49,6 +49,10 @@ class Flusher:
         self._waker = Waker()
 
     def wake(self) -> None:
+        """Whether the flusher waits on the socket (confirms) or on the state (idle, nothing in flight):
+        a message just sent directly has a confirm to read now, not at the next idle tick."""
+        with self.publisher.state.lock:
+            self.publisher.state.lock.notify_all()
         self._waker.wake()
 
     def close(self) -> None:

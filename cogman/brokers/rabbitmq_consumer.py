@@ -146,7 +146,7 @@ class RabbitMQConsumer:
     # The I/O thread
 
     def _run(self) -> None:
-        unexpected = 0
+        unexpected = brief = 0
         try:
             while not self._closing.is_set():
                 if self._session is None:
@@ -158,7 +158,12 @@ class RabbitMQConsumer:
                 except FATAL_ERRORS:
                     raise
                 except CONNECTION_ERRORS as exc:
+                    # A connection that keeps failing as soon as it is open (a channel error that recurs,
+                    # such as a refused dead-letter publish) reconnects with backoff, not in a tight loop.
+                    brief = brief + 1 if time.monotonic() - self._session.opened_at < 1.0 else 0
                     self._drop(exc)
+                    if brief > 1:
+                        self._closing.wait(min(MAX_BACKOFF, 0.1 * 2**brief))
                 except Exception as exc:  # never end up alive with zero consumers (the Go seed's bug)
                     log.exception("unexpected error in the RabbitMQ consumer; reconnecting")
                     self._drop(exc)

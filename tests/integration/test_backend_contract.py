@@ -495,10 +495,52 @@ def test_a_barrier_reports_a_write_that_failed_for_good():
     try:
         buffer.write(store.op("bad", fail=ValueError("corrupt record")), "move t1")
         buffer.durable(fired.append)
-        buffer.durable(fired.append)  # nothing failed between the two barriers
         store.up.set()
         assert buffer.flush(10)
-        assert len(fired) == 2 and fired[0] is not None and "corrupt record" in fired[0] and fired[1] is None
+        assert len(fired) == 1 and fired[0] is not None and "corrupt record" in fired[0]
+    finally:
+        buffer.close()
+
+
+def test_every_barrier_behind_a_failed_write_hears_of_it_whoever_made_the_write():
+    """Threads A and B park a write each, then B's barrier is queued before A's. A's write fails for
+    good: A's barrier must say so (the old buffer handed the failure to B's barrier only, and A's message
+    was acked with its outcome unrecorded). B hears of it too: a needless redelivery, never a loss."""
+    store = Flaky()
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.05)
+    fired: dict[str, str | None] = {}
+    try:
+        buffer.write(store.op("a", fail=ValueError("corrupt record")), "move a")
+        buffer.write(store.op("b"), "move b")
+        buffer.durable(lambda failure: fired.__setitem__("b", failure))
+        buffer.durable(lambda failure: fired.__setitem__("a", failure))
+        store.up.set()
+        assert buffer.flush(10)
+        assert "corrupt record" in str(fired["a"]) and "corrupt record" in str(fired["b"])
+        assert store.applied == ["b"]
+    finally:
+        buffer.close()
+
+
+def test_a_barrier_just_after_the_failed_write_was_replayed_still_hears_of_it():
+    """The owner's barrier can arrive after the replay thread already failed its write and emptied the
+    queue; it is told, while a barrier of a later outage is not."""
+    store = Flaky()
+    buffer = WriteBuffer("test store", transient, retry_seconds=0.05)
+    fired: list[str | None] = []
+    try:
+        buffer.write(store.op("bad", fail=ValueError("corrupt record")), "move t1")
+        store.up.set()
+        assert buffer.flush(10)
+        buffer.durable(fired.append)
+        assert len(fired) == 1 and "corrupt record" in str(fired[0])
+        buffer._failure_until = 0.0  # the memory of that failure has run out
+        store.up.clear()
+        buffer.write(store.op("later"), "move t2")
+        buffer.durable(fired.append)
+        store.up.set()
+        assert buffer.flush(10)
+        assert fired[1] is None and store.applied == ["later"]
     finally:
         buffer.close()
 

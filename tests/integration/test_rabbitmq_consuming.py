@@ -228,3 +228,18 @@ def test_a_dead_letter_waits_for_its_queue_before_the_source_is_acked(rabbit: st
     assert sorted(letter.body for letter in letters) == sorted([sent.encode(), foreign[0]])
     assert depth(rabbit, "high_priority_queue_0") == 0
     assert consumer.reconnects == 0
+
+
+def test_a_delivery_body_reaches_the_worker_byte_for_byte(rabbit: str, make_broker: MakeBroker):
+    """With py-amqp's auto_decode on, a body declared latin-1 was decoded and re-encoded as UTF-8 (two
+    copies per delivery, and other bytes than were sent, also for the max_message_size check)."""
+    broker = make_broker()
+    consumer = broker.consume([Priority.HIGH], prefetch=4)
+    body = '{"café": 1}'.encode("latin-1")
+    try:
+        publish_raw(rabbit, "high_priority_queue_0", [(body, {"content_encoding": "latin-1"})])
+        delivery = consumer.receive(10)
+        assert delivery is not None and delivery.body == body
+        consumer.dead_letter(delivery, "test: done with it")
+    finally:
+        consumer.close()

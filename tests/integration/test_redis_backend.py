@@ -435,3 +435,50 @@ def _busy(client: redis.Redis) -> bool:
     except redis.ResponseError as exc:
         return str(exc).startswith("BUSY")
     return False
+
+
+def test_a_batch_parked_during_an_outage_is_replayed_write_by_write(make, server: redis.Redis):
+    """A group-commit batch that meets an outage is parked write by write: the bound counts writes, and a
+    replayed write that fails for good reaches the barrier (a pipeline returns such an error as a reply,
+    which a batch replayed as one write swallowed: its message was acked with the outcome unrecorded)."""
+    from cogman.backends import codec
+    from cogman.backends import redis_scripts as scripts
+
+    backend = make()
+    backend.buffer.retry_seconds = 0.05
+    good = record()
+    backend.create([good])
+    up = threading.Event()
+
+    def away() -> None:
+        if not up.is_set():
+            raise redis.ConnectionError("away")
+
+    def moved_to_queued(task_id: str, field_count: Any = 2) -> tuple[Any, list[Any], str]:
+        now = codec.dumps(utcnow().isoformat())
+        fields = ["updated_at", now, codec.AT + Status.QUEUED.value, now]
+        args = [*backend._common(), scripts.encoded(Status.QUEUED), "0", field_count, *fields, task_id]
+        return backend._transition, args, f"move task {task_id} to queued"
+
+    backend.buffer.park(away, "hold the queue")
+    broken = moved_to_queued(str(uuid.uuid4()), field_count="two")  # the script fails for good on it
+    assert backend._run_batch([moved_to_queued(good.task_id), broken]) == [None, None]
+    assert backend.buffer.pending == 3
+    fired: list[str | None] = []
+    backend.durable(fired.append)
+    up.set()
+    assert backend.flush(10)
+    assert len(fired) == 1 and "failed: ResponseError" in str(fired[0])
+    assert backend.get(good.task_id).status is Status.QUEUED  # type: ignore[union-attr]
+
+
+def test_script_connections_of_ended_threads_are_closed(make):
+    """Scripts run on a connection of the calling thread; threads that come and go (API requests,
+    re-enqueue passes) must not leave a Redis connection each behind."""
+    backend = make()
+    for _ in range(3):
+        thread = threading.Thread(target=lambda: backend.create([record()]))
+        thread.start()
+        thread.join()
+    backend.create([record()])  # this thread's first call: the ended threads' connections are closed
+    assert len(backend._scripts._connections) == 1

@@ -327,3 +327,21 @@ def test_retry_attempts_left_unconfirmed_are_swept_too(backend: Backend):
     report = re_enqueue(backend, broker, CONFIG, now=utcnow() + timedelta(seconds=120))
     assert attempt.task_id in report.republished
     assert backend.get(attempt.task_id).status is Status.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_backend_outage_while_reading_a_retrys_budget_leaves_the_retry_for_the_next_sweep():
+    """A retry attempt's budget is read from its original; a backend that fails that read is an outage
+    (the pass stops, the record stays ``retry``), not a reason to fail a good retry for good."""
+    from cogman.errors import BackendUnavailable
+
+    class Flickering(MemoryBackend):
+        def get(self, task_id: str):  # type: ignore[no-untyped-def]
+            raise BackendUnavailable("Redis unreachable while trying to read")
+
+    backend = Flickering()
+    original = record(age=300, status=Status.FAILED)
+    attempt = original.evolve(task_id=str(uuid.uuid4()), status=Status.RETRY, attempt=2)
+    backend.create([original, attempt])
+    report = re_enqueue(backend, RecordingBroker(), CONFIG)
+    assert report.failed == {} and report.stopped is not None and "backend unavailable" in report.stopped
+    assert backend._records[attempt.task_id].status is Status.RETRY

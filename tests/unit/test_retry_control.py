@@ -217,3 +217,9 @@ def test_an_async_handler_is_cancelled_at_its_next_await():
     assert asyncio.run(bounded(quick(), 5)) == "done"
     with pytest.raises(TimeoutError, match="own timeout"):  # not mistaken for the limit
         asyncio.run(bounded(own_timeout(), 5))
+
+
+def test_a_huge_countdown_asked_from_a_task_is_capped_like_a_backoff():
+    """``Retry(countdown=1e11)`` used to overflow the eta computed from it and break the retry's send."""
+    assert decide(RetryPolicy(), Retry(countdown=1e11), 1).countdown == MAX_DELAY
+    assert decide(RetryPolicy(), Retry(countdown=3), 1).countdown == 3

@@ -269,6 +269,27 @@ def test_a_redelivered_chord_member_joins_once(flow: App):
     assert flow.runs["tsum"] == 1  # type: ignore[attr-defined]
 
 
+def test_an_expired_chord_member_fails_the_chord_instead_of_leaving_it_waiting(flow: App):
+    """A member past its ``expires`` never runs; it still joins the chord as failed, so the callback is
+    recorded not run (before, it was never created and the chord's get() waited forever)."""
+    (tsum,) = tasks(flow, "tsum")
+    records = [
+        flow.new_records("w.add", [((i, i), {})], extras=[{"workflow": ChordMember("late", i, 2, tsum.s()).to_dict()}])[
+            0
+        ]
+        for i in range(2)
+    ]
+    records[1] = records[1].evolve(expires=datetime(2020, 1, 1, tzinfo=UTC))
+    flow.backend.create(records)
+    flow.broker.publish([Message.for_record(r, retries_left=0) for r in records])
+    wait_created(flow, callback_id("late"))
+    flow.join(timeout=10)
+    callback = flow.backend.get(callback_id("late"))
+    assert callback is not None and callback.status is Status.FAILED
+    assert "not run: chord member 2 of 2" in str(callback.fail_error) and "expired" in str(callback.fail_error)
+    assert "tsum" not in flow.runs  # type: ignore[attr-defined]
+
+
 def wait_created(app: App, task_id: str) -> None:
     app.backend.wait(task_id, 10)
     assert app.backend.get(task_id) is not None, f"task {task_id} never recorded"
