@@ -37,7 +37,18 @@ def from_us(us: int) -> datetime:
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
+_encode_str = json.encoder.encode_basestring_ascii  # what the encoder does for a str, in C
+
+
 def dumps(value: Any) -> str:
+    """A field's JSON text; strings, None and integers (most fields) skip the encoder's call chain."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
     return _ENCODER.encode(value)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from hiredis import pack_command  # a dependency: redis[hiredis]
 
 #: Error replies a failover or a busy server gives for a while; the write is retried, never failed for good.
 TRANSIENT_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
@@ -52,7 +53,8 @@ class ScriptCaller:
         connection = self._connection()
         try:
             try:
-                connection.send_command("EVALSHA", script.sha, 0, *args)
+                # hiredis packs in C; redis-py's send_command first re-checks every argument in Python
+                connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args))])
                 return connection.read_response()
             except redis.exceptions.NoScriptError:
                 connection.send_command("SCRIPT", "LOAD", script.script)

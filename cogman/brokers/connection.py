@@ -213,23 +213,34 @@ class Waker:
         self._watched: Any = None
         self._lock = threading.Lock()
         self._closed = False
+        #: A byte is written and not yet cleared.
+        self._pending = False
 
     def fileno(self) -> int:
         return self._read.fileno()
 
     def wake(self) -> None:
+        """Handler threads wake the consumer for every ack: a wake-up already on its way (written, not
+        yet cleared) covers this one too, so only the first costs a system call."""
+        if self._pending:
+            return
         with self._lock:
             if self._closed:  # never write to a closed descriptor: its number may be reused already
                 return
+            self._pending = True
             with contextlib.suppress(OSError):  # a full buffer means a wake-up is already pending
                 self._write.send(b"x")
 
     def clear(self) -> None:
+        """Called before the waiter looks at what it was woken for. The flag drops only after the bytes
+        are read: a wake-up skipped as pending meanwhile is one the waiter has not looked past yet, and
+        one after the flag dropped writes a byte the next wait sees."""
         try:
             while self._read.recv(4096):
                 pass
         except OSError:  # BlockingIOError: nothing left to read
             pass
+        self._pending = False
 
     def wait(self, sock: Any, timeout: float) -> bool:
         """Wait until ``sock`` is readable (True), or a wake-up or ``timeout`` comes first (False)."""

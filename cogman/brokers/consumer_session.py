@@ -16,6 +16,7 @@ from typing import Any
 
 import amqp.exceptions
 
+from cogman.brokers.amqp_frames import ack_frames, write_frames
 from cogman.brokers.base import Delivery
 from cogman.brokers.connection import (
     Connection,
@@ -100,10 +101,9 @@ class Session:
         return isinstance(tag, Tag) and tag.generation == self.generation
 
     def settle(self, action: str, delivery: Delivery, reason: str) -> None:
-        """Carry out one of the worker's decisions (the delivery must be this session's)."""
-        if action == "ack":
-            self.channel.basic_ack(delivery.tag.delivery_tag)
-        elif action == "requeue":
+        """Carry out one of the worker's decisions other than an ack (``ack_all``); the delivery must be
+        this session's."""
+        if action == "requeue":
             self.channel.basic_reject(delivery.tag.delivery_tag, requeue=True)
         elif action == "dead_letter":
             self.republisher.dead_letter(delivery, reason)
@@ -111,6 +111,12 @@ class Session:
             self.republisher.redeliver(delivery, reason)
         else:
             raise ValueError(f"unknown consumer action {action!r}")
+
+    def ack_all(self, deliveries: list[Delivery]) -> None:
+        """Ack many of this session's deliveries in one socket write: a handler pool finishes tasks in
+        bursts, and one py-amqp call (and write) per ack is work on every task's path."""
+        frames = ack_frames(self.channel.channel_id, [delivery.tag.delivery_tag for delivery in deliveries])
+        write_frames(self.connection.connection, frames)
 
     def cancel_consumers(self, buffered: list[Delivery]) -> None:
         """basic.cancel each consumer (deliveries in flight meanwhile are refused by ``take`` and go

@@ -36,6 +36,10 @@ log = logging.getLogger("cogman.rabbitmq")
 #: Most messages, and about the most bytes, published per pipelined round when flushing the outbox.
 FLUSH_CHUNK = 500
 FLUSH_BYTES = 1 << 20
+#: How long the flusher lets confirms gather once one arrived, before it reads them and writes their
+#: ``queued`` states in one backend call. Waking per confirm cost a Redis round trip per message and
+#: took the GIL from the sending thread on every one (docs/performance.md has the figures).
+CONFIRM_LINGER = 0.005
 #: How often an idle flusher reads the socket (late confirms, unblocked, heartbeats).
 IDLE_TICK = 1.0
 
@@ -48,12 +52,15 @@ class Flusher:
         #: Wakes the flusher from a wait on the socket (new messages to send, closing).
         self._waker = Waker()
 
-    def wake(self) -> None:
+    def wake(self, *, socket: bool = True) -> None:
         """Whether the flusher waits on the socket (confirms) or on the state (idle, nothing in flight):
-        a message just sent directly has a confirm to read now, not at the next idle tick."""
+        a message just sent directly has a confirm to read now, not at the next idle tick. ``socket=False``
+        after a direct send: a flusher waiting on the socket wakes for that confirm anyway, and the
+        waker's write is a system call on every ``.delay()``."""
         with self.publisher.state.lock:
             self.publisher.state.lock.notify_all()
-        self._waker.wake()
+        if socket:
+            self._waker.wake()
 
     def close(self) -> None:
         self._waker.close()
@@ -144,6 +151,7 @@ class Flusher:
         except (OSError, ValueError, AttributeError):  # the link was dropped meanwhile: the next step sees it
             readable = True
         if readable:
+            publisher.state.closed.wait(CONFIRM_LINGER)
             with publisher.io:
                 if publisher.link.connected:
                     publisher.tick()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import amqp
 import amqp.exceptions
 
+from cogman.brokers.amqp_frames import publish_frames, write_frames
 from cogman.brokers.confirms import Confirms
 from cogman.brokers.connection import Connection, close_quietly, describe, dial, discard, drain_ready
 from cogman.brokers.delay_ladder import route
@@ -92,20 +93,26 @@ class PublishLink:
         """Publish one message (mandatory, persistent); returns its delivery tag. A message with an
         ``eta`` goes into the delay ladder for what is left of its delay now.
 
-        Straight through py-amqp: the body is encoded already, and kombu's Producer (serializer lookup,
-        compression, a message object per call) would cost more than the frame write itself."""
-        assert self._confirms is not None
+        The frames are packed here (amqp_frames.py) and written through py-amqp's transport: the body is
+        encoded already, and py-amqp's ``basic_publish`` (a socket poll and a Message object per call)
+        would cost more than the write itself."""
+        assert self._confirms is not None and self.connection is not None
         exchange, routing_key = route(entry.queue, entry.message.eta)
-        message = amqp.Message(
+        message = entry.message
+        amqp_connection = self.connection.connection
+        frames = publish_frames(
+            self._confirms.channel.channel_id,
+            exchange,
+            routing_key,
             entry.body,
-            application_headers=entry.message.headers,
-            message_id=entry.message.task_id,
-            delivery_mode=2,
+            headers=message.headers,
+            message_id=message.task_id,
             content_type=CONTENT_TYPE,
             content_encoding="utf-8",
+            frame_max=amqp_connection.frame_max,
         )
-        self._confirms.channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
-        self._confirms.sent(entry, entry.message.task_id)
+        write_frames(amqp_connection, frames)
+        self._confirms.sent(entry, message.task_id)
         return self._confirms.last_tag
 
     def settled_through(self, tag: int) -> bool:

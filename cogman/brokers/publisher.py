@@ -97,7 +97,7 @@ class Publisher:
                     receipt.wait(self.config.request_timeout)
                 raise
         if not wait:
-            self._flusher.wake()
+            self._flusher.wake(socket=not direct)
         elif self.state.phase not in AWAY:
             receipt.wait(max(0.0, deadline - time.monotonic()))  # raises PublishError naming a refusal
         return receipt

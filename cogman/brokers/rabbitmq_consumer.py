@@ -213,12 +213,19 @@ class RabbitMQConsumer:
 
     def _settle_actions(self, session: Session) -> None:
         """Carry out the acks, requeues, dead-letters and redeliveries queued by handler threads."""
-        while self._actions:
-            action, delivery, reason = self._actions.popleft()
-            if session.owns(delivery):
-                session.settle(action, delivery, reason)
-            else:
-                log.debug("%s of a delivery from a lost connection dropped; RabbitMQ redelivers it", action)
+        acks: list[Delivery] = []
+        try:
+            while self._actions:
+                action, delivery, reason = self._actions.popleft()
+                if not session.owns(delivery):
+                    log.debug("%s of a delivery from a lost connection dropped; RabbitMQ redelivers it", action)
+                elif action == "ack":
+                    acks.append(delivery)
+                else:
+                    session.settle(action, delivery, reason)
+        finally:  # a failed action still lets the acks before it go, or, if the link broke, nothing does
+            if acks:
+                session.ack_all(acks)
 
     def _take(self, delivery: Delivery) -> bool:
         """A delivery was read: buffer it, unless the consumer is cancelled (then it goes back)."""
