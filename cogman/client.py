@@ -105,16 +105,31 @@ class Client:
             messages = [Message.for_record(record, retries_left=record.retry) for record in records]
         for message in messages:
             self.middleware.before("before_send", message)
-        durable = self.backend.create(records)
         if self._leases is None:
             self._keep_leases()
         if wait_confirmed is None:
             wait_confirmed = self.config.send_mode == "confirmed"
-        if not durable and not wait_confirmed:
-            log.warning("task records parked in memory (backend unreachable): waiting for the broker's confirms")
-        receipt = self.broker.publish(messages, wait=wait_confirmed or not durable)
+        if wait_confirmed:
+            self.backend.create(records)
+            receipt = self.broker.publish(messages, wait=True)
+        else:
+            receipt = self._send_recorded(records, messages)
         for message in messages:
             self.middleware.after("after_send", message)
+        return receipt
+
+    def _send_recorded(self, records: Sequence[TaskRecord], messages: Sequence[Message]) -> Receipt:
+        """The publish goes out while the backend writes the records (one round trip's wait instead of
+        two). A worker may then start a task before its record lands; the backend keeps the worker's
+        statuses and applies them when the record is created (docs/guarantees.md)."""
+        receipts: list[Receipt] = []
+        durable = self.backend.create(
+            records, meanwhile=lambda: receipts.append(self.broker.publish(messages, wait=False))
+        )
+        receipt = receipts[0]
+        if not durable:
+            log.warning("task records parked in memory (backend unreachable): waiting for the broker's confirms")
+            receipt.wait(self.config.request_timeout)  # raises PublishError naming a refusal
         return receipt
 
     def spawn_retry(

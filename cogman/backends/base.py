@@ -90,10 +90,14 @@ def buckets_from_counts(
 class Backend(Protocol):
     """Stores one record per attempt; see docs/backends.md for each implementation's layout."""
 
-    def create(self, records: Sequence[TaskRecord]) -> bool:
+    def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
         """Store new records (status ``initiated`` or ``retry``) in one round trip. Insert if absent: a
         replayed or repeated create never resets a record that moved on. True when the records are in
-        the store now, False when the write was parked in memory (the store is unreachable)."""
+        the store now, False when the write was parked in memory (the store is unreachable).
+
+        ``meanwhile`` runs once, after the write went out and before this returns; a backend that can
+        (Redis) runs it while the store works, so the client's publish overlaps the create's round
+        trip. Its exception propagates once the create is finished."""
 
     def transition(
         self,

@@ -25,7 +25,13 @@ class MemoryBackend:
         self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
         self._chords: dict[str, dict[int, str]] = {}
 
-    def create(self, records: Sequence[TaskRecord]) -> bool:
+    def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
+        self._store(records)
+        if meanwhile is not None:
+            meanwhile()
+        return True
+
+    def _store(self, records: Sequence[TaskRecord]) -> None:
         with self._changed:
             for record in records:
                 if record.task_id in self._records:
@@ -37,7 +43,6 @@ class MemoryBackend:
                 self._records[record.task_id] = record
                 if record.status.is_final:
                     self._changed.notify_all()
-        return True
 
     def transition(
         self,

@@ -87,7 +87,13 @@ class MongoBackend:
 
     # Writes
 
-    def create(self, records: Sequence[TaskRecord]) -> bool:
+    def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
+        durable = self._create(records)
+        if meanwhile is not None:
+            meanwhile()
+        return durable
+
+    def _create(self, records: Sequence[TaskRecord]) -> bool:
         if not records:
             return True
         ids = ", ".join(r.task_id for r in records[:3]) + (" ..." if len(records) > 3 else "")

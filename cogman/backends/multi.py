@@ -36,8 +36,8 @@ class MultiBackend:
 
     # Writes: the primary's outcome is the answer; secondaries follow, best effort
 
-    def create(self, records: Sequence[TaskRecord]) -> bool:
-        durable = self.primary.create(records)
+    def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
+        durable = self.primary.create(records, meanwhile=meanwhile)
         self._mirror(lambda b: b.create(records), f"create {len(records)} record(s)")
         return durable
 

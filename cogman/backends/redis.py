@@ -77,18 +77,47 @@ class RedisBackend:
 
     # Writes
 
-    def create(self, records: Sequence[TaskRecord]) -> bool:
+    def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
+        if meanwhile is not None and len(records) <= CHUNK and not self.buffer.pending:
+            return self._create_overlapped(records, meanwhile)
         durable = True
         for start in range(0, len(records), CHUNK):
-            chunk = records[start : start + CHUNK]
-            args: list[Any] = [*self._common(), len(chunk)]
-            for record in chunk:
-                args += self._record_args(record)
-            ids = ", ".join(r.task_id for r in chunk[:3]) + (" ..." if len(chunk) > 3 else "")
-            durable &= (
-                self.buffer.write(self._run(self._create, args), f"create {len(chunk)} record(s) ({ids})") is not None
-            )
+            args, what = self._create_args(records[start : start + CHUNK])
+            durable &= self.buffer.write(self._run(self._create, args), what) is not None
+        if meanwhile is not None:
+            meanwhile()
         return durable
+
+    def _create_overlapped(self, records: Sequence[TaskRecord], meanwhile: Callable[[], object]) -> bool:
+        """The create goes out, ``meanwhile`` runs while Redis works, then the reply is read. A create that
+        could not go out or whose reply does not come (an outage) is handled as any write's: the whole
+        call is retried, then parked (the script is idempotent: running it twice is harmless). A
+        mistake (not an outage) found while sending raises before ``meanwhile``; one in the reply, after
+        it: the record is then missing, which the worker handles as a foreign producer's task."""
+        args, what = self._create_args(records)
+        run_again = self._run(self._create, args)
+        pending: list[Callable[[], Any]] = []
+        try:
+            pending.append(self._scripts.send(self._create, args))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+
+        def finish() -> Any:
+            return pending.pop()() if pending else run_again()
+
+        try:
+            meanwhile()
+        finally:
+            durable = self.buffer.write(finish, what) is not None
+        return durable
+
+    def _create_args(self, records: Sequence[TaskRecord]) -> tuple[list[Any], str]:
+        args: list[Any] = [*self._common(), len(records)]
+        for record in records:
+            args += self._record_args(record)
+        ids = ", ".join(r.task_id for r in records[:3]) + (" ..." if len(records) > 3 else "")
+        return args, f"create {len(records)} record(s) ({ids})"
 
     def transition(
         self,

@@ -9,7 +9,7 @@ one raw connection per thread for single calls and one pipeline for batches. A s
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -39,7 +39,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class ScriptCaller:
-    """EVALSHA on this thread's own connection, or many in one pipeline; closed with the backend."""
+    """EVALSHA on this thread's own connection (two: one for :meth:`send`), or many in one pipeline;
+    closed with the backend."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -50,7 +51,7 @@ class ScriptCaller:
         self._lock = threading.Lock()
 
     def evalsha(self, script: Any, args: list[Any]) -> Any:
-        connection = self._connection()
+        connection = self._connection("connection")
         try:
             try:
                 # hiredis packs in C; redis-py's send_command first re-checks every argument in Python
@@ -66,6 +67,31 @@ class ScriptCaller:
         except BaseException:
             connection.disconnect()  # a reply may be half read: never reuse this socket as it is
             raise
+
+    def send(self, script: Any, args: list[Any]) -> Callable[[], Any]:
+        """Write one EVALSHA without waiting; the returned function reads its reply (call it once).
+
+        The caller does other I/O in between (the client publishes while Redis runs the create), so the
+        call goes on this thread's second connection, which nothing else uses meanwhile."""
+        connection = self._connection("pending")
+        try:
+            connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args))])
+        except BaseException:
+            connection.disconnect()
+            raise
+
+        def reply() -> Any:
+            try:
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                return self.evalsha(script, args)  # the server lost it: load it and run the call again
+            except redis.ResponseError:
+                raise
+            except BaseException:
+                connection.disconnect()
+                raise
+
+        return reply
 
     def pipeline(self, calls: Sequence[tuple[Any, list[Any]]]) -> list[Any]:
         """Each call's reply, in order (redis-py's script pipelining would add a SCRIPT EXISTS round trip
@@ -90,12 +116,12 @@ class ScriptCaller:
         for _, connection in connections:
             connection.disconnect()
 
-    def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
+    def _connection(self, slot: str) -> Any:
+        connection = getattr(self._local, slot, None)
         if connection is None:
             pool = self.client.connection_pool
             connection = pool.connection_class(**pool.connection_kwargs)
-            self._local.connection = connection
+            setattr(self._local, slot, connection)
             with self._lock:
                 ended = [c for thread, c in self._connections if not thread.is_alive()]
                 self._connections = [(t, c) for t, c in self._connections if t.is_alive()]

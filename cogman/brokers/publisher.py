@@ -56,6 +56,9 @@ class Publisher:
         self.reports = Reports(self.state.lock, self.outbox)
         self._round_robin = {p: itertools.cycle(topology.names(p)) for p in Priority}
         self._flusher = Flusher(self)
+        #: Connections made after the first (the ``cogman_broker_reconnects`` metric).
+        self.reconnects = 0
+        self._connected_before = False
 
     def set_listener(self, listener: PublishListener) -> None:
         self.reports.listener = listener
@@ -195,6 +198,8 @@ class Publisher:
 
     def connect(self) -> None:
         self.link.open()
+        self.reconnects += self._connected_before
+        self._connected_before = True
         with self.state.lock:
             before = self.state.phase
             if self.state.move(Phase.UP) and before in (Phase.DOWN, Phase.GONE):

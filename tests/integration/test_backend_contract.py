@@ -219,6 +219,38 @@ def test_a_status_that_arrives_before_its_record_is_kept_and_applied(backend: Ba
     assert stored is not None and stored.status is Status.SUCCESS and stored.result == [1]
 
 
+def test_create_runs_meanwhile_once_and_keeps_the_records_whatever_it_does(backend: Backend):
+    """The client publishes in ``meanwhile``: it must run exactly once, and a publish that raised must
+    not cost the record (re-enqueue republishes an unconfirmed record)."""
+    rec, calls = record(), []
+    assert backend.create([rec], meanwhile=lambda: calls.append(rec.task_id)) is True
+    assert calls == [rec.task_id]
+    stored = backend.get(rec.task_id)
+    assert stored is not None and stored.status is Status.INITIATED
+
+    other = record()
+
+    def refused() -> None:
+        raise RuntimeError("the publish failed")
+
+    with pytest.raises(RuntimeError, match="the publish failed"):
+        backend.create([other], meanwhile=refused)
+    kept = backend.get(other.task_id)
+    assert kept is not None and kept.status is Status.INITIATED
+
+
+def test_a_task_started_and_finished_before_its_record_lands_keeps_its_outcome(backend: Backend):
+    """The publish overlaps the create's round trip, so a worker may start a task, and even finish it,
+    before the store ran the create: the create applies what the worker wrote."""
+    rec = record(retry=2)
+    assert backend.start(rec.task_id) is None
+    assert backend.transition(rec.task_id, Status.SUCCESS, result={"n": 7}, duration=0.1) is None
+    backend.create([rec])
+    stored = backend.get(rec.task_id)
+    assert stored is not None and stored.status is Status.SUCCESS and stored.result == {"n": 7}
+    assert stored.retry == 2 and stored.name == rec.name
+
+
 def test_start_moves_to_in_progress_and_reads_the_chain_from_the_store(backend: Backend):
     original = record(retry=3)
     backend.create([original])

@@ -263,6 +263,7 @@ def test_close_waits_for_the_broker_and_confirms_the_outbox(
     assert statuses(backend, [r.id for r in parked]) == Counter({Status.QUEUED: 20})
     assert depth(rabbit, "high_priority_queue_0") == 21
     assert broker.pending() == 0
+    assert broker.publisher.reconnects == 1  # type: ignore[attr-defined]  # the metric's publisher half
     with pytest.raises(BrokerUnavailable, match="closed"):
         broker.publish(
             [Message.for_record(new_record("n", (), {}, priority=Priority.HIGH, retry=0, primary_key=None), 0)]

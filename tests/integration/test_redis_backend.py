@@ -29,6 +29,7 @@ from cogman.backends.memory import MemoryBackend
 from cogman.backends.redis import RedisBackend
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
+from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_backend_contract import attempt_of, record
 from tests.service_lock import require_exclusive
 
@@ -185,8 +186,10 @@ def test_retry_budget_races_with_the_failed_write_and_both_survive(make):
     assert backend.query(TaskQuery(status=Status.RETRY)).total == 10
 
 
-def test_every_state_change_is_one_round_trip(make, monkeypatch: pytest.MonkeyPatch):
+def test_every_state_change_is_one_round_trip(make, server: redis.Redis, monkeypatch: pytest.MonkeyPatch):
     backend = make()
+    for script in (backend._create, backend._transition, backend._spawn):
+        server.script_load(script.script)  # a script the server never saw costs a SCRIPT LOAD, once
     calls: list[str] = []
     real = redis.connection.Connection.send_packed_command
 
@@ -203,12 +206,81 @@ def test_every_state_change_is_one_round_trip(make, monkeypatch: pytest.MonkeyPa
     records = [record(retry=1) for _ in range(300)]
     backend.create(records)
     assert calls == ["EVALSHA"]
+    backend.create([record()], meanwhile=lambda: None)  # a .delay(): the reply is read after the publish
+    assert calls == ["EVALSHA"] * 2
     backend.transition_many([r.task_id for r in records], Status.QUEUED)
     backend.transition(records[0].task_id, Status.FAILED, fail_error="E: x", duration=1.0)
     backend.spawn_retry(records[0].task_id, attempt_of(records[0], 2))
-    assert calls == ["EVALSHA"] * 4
+    assert calls == ["EVALSHA"] * 5
 
 
+def test_the_create_reply_is_read_after_what_the_client_does_meanwhile(make, server: redis.Redis):
+    """The command is written, the client publishes, and only then is Redis's reply read: one round trip's
+    wait per ``.delay()`` instead of two, still one socket write for the create."""
+    backend = make()
+    events: list[str] = []
+    real_send = backend._scripts.send
+
+    def send(script: Any, args: list[Any]) -> Callable[[], Any]:
+        reply = real_send(script, args)
+        events.append("create written")
+
+        def read() -> Any:
+            events.append("reply read")
+            return reply()
+
+        return read
+
+    backend._scripts.send = send  # type: ignore[method-assign]
+    rec = record()
+    assert backend.create([rec], meanwhile=lambda: events.append("meanwhile")) is True
+    assert events == ["create written", "meanwhile", "reply read"]
+    assert server.exists(backend.key(rec.task_id))
+
+
+def test_an_overlapped_create_whose_reply_never_comes_is_parked_and_replayed(make, redis_url: str):
+    """Redis goes away after the create was written: the reply never comes, the write is retried, then
+    parked, and lands once Redis is back; ``meanwhile`` ran once all the same."""
+    proxy = TcpProxy(6379)
+    proxy.start()
+    try:
+        db = redis_url.rsplit("/", 1)[-1]
+        backend = make()
+        backend.close()
+        backend = RedisBackend(
+            f"redis://127.0.0.1:{proxy.port}/{db}", Config(broker_url="memory://"), retry_seconds=0.1
+        )
+        backend.create([record()])  # connects
+        real_send = backend._scripts.send
+
+        def send_then_lose_redis(script: Any, args: list[Any]) -> Callable[[], Any]:
+            reply = real_send(script, args)
+            proxy.kill()
+            return reply
+
+        backend._scripts.send = send_then_lose_redis  # type: ignore[method-assign]
+        rec, calls = record(), []
+        assert backend.create([rec], meanwhile=lambda: calls.append(1)) is False  # parked
+        assert calls == [1] and backend.buffer.pending == 1
+        proxy.start()
+        assert backend.flush(30)
+        stored = backend.get(rec.task_id)
+        assert stored is not None and stored.status is Status.INITIATED
+        backend.close()
+    finally:
+        proxy.kill()
+
+
+def test_an_overlapped_create_after_a_script_flush_loads_the_script_again(make, server: redis.Redis):
+    backend = make()
+    backend.create([record()])
+    server.script_flush()
+    rec, calls = record(), []
+    assert backend.create([rec], meanwhile=lambda: calls.append(1)) is True
+    assert calls == [1] and server.exists(backend.key(rec.task_id))
+
+
+# Queries
 # Queries
 
 

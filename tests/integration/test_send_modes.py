@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 import redis
@@ -45,6 +46,35 @@ def test_recorded_mode_returns_before_the_confirm_and_the_confirm_comes_later(
     proxy.thaw()
     assert result.wait_sent(30)
     assert result.status is Status.QUEUED  # a settled receipt means the queued write is done
+
+
+def test_a_recorded_send_publishes_while_redis_runs_the_create(rabbit_app: Callable[..., App], redis_url: str):
+    """The create is written, the message published, and only then the create's reply read; a confirmed
+    send keeps the old order (the record is in Redis before the message leaves)."""
+    app = rabbit_app(backend=redis_url)
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    app.send_task("modes.noop", wait_confirmed=True)  # connects and declares first
+    events: list[str] = []
+    real_send, real_publish = backend._scripts.send, app.broker.publish
+
+    def send(script: Any, args: list[Any]) -> Callable[[], Any]:
+        reply = real_send(script, args)
+        events.append("create written")
+        return lambda: events.append("reply read") or reply()
+
+    def publish(messages: Sequence[Any], *, wait: bool = True) -> Any:
+        events.append(f"published, wait={wait}")
+        return real_publish(messages, wait=wait)
+
+    backend._scripts.send = send  # type: ignore[method-assign]
+    app.broker.publish = publish  # type: ignore[method-assign]
+    result = app.send_task("modes.noop", args=(1,))
+    assert events == ["create written", "published, wait=False", "reply read"]
+    assert result.wait_sent(30) and result.status is Status.QUEUED
+    events.clear()
+    app.send_task("modes.noop", args=(2,), wait_confirmed=True)
+    assert events == ["published, wait=True"]  # the create went first, on the plain path
 
 
 def test_confirmed_mode_and_wait_confirmed_return_after_the_confirm(rabbit_app: Callable[..., App]):
