@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +66,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         self._keywords = _keyword_names(self._signature, bound=bind)
+        self._positional = _positional_range(self._signature, bound=bind)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -167,6 +169,10 @@ class Task(Generic[P, R]):
         """Raise PoisonMessage if the arguments do not fit the handler's signature. A keyword the
         handler does not take is named first: ``Signature.bind`` may report a missing argument instead,
         which sends the user looking in the wrong place."""
+        if not kwargs and self._positional is not None:
+            fewest, most = self._positional
+            if fewest <= len(args) <= most:
+                return  # what bind would accept, without its per-call cost (it runs on every send)
         if self._keywords is not None:
             unexpected = [name for name in kwargs if name not in self._keywords]
             if unexpected:
@@ -182,6 +188,26 @@ class Task(Generic[P, R]):
                 self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise PoisonMessage(f"arguments do not fit {self.name}: {exc}") from None
+
+
+def _positional_range(signature: inspect.Signature, *, bound: bool) -> tuple[int, float] | None:
+    """(fewest, most) positional arguments a call without keywords may pass; None when such a call can
+    never bind (a keyword-only parameter without a default). A bound handler's TaskContext is not
+    counted."""
+    parameters = list(signature.parameters.values())
+    if bound:
+        if not parameters or parameters[0].kind not in (
+            parameters[0].POSITIONAL_ONLY,
+            parameters[0].POSITIONAL_OR_KEYWORD,
+        ):
+            return None  # the TaskContext has nowhere plain to go: bind decides
+        parameters = parameters[1:]
+    if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in parameters):
+        return None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    fewest = sum(1 for p in positional if p.default is p.empty)
+    most = math.inf if any(p.kind is p.VAR_POSITIONAL for p in parameters) else len(positional)
+    return fewest, most
 
 
 def _keyword_names(signature: inspect.Signature, *, bound: bool) -> frozenset[str] | None:

@@ -69,3 +69,41 @@ def test_a_positional_only_parameter_is_not_a_keyword(app: App):
 
     with pytest.raises(PoisonMessage, match=r"unexpected keyword argument 'a'"):
         positional.check_arguments((), {"a": 1})
+
+
+def _shapes() -> list[Any]:
+    def none() -> None: ...
+    def two(a: int, b: int) -> None: ...
+    def defaults(a: int, b: int = 1, c: int = 2) -> None: ...
+    def star(a: int, *rest: int) -> None: ...
+    def only(a: int, /, b: int = 0) -> None: ...
+    def keyword_only(a: int, *, k: int) -> None: ...
+    def keyword_default(a: int, *, k: int = 0) -> None: ...
+    def any_keyword(a: int, **options: int) -> None: ...
+    def context_first(ctx: TaskContext, a: int) -> None: ...
+    def context_star(*everything: Any) -> None: ...
+
+    return [none, two, defaults, star, only, keyword_only, keyword_default, any_keyword, context_first, context_star]
+
+
+@pytest.mark.parametrize("bind", [False, True])
+@pytest.mark.parametrize("handler", _shapes(), ids=lambda f: f.__name__)
+def test_positional_calls_are_accepted_exactly_when_the_signature_binds(app: App, handler: Any, bind: bool):
+    """check_arguments skips ``Signature.bind`` for calls without keywords; it must agree with bind on
+    every count of positional arguments, for every shape of handler."""
+    import inspect
+
+    task = app.task(name=f"args.shape.{handler.__name__}.{bind}", bind=bind)(handler)
+    signature = inspect.signature(handler)
+    for count in range(6):
+        args = tuple(range(count))
+        try:
+            signature.bind(*((None, *args) if bind else args))
+            binds = True
+        except TypeError:
+            binds = False
+        if binds:
+            task.check_arguments(args, {})
+        else:
+            with pytest.raises(PoisonMessage, match="arguments do not fit"):
+                task.check_arguments(args, {})
