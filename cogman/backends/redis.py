@@ -90,27 +90,34 @@ class RedisBackend:
 
     def _create_overlapped(self, records: Sequence[TaskRecord], meanwhile: Callable[[], object]) -> bool:
         """The create goes out, ``meanwhile`` runs while Redis works, then the reply is read. A create that
-        could not go out or whose reply does not come (an outage) is handled as any write's: the whole
-        call is retried, then parked (the script is idempotent: running it twice is harmless). A
-        mistake (not an outage) found while sending raises before ``meanwhile``; one in the reply, after
-        it: the record is then missing, which the worker handles as a foreign producer's task."""
+        could not go out, or whose reply does not come (an outage), takes the write path of any write:
+        retried, then parked (the script is idempotent: running it twice is harmless). A mistake (not an
+        outage) found while sending raises before ``meanwhile``; one in the reply, after it: the record
+        is then missing, which the worker handles as a foreign producer's task."""
         args, what = self._create_args(records)
-        run_again = self._run(self._create, args)
-        pending: list[Callable[[], Any]] = []
+        reply: Callable[[], Any] | None = None
         try:
-            pending.append(self._scripts.send(self._create, args))
+            reply = self._scripts.send(self._create, args)
         except Exception as exc:
             if not is_transient(exc):
                 raise
-
-        def finish() -> Any:
-            return pending.pop()() if pending else run_again()
-
         try:
             meanwhile()
         finally:
-            durable = self.buffer.write(finish, what) is not None
+            durable = self._finish_create(reply, args, what)
         return durable
+
+    def _finish_create(self, reply: Callable[[], Any] | None, args: list[Any], what: str) -> bool:
+        """The reply is read here, on the thread whose connection carries it, never by the replay thread:
+        a write parked for replay runs the whole call again."""
+        if reply is not None:
+            try:
+                reply()
+                return True
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+        return self.buffer.write(self._run(self._create, args), what) is not None
 
     def _create_args(self, records: Sequence[TaskRecord]) -> tuple[list[Any], str]:
         args: list[Any] = [*self._common(), len(records)]

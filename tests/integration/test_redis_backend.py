@@ -271,6 +271,32 @@ def test_an_overlapped_create_whose_reply_never_comes_is_parked_and_replayed(mak
         proxy.kill()
 
 
+def test_an_overlapped_create_reads_its_reply_itself_when_an_outage_begins_meanwhile(make, server: redis.Redis):
+    """Another thread's write parked between this create's send and its reply must not make this one
+    park too: its reply would then be read by the replay thread, off a connection this thread owns."""
+    backend = make()
+    backend.buffer.retry_seconds = 0.05
+    up = threading.Event()
+
+    def away() -> None:
+        if not up.is_set():
+            raise redis.ConnectionError("away")
+
+    real_send = backend._scripts.send
+
+    def send_then_another_thread_parks(script: Any, args: list[Any]) -> Callable[[], Any]:
+        reply = real_send(script, args)
+        backend.buffer.park(away, "another thread's write")
+        return reply
+
+    backend._scripts.send = send_then_another_thread_parks  # type: ignore[method-assign]
+    rec = record()
+    assert backend.create([rec], meanwhile=lambda: None) is True  # in the store, not parked
+    assert server.exists(backend.key(rec.task_id)) and backend.buffer.pending == 1
+    up.set()
+    assert backend.flush(10)
+
+
 def test_an_overlapped_create_after_a_script_flush_loads_the_script_again(make, server: redis.Redis):
     backend = make()
     backend.create([record()])
