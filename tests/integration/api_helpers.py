@@ -4,7 +4,6 @@ RabbitMQ, with Redis or mongomock behind it)."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -20,12 +19,11 @@ from cogman import App, AsyncResult, TaskFailed
 from tests.admin_app import register
 from tests.integration.rabbit_helpers import wait_for
 from tests.integration.redis_helpers import drop_prefix
+from tests.ports import free_ports
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports()
 
 
 @contextmanager

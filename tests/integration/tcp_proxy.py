@@ -9,39 +9,18 @@ until ``start()``; ``freeze()`` keeps the sockets open but forwards nothing unti
 from __future__ import annotations
 
 import contextlib
-import random
 import select
 import socket
 import struct
 import threading
 
-
-def _port_outside_the_ephemeral_range() -> int:
-    """A free port the kernel never hands out as a connection's source port.
-
-    ``kill()`` closes the listener and ``start()`` binds the same port again. A port from the ephemeral
-    range (what ``bind(0)`` gives) may meanwhile become the source port of some outgoing connection, and
-    the rebind then fails with EADDRINUSE.
-    """
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
-            ephemeral_low = int(ranges.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    for port in random.sample(range(10000, ephemeral_low), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port between 10000 and {ephemeral_low} for the test proxy")
+from tests.ports import free_ports
 
 
 class TcpProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self.port = _port_outside_the_ephemeral_range()
+        self.port = free_ports()  # kill() and start() bind it again: never a source port
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()

@@ -23,6 +23,7 @@ from tests.admin_app import register
 from tests.integration.api_helpers import free_port, wait_until_final
 from tests.integration.rabbit_helpers import ROOT, wait_for
 from tests.integration.redis_helpers import drop_prefix
+from tests.ports import free_ports
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -103,9 +104,7 @@ def test_a_clear_error_without_prometheus_client(monkeypatch: pytest.MonkeyPatch
 
 
 def test_two_processes_serve_one_port_each(rabbit: str, redis_url: str, prefix: str):
-    port = free_port()
-    while answers(port + 1):
-        port = free_port()
+    port = free_ports(2)  # one for each process: port and port + 1
     env: dict[str, Any] = {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
     process = subprocess.Popen(
         [sys.executable, "-m", "cogman", "-A", "tests.admin_app", "worker", "--processes", "2", "-c", "2",
