@@ -105,27 +105,18 @@ class WriteBuffer:
         except Exception as exc:
             if not self.is_transient(exc):
                 raise
-            with self._lock:
-                first = not self._parked
-                self._park(_Parked(op, what))
-            if first:
-                log.warning(
-                    "%s unreachable (%s); buffering writes in memory and replaying them when it is back "
-                    "(first parked: %s)",
-                    self.name,
-                    exc,
-                    what,
-                )
+            self.park(op, what, exc)
             return None
 
-    def park(self, op: Callable[[], object], what: str) -> None:
+    def park(self, op: Callable[[], object], what: str, cause: BaseException | None = None) -> None:
         """Queue ``op`` for replay without trying it now (the caller just found the store away)."""
         with self._lock:
             first = not self._parked
             self._park(_Parked(op, what))
         if first:
-            log.warning("%s unreachable; buffering writes in memory and replaying them when it is back "
-                        "(first parked: %s)", self.name, what)  # fmt: skip
+            why = f" ({cause})" if cause is not None else ""
+            log.warning("%s unreachable%s; buffering writes in memory and replaying them when it is back "
+                        "(first parked: %s)", self.name, why, what)  # fmt: skip
 
     def durable(self, callback: DurableCallback) -> None:
         """``callback(None)`` once every write made before this call is in the store (at once when

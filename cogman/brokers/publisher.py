@@ -56,9 +56,8 @@ class Publisher:
         self.reports = Reports(self.state.lock, self.outbox)
         self._round_robin = {p: itertools.cycle(topology.names(p)) for p in Priority}
         self._flusher = Flusher(self)
-        #: Connections made after the first (the ``cogman_broker_reconnects`` metric).
-        self.reconnects = 0
-        self._connected_before = False
+        #: Connections made so far; all but the first are reconnections (``reconnects``).
+        self.connections = 0
 
     def set_listener(self, listener: PublishListener) -> None:
         self.reports.listener = listener
@@ -66,6 +65,11 @@ class Publisher:
             with self.state.lock:
                 self.state.move(Phase.CONNECTING)
             self._flusher.ensure_running()
+
+    @property
+    def reconnects(self) -> int:
+        """Connections after the first (the ``cogman_broker_reconnects`` metric)."""
+        return max(0, self.connections - 1)
 
     # Sending
 
@@ -198,8 +202,7 @@ class Publisher:
 
     def connect(self) -> None:
         self.link.open()
-        self.reconnects += self._connected_before
-        self._connected_before = True
+        self.connections += 1
         with self.state.lock:
             before = self.state.phase
             if self.state.move(Phase.UP) and before in (Phase.DOWN, Phase.GONE):
