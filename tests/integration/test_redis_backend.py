@@ -250,10 +250,11 @@ def test_an_overlapped_create_whose_reply_never_comes_is_parked_and_replayed(mak
         backend = RedisBackend(
             f"redis://127.0.0.1:{proxy.port}/{db}", Config(broker_url="memory://"), retry_seconds=0.1
         )
-        backend.create([record()])  # connects
+        backend.create([record()], meanwhile=lambda: None)  # connects (both of this thread's connections)
         real_send = backend._scripts.send
 
         def send_then_lose_redis(script: Any, args: list[Any]) -> Callable[[], Any]:
+            proxy.freeze()  # the command goes no further and no reply comes back before the reset
             reply = real_send(script, args)
             proxy.kill()
             return reply
@@ -262,12 +263,14 @@ def test_an_overlapped_create_whose_reply_never_comes_is_parked_and_replayed(mak
         rec, calls = record(), []
         assert backend.create([rec], meanwhile=lambda: calls.append(1)) is False  # parked
         assert calls == [1] and backend.buffer.pending == 1
+        proxy.thaw()
         proxy.start()
         assert backend.flush(30)
         stored = backend.get(rec.task_id)
         assert stored is not None and stored.status is Status.INITIATED
         backend.close()
     finally:
+        proxy.thaw()
         proxy.kill()
 
 
