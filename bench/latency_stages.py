@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 from bench.client import LATENCY_GAP, LATENCY_POLL  # noqa: E402
 from bench.counter import wait_for_count  # noqa: E402
 from bench.processes import ManagedProcess, stop_all  # noqa: E402
+from bench.profile import QUEUES as COGMAN_QUEUES  # noqa: E402
 from bench.rabbit import Admin, ensure_vhost  # noqa: E402
 from bench.settings import AMQP_URL, REDIS_URL, done_key, latency_key  # noqa: E402
 from bench.stages import STAMPS_KEY, Stamps, instrument_client, stage_offsets, table  # noqa: E402
 
-COGMAN_QUEUES = ("high_priority_queue_0", "low_priority_queue_0")
 KOMBU_QUEUE = "bench_stages_kombu"
 LOGS = ROOT / "bench" / "results" / "logs"
 
