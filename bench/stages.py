@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from bench.stats import percentile
 from cogman.middleware import Middleware
 
 #: The stages in the order a task goes through them; ``sent`` (zero) and ``body`` are not stamped here.
@@ -108,11 +109,6 @@ class FlushStamps(Middleware):
             client.close()
 
 
-def percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
-
-
 def stage_offsets(
     sent_at: Mapping[str, float], rows: Iterable[tuple[str, str, float]], body_seconds: Sequence[float]
 ) -> dict[str, list[float]]:
@@ -138,13 +134,13 @@ def table(offsets: Mapping[str, Sequence[float]], reference: Sequence[float] | N
         if not values:
             lines.append(f"| {stage} | - | - | - | 0 |")
             continue
-        p50 = percentile(values, 0.5)
+        p50 = percentile(values, 50)
         lines.append(
-            f"| {stage} | {p50:.3f} ms | {percentile(values, 0.9):.3f} ms | +{p50 - previous:.3f} ms | {len(values)} |"
+            f"| {stage} | {p50:.3f} ms | {percentile(values, 90):.3f} ms | +{p50 - previous:.3f} ms | {len(values)} |"
         )
         previous = p50
     if reference:
-        p50 = percentile(reference, 0.5)
-        lines.append(f"| raw kombu, send->start (reference) | {p50:.3f} ms | {percentile(reference, 0.9):.3f} ms | | "
+        p50 = percentile(reference, 50)
+        lines.append(f"| raw kombu, send->start (reference) | {p50:.3f} ms | {percentile(reference, 90):.3f} ms | | "
                      f"{len(reference)} |")  # fmt: skip
     return "\n".join(lines)

@@ -248,7 +248,7 @@ class App:
         wait_confirmed: bool | None = None,
         **options: Any,
     ) -> list[AsyncResult[Any]]:
-        """Queue one task per ``(args, kwargs)``; one backend write and pipelined confirms for all. The
+        """Queue one task per ``(args, kwargs)``; pipelined backend writes and confirms for all. The
         options (``priority``, ``retry``, ``primary_key``, ``countdown``, ``eta``, ``expires``; see
         ``send_task``) are the same for every call; ``task_ids`` and ``extras`` give one per call."""
         records, messages = prepare(self, name, calls, SendOptions(**options))

@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cogman.backends import codec, redis_queries, redis_workers, redis_workflows
+from cogman.backends import codec, redis_create, redis_queries, redis_workers, redis_workflows
 from cogman.backends import redis_scripts as scripts
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.codec import to_us
@@ -79,7 +79,7 @@ class RedisBackend:
 
     def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
         if meanwhile is not None and len(records) <= CHUNK and not self.buffer.pending:
-            return self._create_overlapped(records, meanwhile)
+            return redis_create.create_overlapped(self, records, meanwhile)
         durable = True
         for start in range(0, len(records), CHUNK):
             args, what = self._create_args(records[start : start + CHUNK])
@@ -87,37 +87,6 @@ class RedisBackend:
         if meanwhile is not None:
             meanwhile()
         return durable
-
-    def _create_overlapped(self, records: Sequence[TaskRecord], meanwhile: Callable[[], object]) -> bool:
-        """The create goes out, ``meanwhile`` runs while Redis works, then the reply is read. A create that
-        could not go out, or whose reply does not come (an outage), takes the write path of any write:
-        retried, then parked (the script is idempotent: running it twice is harmless). A mistake (not an
-        outage) found while sending raises before ``meanwhile``; one in the reply, after it: the record
-        is then missing, which the worker handles as a foreign producer's task."""
-        args, what = self._create_args(records)
-        reply: Callable[[], Any] | None = None
-        try:
-            reply = self._scripts.send(self._create, args)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-        try:
-            meanwhile()
-        finally:
-            durable = self._finish_create(reply, args, what)
-        return durable
-
-    def _finish_create(self, reply: Callable[[], Any] | None, args: list[Any], what: str) -> bool:
-        """The reply is read here, on the thread whose connection carries it, never by the replay thread:
-        a write parked for replay runs the whole call again."""
-        if reply is not None:
-            try:
-                reply()
-                return True
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-        return self.buffer.write(self._run(self._create, args), what) is not None
 
     def _create_args(self, records: Sequence[TaskRecord]) -> tuple[list[Any], str]:
         args: list[Any] = [*self._common(), len(records)]

@@ -35,10 +35,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Index keys trimmed and given their TTL by this call already: a batch touches each index once.
+local KEPT = {}
+
 local function touch_index(key, score, member)
   redis.call('ZADD', key, score, member)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', TRIM)
-  redis.call('PEXPIRE', key, TTL)
+  if not KEPT[key] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', TRIM)
+    redis.call('PEXPIRE', key, TTL)
+    KEPT[key] = true
+  end
 end
 
 local function signal_done(id)

@@ -61,6 +61,25 @@ def test_indexes_are_created_idempotently_and_never_dropped(make):
     assert "someone_elses" in indexes
 
 
+def test_a_chords_set_is_one_document_of_the_chords_collection_with_a_ttl_index(make):
+    backend = make(mongo_ttl=3600, mongo_collection="jobs")
+    assert backend.join_chord("c1", 1, 2, '"b"') is None
+    assert backend.join_chord("c1", 1, 2, '"again"') is None  # a redelivered member keeps its first outcome
+    assert backend.join_chord("c1", 0, 2, '"a"') == ['"a"', '"b"']
+    chords = backend.collection.database["jobs_chords"]
+    document = chords.find_one({"_id": "c1"})
+    assert document["outcomes"] == {"m0": '"a"', "m1": '"b"'}
+    assert document["created_at"] is not None
+    ttl = chords.index_information()["created_at_ttl"]
+    assert ttl["key"] == [("created_at", 1)] and ttl["expireAfterSeconds"] == 3600
+
+
+def test_without_a_ttl_the_chords_collection_gets_no_ttl_index(make):
+    backend = make(mongo_ttl=0)
+    backend.join_chord("c2", 0, 1, "1")
+    assert "created_at_ttl" not in backend.collection.database[f"{backend.collection.name}_chords"].index_information()
+
+
 def test_a_different_ttl_never_fails_startup(make):
     make(mongo_ttl=3600)
     make(mongo_ttl=7200)  # updated with collMod on a server; left as it is (with a warning) elsewhere

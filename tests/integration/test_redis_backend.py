@@ -8,7 +8,6 @@ per state change, the wake-up list, corrupt records, and a Redis restart in the 
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,7 @@ from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_backend_contract import attempt_of, record
+from tests.ports import free_ports
 from tests.service_lock import require_exclusive
 
 REDIS_START = [
@@ -310,6 +310,98 @@ def test_an_overlapped_create_after_a_script_flush_loads_the_script_again(make, 
 
 
 # Queries
+def logging_sends(backend: RedisBackend, events: list[str], fault: Callable[[int, list[Any]], None] | None = None):
+    """Wrap the overlapped create's sends: log each slice sent (its record count) and each reply read;
+    ``fault(n, args)`` runs before the n-th send (from 1) and may raise or change the args."""
+    real_send = backend._scripts.send
+    sent = 0
+
+    def send(script: Any, args: list[Any]) -> Callable[[], Any]:
+        nonlocal sent
+        sent += 1
+        if fault is not None:
+            fault(sent, args)
+        reply = real_send(script, args)
+        events.append(f"sent {args[4]}")
+
+        def read() -> Any:
+            events.append("read")
+            return reply()
+
+        return read
+
+    backend._scripts.send = send  # type: ignore[method-assign]
+
+
+def test_a_large_overlapped_create_goes_out_in_slices_all_before_the_publish(make, server: redis.Redis):
+    """Redis starts on the first slice while the sender encodes the next ones; every reply is read after
+    the publish, in order, on the thread's own connection."""
+    backend = make()
+    events: list[str] = []
+    logging_sends(backend, events)
+    records = [record() for _ in range(250)]
+    assert backend.create(records, meanwhile=lambda: events.append("meanwhile")) is True
+    assert events == ["sent 100", "sent 100", "sent 50", "meanwhile", "read", "read", "read"]
+    assert all(server.exists(backend.key(r.task_id)) for r in records)
+
+
+def test_a_connection_lost_while_sending_a_later_slice_writes_every_slice_through_the_write_path(make, server):
+    """The failed send closed the connection, so the first slice's reply is gone too: every slice takes
+    the write path (idempotent: the first may have run already), and nothing is missing."""
+    backend = make()
+    events: list[str] = []
+
+    def lose_the_connection(n: int, args: list[Any]) -> None:
+        if n == 2:
+            backend._scripts._connection("pending").disconnect()
+            raise redis.ConnectionError("connection lost while sending")
+
+    logging_sends(backend, events, lose_the_connection)
+    records = [record() for _ in range(250)]
+    assert backend.create(records, meanwhile=lambda: events.append("meanwhile")) is True
+    assert events == ["sent 100", "meanwhile", "read"]  # the slices after the failed send were not sent
+    assert all(server.exists(backend.key(r.task_id)) for r in records) and backend.buffer.pending == 0
+    backend.create([rec := record()], meanwhile=lambda: None)  # the thread's connection works again
+    assert server.exists(backend.key(rec.task_id))
+
+
+def test_an_error_reply_for_one_slice_is_raised_after_the_publish_and_the_other_slices_land(make, server):
+    backend = make()
+    events: list[str] = []
+
+    def break_the_second_slice(n: int, args: list[Any]) -> None:
+        if n == 2:
+            args[4] = "not a count"  # the script fails on this slice alone
+
+    logging_sends(backend, events, break_the_second_slice)
+    records = [record() for _ in range(250)]
+    with pytest.raises(redis.ResponseError):
+        backend.create(records, meanwhile=lambda: events.append("meanwhile"))
+    assert events == ["sent 100", "sent not a count", "sent 50", "meanwhile", "read", "read", "read"]
+    landed = [server.exists(backend.key(r.task_id)) == 1 for r in records]
+    assert landed == [True] * 100 + [False] * 100 + [True] * 50
+    backend.create([rec := record()], meanwhile=lambda: None)  # every reply was read: still in step
+    assert server.exists(backend.key(rec.task_id))
+
+
+def test_a_batch_trims_and_expires_each_index_once_and_old_entries_still_go(private_redis):
+    """On a Redis of its own: the command counts are server-wide."""
+    url, server = private_redis
+    backend = RedisBackend(url, Config(broker_url="memory://", backend_url=url, redis_ttl=60))
+    server.config_resetstat()
+    fresh, old = [record() for _ in range(200)], record(age=120)
+    backend.create([*fresh, old])
+    stats = server.info("commandstats")
+    assert stats["cmdstat_zadd"]["calls"] == 3 * 201  # all, status, name
+    assert stats["cmdstat_zremrangebyscore"]["calls"] == 3  # once per index key, not once per record
+    assert [r.task_id for r in backend.query(TaskQuery(limit=500)).records].count(old.task_id) == 0
+    backend.create([record()])  # the next write to the index trims what the batch added late
+    assert server.zscore("cogman:idx:all", old.task_id) is None
+    for key in server.scan_iter("cogman:idx:*"):
+        assert 0 < server.pttl(key) <= 60_000, key
+    backend.close()
+
+
 # Queries
 
 
@@ -468,10 +560,9 @@ def test_a_redis_restart_during_a_run_loses_no_status(redis_url: str, server: re
 
 @pytest.fixture
 def private_redis() -> Iterator[tuple[str, redis.Redis]]:
-    """A throwaway redis-server on a free port, killed after the test."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    """A throwaway redis-server on a free port (below the ephemeral range: tests/ports.py), killed after
+    the test."""
+    port = free_ports()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

@@ -51,8 +51,8 @@ def test_offsets_are_milliseconds_since_each_tasks_send_and_keep_the_first_stamp
 def test_the_table_shows_each_stages_step_from_the_one_before():
     offsets = {"published": [0.3, 0.3, 0.5], "read": [0.7, 0.7, 0.9], "body": [1.2, 1.2, 1.4]}
     text = table(offsets, reference=[0.4, 0.4, 0.6])
-    assert "| read | 0.700 ms | 0.900 ms | +0.400 ms | 3 |" in text
+    assert "| read | 0.700 ms | 0.860 ms | +0.400 ms | 3 |" in text
     assert "| picked_up | - | - | - | 0 |" in text
-    assert "| body | 1.200 ms | 1.400 ms | +0.500 ms | 3 |" in text
+    assert "| body | 1.200 ms | 1.360 ms | +0.500 ms | 3 |" in text
     assert "| raw kombu, send->start (reference) | 0.400 ms |" in text
     assert [line.split(" | ")[0].lstrip("| ") for line in text.splitlines()[2:7]] == list(STAGES)
