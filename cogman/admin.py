@@ -128,13 +128,23 @@ def chain(backend: Backend, task_id: str) -> list[TaskRecord]:
 
 @dataclass(frozen=True, slots=True)
 class QueueReport:
-    """The broker's queues with totals over the task queues (the dead-letter queue counted apart)."""
+    """The broker's queues with totals over the task queues (dead letters and delayed tasks counted
+    apart: neither is waiting for a worker)."""
 
     queues: list[QueueStats]
 
     @property
     def task_queues(self) -> list[QueueStats]:
-        return [q for q in self.queues if q.kind != "dead_letter"]
+        return [q for q in self.queues if q.kind not in ("dead_letter", "delayed")]
+
+    @property
+    def delay_queues(self) -> list[QueueStats]:
+        return [q for q in self.queues if q.kind == "delayed"]
+
+    @property
+    def delayed(self) -> int:
+        """Tasks waiting for their ``eta`` (countdown, retry backoff) in the broker."""
+        return sum(q.ready for q in self.delay_queues)
 
     @property
     def total_queue(self) -> int:

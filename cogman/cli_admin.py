@@ -162,11 +162,17 @@ def _queues(app: App, args: argparse.Namespace, console: Console) -> int:
     for column in ("queue", "kind", "ready", "consumers"):
         table.add_column(column, justify="right" if column in ("ready", "consumers") else "left")
     for queue in report.queues:
-        ready = str(queue.ready) if queue.exists else "-"
-        table.add_row(Text(queue.name), Text(queue.kind), Text(ready), Text(str(queue.consumers)))
+        if queue.kind != "delayed":
+            ready = str(queue.ready) if queue.exists else "-"
+            table.add_row(Text(queue.name), Text(queue.kind), Text(ready), Text(str(queue.consumers)))
     table.add_row(
         Text("total", style="bold"), Text(""), Text(str(report.total_ready)), Text(str(report.total_consumers))
     )
+    ladder = report.delay_queues
+    if ladder:  # the ladder's 28 levels in one row: where a countdown, an eta or a retry backoff waits
+        name = ladder[0].name if len(ladder) == 1 else f"{ladder[0].name} .. {ladder[-1].name}"
+        ready = str(report.delayed) if any(q.exists for q in ladder) else "-"
+        table.add_row(Text(name), Text("delayed"), Text(ready), Text("-"))
     console.print(table)
     return 0
 

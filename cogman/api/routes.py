@@ -145,9 +145,11 @@ def data_routes(app: App) -> APIRouter:
                 "total_task": report.total_ready,
                 "total_consumers": report.total_consumers,
                 "dead_letters": report.dead_letters,
+                "delayed": report.delayed,
                 "queues": [
                     {"name": q.name, "kind": q.kind, "ready": q.ready, "consumers": q.consumers, "exists": q.exists}
                     for q in report.queues
+                    if q.kind != "delayed"  # one figure above, not the ladder's 28 levels
                 ],
             }
         )

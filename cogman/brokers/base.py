@@ -207,7 +207,8 @@ class Broker(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """One queue as the broker reports it: ``kind`` is ``high``, ``low`` or ``dead_letter``."""
+    """One queue as the broker reports it: ``kind`` is ``high``, ``low``, ``dead_letter`` or ``delayed``
+    (a level of the delay ladder, or the memory broker's heap: tasks waiting for their ``eta``)."""
 
     name: str
     kind: str

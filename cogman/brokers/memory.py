@@ -28,6 +28,9 @@ from cogman.brokers.base import (
 from cogman.message import Message
 from cogman.priority import Priority
 
+#: The name the heap of messages waiting for their ``eta`` goes by in ``queue_stats``.
+DELAYED_QUEUE = "cogman.delay"
+
 
 class MemoryBroker:
     def __init__(self, high_queue_count: int = 1, low_queue_count: int = 1, *, max_redeliveries: int = 5) -> None:
@@ -146,6 +149,7 @@ class MemoryBroker:
                 for name, queue in family.items()
             ]
             stats.append(QueueStats(DEAD_LETTER_QUEUE, "dead_letter", len(self._dead), 0))
+            stats.append(QueueStats(DELAYED_QUEUE, "delayed", len(self._delayed), 0))
         return stats
 
     def purge(self, settle: Callable[[list[Delivery]], None]) -> int:

@@ -17,10 +17,12 @@ import amqp.exceptions
 
 from cogman.brokers.base import Delivery, PublishListener, QueueStats, Receipt
 from cogman.brokers.connection import CONNECTION_ERRORS, close_quietly, dial
+from cogman.brokers.delay_ladder import level_name
 from cogman.brokers.publisher import Publisher
 from cogman.brokers.rabbitmq_consumer import RabbitMQConsumer, delivery_from
 from cogman.brokers.topology import Topology
 from cogman.config import Config
+from cogman.delays import LEVELS
 from cogman.errors import BrokerUnavailable
 from cogman.message import Message
 from cogman.priority import Priority
@@ -89,21 +91,23 @@ class RabbitMQBroker:
 
     def queue_stats(self) -> list[QueueStats]:
         """Passive declares on a fresh connection: a queue that is missing costs its channel (RabbitMQ
-        closes it with 404), so the next queue gets a new one."""
-        queues: list[tuple[Any, str]] = [(q, p.value) for q, p in self.topology.queues()]
-        queues.append((self.topology.dead_letter_queue(), "dead_letter"))
+        closes it with 404), so the next queue gets a new one. The delay ladder's levels are reported
+        as ``delayed``: their messages are tasks waiting for their ``eta``."""
+        queues: list[tuple[str, str]] = [(q.name, p.value) for q, p in self.topology.queues()]
+        queues.append((self.topology.dead_letter_queue().name, "dead_letter"))
+        queues += [(level_name(level), "delayed") for level in range(LEVELS)]
 
         def read(connection: Any) -> list[QueueStats]:
             stats = []
             channel = connection.channel()
-            for queue, kind in queues:
+            for name, kind in queues:
                 try:
-                    _, ready, consumers = channel.queue_declare(queue.name, passive=True)
+                    _, ready, consumers = channel.queue_declare(name, passive=True)
                 except amqp.exceptions.NotFound:
-                    stats.append(QueueStats(queue.name, kind, 0, 0, exists=False))
+                    stats.append(QueueStats(name, kind, 0, 0, exists=False))
                     channel = connection.channel()
                     continue
-                stats.append(QueueStats(queue.name, kind, int(ready), int(consumers)))
+                stats.append(QueueStats(name, kind, int(ready), int(consumers)))
             return stats
 
         return self._with_connection(read, "read the queue depths")

@@ -93,12 +93,14 @@ def test_read_routes(stack: Stack):
         assert field_of(http.get("/daterangecount", params=too_many)) == "interval"
         assert field_of(http.get("/daterangecount", params={"startDate": future})) == "startDate"
 
-        # /info: the queues the worker consumes, read fresh from RabbitMQ
+        # /info: the queues the worker consumes, read fresh from RabbitMQ, and the delayed tasks apart
+        assert stack.send("admin.add", 1, 1, countdown=3600).wait_sent(30)  # waits in the delay ladder
         info = http.get("/info").json()["data"]
         queues = {q["name"]: q for q in info["queues"]}
         assert queues["high_priority_queue_0"]["kind"] == "high" and queues["high_priority_queue_0"]["consumers"] >= 1
         assert queues["cogman.dead_letter"]["kind"] == "dead_letter"
         assert (info["total_queue"], info["total_task"], info["app"]) == (2, 0, "admin")
+        assert info["delayed"] == 1 and all(q["kind"] != "delayed" for q in info["queues"])
 
         # wrong method, unknown route: the envelope, never a bare page
         wrong = http.get("/retry")

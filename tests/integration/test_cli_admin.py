@@ -50,12 +50,24 @@ def cogman(env: dict[str, str], *args: str, stdin: str | None = None) -> subproc
     )
 
 
+def delayed_row(stdout: str) -> list[str]:
+    """The cells of ``cogman queues``'s one row for the delay ladder's levels."""
+    line = next(line for line in stdout.splitlines() if "delayed" in line)
+    return [cell.strip() for cell in line.split("│")[1:-1]]
+
+
 def test_queues_and_purge(env: dict[str, str], client: App):
     waiting = [client.send_task("admin.add", (i, i)) for i in range(3)]  # no worker: they wait in the queue
+    later = [client.send_task("admin.add", (i, i), countdown=3600) for i in range(2)]  # in the delay ladder
+    for result in later:
+        assert result.wait_sent(30)
     queues = cogman(env, "queues")
     assert queues.returncode == 0, queues.stderr
     row = next(line for line in queues.stdout.splitlines() if "high_priority_queue_0" in line)
     assert row.split("│")[3].strip() == "3"
+    total = next(line for line in queues.stdout.splitlines() if "total" in line)
+    assert total.split("│")[3].strip() == "3"  # delayed tasks are not waiting for a worker
+    assert delayed_row(queues.stdout) == ["cogman.delay.0 .. cogman.delay.27", "delayed", "2", "-"]
 
     refused = cogman(env, "purge", stdin="")
     assert refused.returncode == 1 and "--yes" in refused.stderr
@@ -66,6 +78,7 @@ def test_queues_and_purge(env: dict[str, str], client: App):
         assert record is not None and (record.status, record.fail_error) == (Status.FAILED, PURGED)
     after = cogman(env, "queues").stdout
     assert next(line for line in after.splitlines() if "high_priority_queue_0" in line).split("│")[3].strip() == "0"
+    assert delayed_row(after)[2] == "2"  # purge leaves delayed tasks alone (docs/scheduling.md)
 
 
 def test_list_inspect_and_retry(env: dict[str, str], client: App):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from cogman import App, Priority, Status, TaskContext, TaskFailed, TaskRecord
-from cogman.admin import retry_task
+from cogman.admin import QueueReport, retry_task
 from cogman.backends.base import TaskQuery
 from cogman.brokers.delay_ladder import (
     DELIVERY_EXCHANGE,
@@ -208,6 +208,9 @@ def test_memory_broker_hands_out_only_due_messages_in_eta_order():
     assert consumer.receive(0) is None
     assert (broker.depth(), broker.delayed()) == (0, 2)
     assert broker.next_due() is not None and 3000 < broker.next_due() <= 59 * 60  # type: ignore[operator]
+    delayed = [q for q in broker.queue_stats() if q.kind == "delayed"]
+    assert [(q.name, q.ready) for q in delayed] == [("cogman.delay", 2)]
+    assert QueueReport(broker.queue_stats()).total_ready == 0  # delayed tasks wait for no worker
 
 
 def test_memory_receive_wakes_when_the_earliest_delayed_message_is_due():

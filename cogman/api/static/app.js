@@ -120,6 +120,7 @@ async function loadQueues() {
   $("app-name").textContent = body.data.app || "";
   const rows = body.data.queues.map((q) => el("tr", {}, el("td", {}, q.name), el("td", { className: "num" }, q.exists ? q.ready : "-"), el("td", { className: "num" }, q.consumers)));
   rows.push(el("tr", { className: "total" }, el("td", {}, "total"), el("td", { className: "num" }, body.data.total_task), el("td", { className: "num" }, body.data.total_consumers)));
+  rows.push(el("tr", {}, el("td", {}, "delayed (cogman.delay.*)"), el("td", { className: "num" }, body.data.delayed), el("td", { className: "num" }, "-")));
   $("queues").tBodies[0].replaceChildren(...rows);
 }
 
