@@ -2,15 +2,17 @@
 
 A batch goes out in slices, each sent as soon as it is encoded and none awaited before the publish, so
 Redis works on the first slice while the sender still encodes the rest and then publishes (replies come
-back in order on the thread's own connection). For a ``send_many`` of 500 this took the wait for
-Redis's reply from about a quarter of the call to almost nothing (docs/performance.md).
+back in order on the thread's own connection). docs/performance.md has ``send_many``'s rate before and
+after.
 
 What each failure does:
 - a mistake (not an outage) found while sending the *first* slice raises before the publish: nothing
   was written, nothing published;
-- an outage while sending, or in a reply: that slice and every later one take the write path of any
-  write (retried, then parked in memory; the script is idempotent, so a slice Redis did run is
-  harmless to run again), and the caller waits for the broker's confirms (``create`` returns False);
+- an outage while sending, or a reply that does not come: that slice and every later one take the
+  write path of any write (retried, then parked in memory; the script is idempotent, so a slice Redis
+  did run is harmless to run again), and the caller waits for the broker's confirms if one was parked
+  (``create`` returns False); a failover's error reply (``READONLY``, ``BUSY``...) sends that slice
+  alone down the write path, and the later replies are still read;
 - a mistake found while sending a later slice, or in a reply: the other slices are still read or
   written, and the first mistake is raised after the publish: those records may be missing, which the
   worker handles as a foreign producer's task.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from cogman.backends.redis_wire import is_transient
 
@@ -73,11 +77,15 @@ def _finish(backend: RedisBackend, slices: list[_Slice], mistake: Exception | No
             try:
                 piece.reply()
                 continue
-            except Exception as exc:
+            except redis.ResponseError as exc:  # an answer: the connection is still in step
                 if not is_transient(exc):
-                    mistake = mistake or exc  # an error reply: the connection is still in step
+                    mistake = mistake or exc
                     continue
+            except Exception as exc:  # no answer: reply() closed the connection, later replies are gone
                 outage = True
+                if not is_transient(exc):
+                    mistake = mistake or exc
+                    continue
         try:
             durable &= backend.buffer.write(backend._run(backend._create, piece.args), piece.what) is not None
         except Exception as exc:  # a mistake, or the buffer full: raised once every slice was tried

@@ -310,23 +310,33 @@ def test_an_overlapped_create_after_a_script_flush_loads_the_script_again(make, 
 
 
 # Queries
-def logging_sends(backend: RedisBackend, events: list[str], fault: Callable[[int, list[Any]], None] | None = None):
+def logging_sends(
+    backend: RedisBackend,
+    events: list[str],
+    fault: Callable[[int, list[Any]], None] | None = None,
+    reply_fault: Callable[[int], None] | None = None,
+):
     """Wrap the overlapped create's sends: log each slice sent (its record count) and each reply read;
-    ``fault(n, args)`` runs before the n-th send (from 1) and may raise or change the args."""
+    ``fault(n, args)`` runs before the n-th send (from 1) and may raise or change the args;
+    ``reply_fault(n)`` runs after the n-th reply was read and may raise."""
     real_send = backend._scripts.send
     sent = 0
 
     def send(script: Any, args: list[Any]) -> Callable[[], Any]:
         nonlocal sent
         sent += 1
+        number = sent
         if fault is not None:
-            fault(sent, args)
+            fault(number, args)
         reply = real_send(script, args)
         events.append(f"sent {args[4]}")
 
         def read() -> Any:
             events.append("read")
-            return reply()
+            out = reply()
+            if reply_fault is not None:
+                reply_fault(number)
+            return out
 
         return read
 
@@ -382,6 +392,24 @@ def test_an_error_reply_for_one_slice_is_raised_after_the_publish_and_the_other_
     assert landed == [True] * 100 + [False] * 100 + [True] * 50
     backend.create([rec := record()], meanwhile=lambda: None)  # every reply was read: still in step
     assert server.exists(backend.key(rec.task_id))
+
+
+def test_a_failover_reply_for_one_slice_writes_it_again_and_the_later_replies_are_still_read(make, server):
+    """A transient error reply (READONLY during a failover) leaves the connection in step: that slice
+    takes the write path, and the replies after it must still be read, or the next call on this
+    connection would read them as its own."""
+    backend = make()
+    events: list[str] = []
+
+    def read_only_once(n: int) -> None:
+        if n == 2:  # the reply was consumed; Redis answered this slice with an error instead
+            raise redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica.")
+
+    logging_sends(backend, events, reply_fault=read_only_once)
+    records = [record() for _ in range(250)]
+    assert backend.create(records, meanwhile=lambda: events.append("meanwhile")) is True
+    assert events == ["sent 100", "sent 100", "sent 50", "meanwhile", "read", "read", "read"]
+    assert all(server.exists(backend.key(r.task_id)) for r in records) and backend.buffer.pending == 0
 
 
 def test_a_batch_trims_and_expires_each_index_once_and_old_entries_still_go(private_redis):
