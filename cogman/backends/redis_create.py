@@ -81,8 +81,9 @@ def _finish(backend: RedisBackend, slices: list[_Slice], mistake: Exception | No
                 if not is_transient(exc):
                     mistake = mistake or exc
                     continue
-            except Exception as exc:  # no answer: reply() closed the connection, later replies are gone
+            except Exception as exc:  # no answer (or none usable): later replies are not read
                 outage = True
+                backend._scripts.abandon_replies()
                 if not is_transient(exc):
                     mistake = mistake or exc
                     continue

@@ -116,6 +116,13 @@ class ScriptCaller:
         for _, connection in connections:
             connection.disconnect()
 
+    def abandon_replies(self) -> None:
+        """Close this thread's :meth:`send` connection: replies still due on it are never read, so the
+        next call on it cannot take one of them for its own."""
+        connection = getattr(self._local, "pending", None)
+        if connection is not None:
+            connection.disconnect()
+
     def _connection(self, slot: str) -> Any:
         connection = getattr(self._local, slot, None)
         if connection is None:

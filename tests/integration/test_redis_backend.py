@@ -412,6 +412,25 @@ def test_a_failover_reply_for_one_slice_writes_it_again_and_the_later_replies_ar
     assert all(server.exists(backend.key(r.task_id)) for r in records) and backend.buffer.pending == 0
 
 
+def test_a_slice_whose_reply_is_unusable_abandons_the_rest_so_no_later_call_reads_them(make, server):
+    """The first slice's reply was read but its call failed without an error reply (a script reloaded
+    on the other connection after a SCRIPT FLUSH, and that connection broke): the later replies are not
+    read, so the connection is closed, and every slice goes down the write path."""
+    backend = make()
+    events: list[str] = []
+
+    def broken_after_reading(n: int) -> None:
+        if n == 1:
+            raise redis.ConnectionError("the other connection broke while reloading the script")
+
+    logging_sends(backend, events, reply_fault=broken_after_reading)
+    records = [record() for _ in range(250)]
+    assert backend.create(records, meanwhile=lambda: events.append("meanwhile")) is True
+    assert events == ["sent 100", "sent 100", "sent 50", "meanwhile", "read"]
+    assert backend._scripts._local.pending._sock is None  # closed with the two replies it still owed
+    assert all(server.exists(backend.key(r.task_id)) for r in records) and backend.buffer.pending == 0
+
+
 def test_a_batch_trims_and_expires_each_index_once_and_old_entries_still_go(private_redis):
     """On a Redis of its own: the command counts are server-wide."""
     url, server = private_redis
