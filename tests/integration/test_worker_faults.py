@@ -8,6 +8,7 @@ the queue changes happen in the test's own vhost.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -154,15 +155,23 @@ def test_a_topology_change_found_on_reconnect_stops_the_worker(rabbit: str, env:
     log_file = tmp_path / "worker.log"
     client.send_task("rel.blocks", args=(3,))  # declares the queues
     open_gate(env, 3)
-    worker = worker_process(APP, env, "-c", "1", log=log_file)
+    worker = worker_process(APP, env, "-c", "1", "-l", "INFO", log=log_file)
     try:
         wait_for(lambda: consumer_count(rabbit, "high_priority_queue_0") == 1, 60, "the worker to consume")
         with Connection(rabbit, connect_timeout=5) as connection:
             channel = connection.channel()
             channel.queue_delete("high_priority_queue_0")
-            channel.queue_declare("high_priority_queue_0", durable=True, arguments={"x-max-length": 10})
+            # auto_delete=False as cogman's (py-amqp's default is True): the only difference is the x-argument.
+            # An auto-delete queue vanished once a consumer that had attached to it left, and the worker
+            # then declared a fresh one and lived on: the test failed once so (2026-11-23).
+            channel.queue_declare(
+                "high_priority_queue_0", durable=True, auto_delete=False, arguments={"x-max-length": 10}
+            )
         rabbitmqctl("close_all_connections", "--vhost", VHOST, "test: force a reconnect")
-        code = worker.wait(90)
+        try:
+            code = worker.wait(90)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker lived on; its log:\n{log_file.read_text()}") from None
     finally:
         stop(worker)
     assert code == 2
