@@ -142,6 +142,11 @@ class QueueReport:
         return [q for q in self.queues if q.kind == "delayed"]
 
     @property
+    def listed(self) -> list[QueueStats]:
+        """The queues shown one by one: the delay ladder's levels are summed in ``delayed`` instead."""
+        return [q for q in self.queues if q.kind != "delayed"]
+
+    @property
     def delayed(self) -> int:
         """Tasks waiting for their ``eta`` (countdown, retry backoff) in the broker."""
         return sum(q.ready for q in self.delay_queues)

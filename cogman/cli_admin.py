@@ -161,10 +161,9 @@ def _queues(app: App, args: argparse.Namespace, console: Console) -> int:
     table = Table(title="queues")
     for column in ("queue", "kind", "ready", "consumers"):
         table.add_column(column, justify="right" if column in ("ready", "consumers") else "left")
-    for queue in report.queues:
-        if queue.kind != "delayed":
-            ready = str(queue.ready) if queue.exists else "-"
-            table.add_row(Text(queue.name), Text(queue.kind), Text(ready), Text(str(queue.consumers)))
+    for queue in report.listed:
+        ready = str(queue.ready) if queue.exists else "-"
+        table.add_row(Text(queue.name), Text(queue.kind), Text(ready), Text(str(queue.consumers)))
     table.add_row(
         Text("total", style="bold"), Text(""), Text(str(report.total_ready)), Text(str(report.total_consumers))
     )

@@ -148,8 +148,7 @@ def data_routes(app: App) -> APIRouter:
                 "delayed": report.delayed,
                 "queues": [
                     {"name": q.name, "kind": q.kind, "ready": q.ready, "consumers": q.consumers, "exists": q.exists}
-                    for q in report.queues
-                    if q.kind != "delayed"  # one figure above, not the ladder's 28 levels
+                    for q in report.listed  # the ladder's 28 levels are the one figure above
                 ],
             }
         )
