@@ -1,4 +1,5 @@
-"""Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), lint, typecheck, demo, bench."""
+"""Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), lint, typecheck, demo, bench, profile,
+soak."""
 
 import nox
 
@@ -49,3 +50,11 @@ def profile(session: nox.Session) -> None:
     collapsed stacks in bench/results/profile-*.txt. ``nox -s profile -- --tasks 5000``."""
     session.install("-e", ".", "py-spy", "psutil")
     session.run("python", "bench/profile.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Tasks sent for a while through cut connections and killed workers, then every accepted one checked
+    (RabbitMQ and Redis on 127.0.0.1); ``nox -s soak -- --seconds 600``. See docs/reliability.md."""
+    session.install("-e", ".")
+    session.run("python", "bench/soak.py", *session.posargs)
