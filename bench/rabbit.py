@@ -28,10 +28,7 @@ def ensure_vhost(url: str) -> None:
         return
     except (AccessRefused, NotAllowed) as exc:
         rabbitmqctl = shutil.which("rabbitmqctl")
-        commands = [
-            ["add_vhost", VHOST],
-            ["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
-        ]
+        commands = vhost_commands(VHOST)
         if rabbitmqctl is None:
             raise SystemExit(
                 f"bench: cannot open vhost {VHOST!r} ({exc}); create it: "
@@ -40,6 +37,11 @@ def ensure_vhost(url: str) -> None:
         for command in commands:
             subprocess.run([rabbitmqctl, *command], check=True, capture_output=True, timeout=60)
     _probe(url)
+
+
+def vhost_commands(vhost: str) -> list[list[str]]:
+    """The rabbitmqctl arguments that create ``vhost`` and let guest use all of it."""
+    return [["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]]
 
 
 def _probe(url: str) -> None:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from bench.rabbit import vhost_commands  # noqa: E402
 from bench.soak_tasks import DIRECT_REDIS_URL, RUNNERS_KEY, RUNS_KEY, TASK_NAME, VHOST, make_app  # noqa: E402
 from tests.integration.tcp_proxy import TcpProxy  # noqa: E402
 
@@ -51,7 +52,7 @@ def reset_stores() -> None:
     """A fresh vhost (no queue, no message left from an earlier run) and an empty database."""
     rabbitmqctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
     subprocess.run([rabbitmqctl, "delete_vhost", VHOST], capture_output=True, timeout=60)
-    for command in (["add_vhost", VHOST], ["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]):
+    for command in vhost_commands(VHOST):
         subprocess.run([rabbitmqctl, *command], check=True, capture_output=True, timeout=60)
     redis.Redis.from_url(DIRECT_REDIS_URL).flushdb()
 
