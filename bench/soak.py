@@ -106,6 +106,8 @@ class Sender(threading.Thread):
         self.raised: dict[int, str] = {}
         self.stopping = threading.Event()
         self.serials = itertools.count()
+        #: Why the sender stopped before it was told to: the soak then fails, whatever the tasks did.
+        self.died: BaseException | None = None
 
     def run(self) -> None:
         try:
@@ -126,6 +128,7 @@ class Sender(threading.Thread):
                     continue
                 self.accepted.update((serial, result.id) for serial, result in zip(serials, results, strict=True))
         except BaseException as exc:
+            self.died = exc
             print(f"soak: the sender stopped: {exc!r}", flush=True)
             raise
 
@@ -271,6 +274,9 @@ def report(sender: Sender, runs: dict[int, int], statuses: dict[str, str], injec
         print(f"every accepted task had run {all_ran_after:.1f} s after the last fault")
     if verdict.unexplained:
         print(f"runs beyond the first not explained by a kill, serials: {verdict.unexplained[:20]}; logs in {logs}")
+    if sender.died is not None:
+        print(f"FAILED: the sender stopped early ({sender.died!r}); the figures above cover only what it sent")
+        return 1
     if not verdict.ok:
         not_success = [(serial, statuses.get(accepted[serial])) for serial in verdict.unfinished[:20]]
         print(f"LOST: serials {verdict.lost[:20]}; not success: {not_success}; worker logs in {logs}")
