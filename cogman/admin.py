@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from cogman.backends.base import TaskQuery
 from cogman.brokers.base import Delivery, QueueStats
+from cogman.claims import never_ran
 from cogman.client import new_task_id, retry_task_id
 from cogman.errors import CogmanError, TaskNotFound
 from cogman.message import HEADER_TASK_ID, Message
 from cogman.record import TaskRecord, utcnow
 from cogman.result import AsyncResult
 from cogman.status import Status
+from cogman.workflow_spec import ChainStep, callback_id, chain_ids, parse
 
 if TYPE_CHECKING:
     from cogman.app import App
@@ -42,6 +44,20 @@ class NotRetryable(CogmanError):
         self.latest = latest
 
 
+class NeverRan(NotRetryable):
+    """A workflow step recorded "not run": it never ran because a step before it failed. Run on its own
+    it would miss the input that step gives it; retrying the failed step resumes the workflow."""
+
+    def __init__(self, task_id: str, latest: TaskRecord) -> None:
+        CogmanError.__init__(
+            self,
+            f"task {task_id} never ran ({latest.fail_error}); retry the step that failed instead: the workflow "
+            "resumes from there",
+        )
+        self.task_id = task_id
+        self.latest = latest
+
+
 class RetryBudgetRace(CogmanError):
     """The budget raised for a manual retry was spent by another retry before this one could use it."""
 
@@ -50,9 +66,14 @@ def retry_task(app: App, task_id: str, *, retries: int = 1, force: bool = False)
     """Cogman's manual retry: add ``retries`` to the chain's budget, then spend one of them on an attempt
     published now, so ``retries - 1`` automatic retries are left. Returns the new attempt's record.
 
-    Raises TaskNotFound, NotRetryable (unless ``force``), ValueError for a bad ``retries``, and
-    BackendUnavailable / BrokerUnavailable. The attempt is recorded (status ``retry``) before it is
-    published, so a publish that fails is republished by re-enqueue, never lost.
+    Raises TaskNotFound, NotRetryable (unless ``force``), NeverRan (a workflow step recorded "not run",
+    force or not), ValueError for a bad ``retries``, and BackendUnavailable / BrokerUnavailable. The
+    attempt is recorded (status ``retry``) before it is published, so a publish that fails is republished
+    by re-enqueue, never lost.
+
+    A workflow step (chain step, chord member) resumes its workflow when the attempt succeeds: the "not
+    run" records its failure left are deleted first, so the workflow's handles wait again instead of
+    raising, and the worker sends what follows the step as for any success (docs/workflows.md).
     """
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
         raise ValueError(f"retry must be an integer of at least 1, got {retries!r}")
@@ -61,9 +82,12 @@ def retry_task(app: App, task_id: str, *, retries: int = 1, force: bool = False)
     if record is None:
         raise TaskNotFound(task_id)
     latest = AsyncResult(backend, task_id).latest()
+    if never_ran(latest):
+        raise NeverRan(task_id, latest)
     if latest.status is not Status.FAILED and not force:
         raise NotRetryable(task_id, latest)
     original_id = record.original_task_id
+    _reopen_workflow(backend, original_id)
     if backend.add_retries(original_id, retries) is None:
         raise TaskNotFound(original_id)
     now = utcnow()
@@ -88,6 +112,23 @@ def retry_task(app: App, task_id: str, *, retries: int = 1, force: bool = False)
     app.broker.publish([message])
     app.middleware.after("after_send", message)
     return attempt
+
+
+def _reopen_workflow(backend: Backend, step_id: str) -> None:
+    """Delete the "not run" records a workflow step's failure left (the chain's later steps, the chord's
+    callback): a retry that succeeds sends them for real. The worker replaces one it still finds (one
+    written after this ran); deleting first keeps the handles waiting instead of raising meanwhile."""
+    original = backend.get(step_id)
+    try:
+        spec = parse(original.payload.get("workflow")) if original is not None else None
+    except (TypeError, ValueError):
+        return  # a malformed spec: the step cannot resume anything (its message was dead-lettered)
+    if spec is None:
+        return
+    later = chain_ids(step_id, len(spec.rest) + 1)[1:] if isinstance(spec, ChainStep) else [callback_id(spec.chord_id)]
+    stale = [task_id for task_id in later if (found := backend.get(task_id)) is not None and never_ran(found)]
+    if stale:
+        backend.delete(stale)
 
 
 def chain(backend: Backend, task_id: str) -> list[TaskRecord]:

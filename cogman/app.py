@@ -65,7 +65,7 @@ class App:
         #: Workers running in this process (``start_background`` or a blocking ``worker().start()``).
         self.running_workers: set[Worker] = set()
         #: Ids sent on the memory:// broker and not yet seen finished, for ``join``.
-        self.unjoined: list[str] = []
+        self.unjoined = inprocess.Unjoined(self)
         self._eager: EagerRunner | None = None
         self._close_at_exit: Callable[[], None] | None = None
         self._install_worker_middleware()

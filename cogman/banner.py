@@ -57,6 +57,7 @@ def render(
     priorities: Sequence[Priority],
     app_path: str | None = None,
     metrics_port: int | None = None,
+    metrics_host: str | None = None,
 ) -> str:
     """The banner text (no trailing newline)."""
     from cogman import __version__
@@ -81,11 +82,11 @@ def render(
     port = metrics_port if metrics_port is not None else config.metrics_port
     if port is not None:
         where = f"port {port}" if processes == 1 else f"ports {port}..{port + processes - 1}"
-        lines.append(_field("metrics", f"Prometheus on {where}"))
+        lines.append(_field("metrics", f"Prometheus on {where} of {metrics_host or config.metrics_host}"))
     lines += ["", " [queues]"]
     counts = {Priority.HIGH: config.high_priority_queue_count, Priority.LOW: config.low_priority_queue_count}
     for priority in priorities:
-        lines.append(_queues_line(priority, queue_names(priority, counts[priority])))
+        lines.append(_queues_line(priority, queue_names(priority, counts[priority], config.queue_prefix)))
     lines += ["", f" [tasks] {len(app.tasks)} registered"]
     if not app.tasks:
         lines.append("   (none: every task this worker receives is dead-lettered as unknown)")
@@ -134,7 +135,8 @@ class Announcer(Middleware):
         if self._hidden():
             counts = {Priority.HIGH: worker.app.config.high_priority_queue_count,
                       Priority.LOW: worker.app.config.low_priority_queue_count}  # fmt: skip
-            queues = [name for p in worker.priorities for name in queue_names(p, counts[p])]
+            prefix = worker.app.config.queue_prefix
+            queues = [name for p in worker.priorities for name in queue_names(p, counts[p], prefix)]
             print(_cut(f"{self.prefix}ready: {worker.concurrency} threads consuming {', '.join(queues)}"), flush=True)
 
     def worker_shutdown(self, worker: Worker) -> None:

@@ -6,6 +6,10 @@ it, the others find the record there and send nothing. So N beats send every tic
 that dies after claiming a tick but before publishing it leaves an ``initiated`` record that the
 workers' re-enqueue sweep publishes.
 
+A tick's record names the beat that claimed it, so a beat whose create's reply was lost (the create ran,
+the answer never came, the retried create found the record) recognises its own claim and publishes it,
+in that pass or the next, rather than leaving it to the sweep.
+
 No bursts: a pass sends the newest due tick and at most ``catch_up`` (``Config.periodic_catch_up``,
 default 1) older ones it missed; a beat's first pass sends only the ``catch_up`` newest ticks since the
 schedule's last recorded run (none for a schedule that never ran). Everything older is skipped.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -49,6 +54,8 @@ class Beat:
         self._considered: dict[str, datetime] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Names this beat in the records of the ticks it claims.
+        self.claimant = f"beat {uuid.uuid4().hex}"
 
     def run_pending(self) -> list[str]:
         """One pass over every schedule; returns the ids of the ticks this beat sent."""
@@ -68,6 +75,8 @@ class Beat:
         if since is None:  # this beat's first look: what ran while no beat of ours was up?
             last = last_tick(self.app.backend, schedule)
             due = [] if last is None else schedule.ticks(now, last[0], catch_up)
+            if due:  # a pass that raises retries from the oldest of these, not from the run it claimed
+                self._considered[schedule.name] = due[-1] - timedelta(microseconds=1)
         else:
             due = schedule.ticks(now, since, 1 + catch_up)
         sent = []
@@ -79,9 +88,11 @@ class Beat:
                 task_ids=[schedule.tick_id(tick)],
                 extras=[schedule.tick_extra(tick)],
             )
-            if send_if_new(self.app, record).created:
+            if send_if_new(self.app, record, self.claimant).created:
                 log.info("periodic %s: sent tick %s as task %s", schedule.name, tick.isoformat(), record.task_id)
                 sent.append(record.task_id)
+            # Settled: a later pass never claims it again, even if a newer tick of this pass raises.
+            self._considered[schedule.name] = tick
         self._considered[schedule.name] = now
         return sent
 

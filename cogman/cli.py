@@ -87,6 +87,13 @@ def _port(value: str) -> int:
     return number
 
 
+def _address(value: str) -> str:
+    """An address to listen on: a host name or an IP, nothing else (no port, no scheme)."""
+    if not value.strip() or any(char in value for char in "/ ") or value.count(":") == 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an address to listen on (like 127.0.0.1 or 0.0.0.0)")
+    return value
+
+
 def _families(value: str) -> list[Priority]:
     """``high``, ``low`` or ``high,low``: the queue families a worker consumes."""
     chosen = [part.strip() for part in value.split(",") if part.strip()]
@@ -149,8 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "-Q", "--queues", type=_families, default=list(Priority), help="families to consume: high, low or high,low"
     )
-    worker.add_argument("-p", "--processes", type=_at_least(1), default=1, help="worker processes (default 1)")
+    hard = "supervised worker processes, with hard time limits (default: one process, unsupervised)"
+    worker.add_argument("-p", "--processes", type=_at_least(1), help=hard)
     worker.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics here (process i: port + i)")
+    where = "address the metrics listen on (default: config, 127.0.0.1; 0.0.0.0: every interface)"
+    worker.add_argument("--metrics-host", type=_address, metavar="ADDRESS", help=where)
     _log_level_option(worker, "-l", "--loglevel", "--log-level", default=argparse.SUPPRESS)
     worker.add_argument("--beat", action="store_true", help="also send the app's periodic tasks (cogman beat)")
 
@@ -252,13 +262,14 @@ def _worker(app: App, args: argparse.Namespace, overrides: dict[str, Any]) -> in
     banner = render(
         app,
         concurrency=concurrency,
-        processes=args.processes,
+        processes=args.processes or 1,
         priorities=priorities,
         app_path=args.app,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     print(banner, flush=True)
-    if args.processes > 1:
+    if args.processes is not None:
         from cogman.processes import run_processes
 
         return run_processes(
@@ -267,12 +278,14 @@ def _worker(app: App, args: argparse.Namespace, overrides: dict[str, Any]) -> in
             concurrency=args.concurrency,
             queues=[p.value for p in priorities],
             metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
             overrides=overrides,
         )
-    if args.metrics_port is not None:
+    port = args.metrics_port if args.metrics_port is not None else app.config.metrics_port
+    if port is not None and (args.metrics_port is not None or args.metrics_host is not None):
         from cogman.metrics import install_prometheus
 
-        install_prometheus(app, args.metrics_port)
+        install_prometheus(app, port, args.metrics_host)
     if not any(isinstance(m, Announcer) for m in app.middleware.middleware):
         app.middleware.middleware.append(Announcer())
     try:

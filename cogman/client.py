@@ -203,7 +203,10 @@ class Client:
         if self._leases is None:
             with self._leases_lock:
                 if self._leases is None:
-                    self._leases = LeaseKeeper(self.broker, self.backend, self.config.re_enqueue_grace)
+                    from cogman.reenqueue import child_grace
+
+                    grace = self.config.re_enqueue_grace
+                    self._leases = LeaseKeeper(self.broker, self.backend, grace, child_grace(self.config))
 
     def abandoned(self, messages: Sequence[Message], reason: str) -> None:
         for message in messages:
@@ -213,19 +216,21 @@ class Client:
 
 class LeaseKeeper:
     """Renews the re-enqueue lease of every record whose message this process still holds unconfirmed
-    (a long broker outage), every third of the grace period, so no sweep republishes what the outbox
-    will send. Idle (one cheap call, no I/O) when nothing is unconfirmed."""
+    (a long broker outage), every third of ``shortest`` (the child grace: the soonest a sweep may take
+    one of its records), so no sweep republishes what the outbox will send. Idle (one cheap call, no
+    I/O) when nothing is unconfirmed."""
 
-    def __init__(self, broker: Broker, backend: Backend, grace: float) -> None:
+    def __init__(self, broker: Broker, backend: Backend, grace: float, shortest: float | None = None) -> None:
         self.broker = broker
         self.backend = backend
         self.grace = grace
+        self.every = (grace if shortest is None else min(grace, shortest)) / 3
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cogman-leases", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(max(0.05, self.grace / 3)):
+        while not self._stop.wait(max(0.05, self.every)):
             try:
                 held = self.broker.unconfirmed_ids()
                 if held:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
@@ -41,6 +42,10 @@ class Config:
     low_priority_queue_count: int = 1
     #: ``"classic"`` (Cogman's topology) or ``"quorum"`` (replicated, for a RabbitMQ cluster).
     queue_type: str = "classic"
+    #: Put in front of every queue and exchange name cogman declares (``shop``: ``shop.high_priority_queue_0``,
+    #: ``shop.cogman.dead_letter``, ``shop.cogman.delay.3``...), so apps sharing a vhost never take each
+    #: other's tasks; empty: Cogman's names. Better still: a vhost per app (docs/guarantees.md).
+    queue_prefix: str = ""
 
     #: Run every send inline, in the caller, before ``.delay()`` returns (for unit tests of your tasks;
     #: see cogman/eager.py). The broker is then an in-process one, whatever ``broker_url`` says.
@@ -53,9 +58,19 @@ class Config:
     #: How long a stopping worker lets running handlers finish, in all (not per handler), before it
     #: gives up on them; under Kubernetes' default 30 s termination grace.
     grace_period: float = 25.0
+    #: With ``--processes``: how long a task may run past its ``time_limit`` before the supervisor ends its
+    #: worker process (the hard limit, which stops even a blocking call in C; the process's other running
+    #: tasks go back to the broker) and records the attempt failed; None: no hard limit.
+    hard_time_limit_grace: float | None = 10.0
     #: Largest message body sent or read, in bytes: checked at ``.delay()`` before anything is recorded,
     #: and a larger delivery is dead-lettered unread (RabbitMQ's own default limit is 128 MiB).
     max_message_size: int = 8 * 1024 * 1024
+    #: Largest result a task may return, in bytes of its JSON: a larger one fails the attempt without a
+    #: retry (the handler ran; its side effects would repeat), with an error naming both sizes.
+    max_result_size: int = 1024 * 1024
+    #: Most bytes of a failed attempt's ``fail_error``, and of its ``traceback``, a record keeps: the
+    #: start of the error and the end of the traceback, marked ``...[truncated N bytes]``.
+    max_error_size: int = 8192
     #: How long ``close()`` (and interpreter exit) waits for the outbox to be confirmed.
     close_timeout: float = 10.0
     #: Most messages a process holds unconfirmed (outbox and in flight); a send into a full outbox waits
@@ -65,7 +80,7 @@ class Config:
     #: given back to the broker before it is dead-lettered with the error.
     max_redeliveries: int = 5
 
-    #: How long Redis keeps a record after its last change.
+    #: How long Redis (and the memory:// backend) keeps a record after its last change.
     redis_ttl: float = 7 * DAY
     #: Namespace of every Redis key (``<prefix>:task:<id>``...), so apps can share a database.
     redis_prefix: str = "cogman"
@@ -84,16 +99,24 @@ class Config:
     re_enqueue_grace: float = 60.0
     #: How often a sweeping worker looks for stale unconfirmed records.
     re_enqueue_interval: float = 30.0
+    #: ``re_enqueue_grace`` for records sent from inside a handler (child tasks, the workflow steps a
+    #: worker sends), whose sends a time limit or a killed worker cuts short between the record and the
+    #: publish; sweeping workers then also look this often (at most once a second).
+    re_enqueue_child_grace: float = 10.0
 
     #: Port of a worker's Prometheus endpoint (the ``Prometheus`` middleware, ``pip install cogman[api]``);
     #: None: no endpoint. With ``--processes N``, process i listens on ``metrics_port + i``.
     metrics_port: int | None = None
+    #: Address the Prometheus endpoint listens on: loopback, so only this machine can read it, unless
+    #: set to ``0.0.0.0`` (every interface) or the pod's address for a scraper elsewhere.
+    metrics_host: str = "127.0.0.1"
     #: How often a worker writes its heartbeat to the backend (``cogman ping``, ``cogman workers``); 0: never.
     heartbeat_interval: float = 5.0
-    #: Bearer token the REST API asks for (env ``COGMAN_API_TOKEN``); None: no token (loopback only).
+    #: Bearer token the REST API asks for (env ``COGMAN_API_TOKEN``), visible ASCII only; None: no token,
+    #: and the API answers only requests to loopback addresses and names.
     api_token: str | None = field(default_factory=lambda: os.environ.get("COGMAN_API_TOKEN") or None, repr=False)
     #: Origins a browser may call the REST API from (CORS), e.g. ``["https://ops.example.com"]`` or
-    #: ``["*"]``; empty: only the dashboard's own origin.
+    #: ``["*"]`` (only with ``api_token``); empty: only the dashboard's own origin.
     api_cors_origins: list[str] = field(default_factory=list)
 
     #: Of the ticks of a periodic schedule missed while every beat was down (or stalled), how many a
@@ -106,6 +129,8 @@ class Config:
             "low_priority_queue_count",
             "concurrency",
             "max_message_size",
+            "max_result_size",
+            "max_error_size",
             "outbox_limit",
         ):
             if int(getattr(self, name)) < 1:
@@ -119,6 +144,7 @@ class Config:
             "close_timeout",
             "max_redeliveries",
             "re_enqueue_grace",
+            "re_enqueue_child_grace",
         ):
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
@@ -132,8 +158,22 @@ class Config:
             raise ConfigError(f"send_mode must be 'recorded' or 'confirmed', got {self.send_mode!r}")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
+        if self.queue_prefix and (
+            len(self.queue_prefix) > 64
+            or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", self.queue_prefix)
+            or self.queue_prefix.split(".")[0].lower() == "amq"
+        ):
+            raise ConfigError(
+                f"queue_prefix must be at most 64 characters, words of letters, digits, '_' or '-' joined by "
+                f"'.', and not start with 'amq' (RabbitMQ reserves amq.*), got {self.queue_prefix!r}"
+            )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be a TCP port (0-65535), got {self.metrics_port!r}")
+        if not isinstance(self.metrics_host, str) or not self.metrics_host.strip():
+            raise ConfigError(f"metrics_host must be an address to listen on (127.0.0.1), got {self.metrics_host!r}")
+        grace = self.hard_time_limit_grace
+        if grace is not None and not 0 <= grace < float("inf"):
+            raise ConfigError(f"hard_time_limit_grace must be None or finite seconds >= 0, got {grace!r}")
         if self.periodic_catch_up < 0:
             raise ConfigError(f"periodic_catch_up must not be negative, got {self.periodic_catch_up!r}")
         if self.heartbeat_interval < 0:

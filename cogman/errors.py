@@ -57,6 +57,13 @@ class MessageTooLarge(CogmanError, ValueError):
     """A task's encoded message is over ``Config.max_message_size``; raised before anything is recorded."""
 
 
+class ResultRejected(CogmanError):
+    """A handler returned what its record cannot hold (not JSON, or over ``Config.max_result_size``).
+
+    The attempt fails without a retry: the handler ran, and running it again would repeat its side
+    effects (a charged card) only to return the same unstorable value."""
+
+
 class BrokerUnavailable(CogmanError, ConnectionError):
     """The broker could not be reached within the configured time."""
 

@@ -17,17 +17,16 @@ import logging
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from cogman import workflow
-from cogman.backoff import Retry, decide
+from cogman.backoff import Retry, RetryDecision, decide
 from cogman.delays import expired_error, seconds_until
-from cogman.errors import BackendUnavailable, BrokerUnavailable, PoisonMessage, PublishError
-from cogman.handlers import EventLoopThread, ensure_json_result, run_handler
+from cogman.errors import BackendUnavailable, BrokerUnavailable, PoisonMessage, PublishError, ResultRejected
+from cogman.handlers import EventLoopThread, chain_of, check_result, run_handler
 from cogman.message import Message, header_task_id
-from cogman.record import bounded_traceback
+from cogman.record import clip
 from cogman.status import Status
 
 if TYPE_CHECKING:
@@ -57,15 +56,6 @@ class Outcome(StrEnum):
     REQUEUED = "requeued"  #: given back to the broker unfinished (a stopping worker, an unexpected error)
 
 
-@dataclass(frozen=True, slots=True)
-class Chain:
-    """Where an attempt stands in its retry chain, as the backend says."""
-
-    original_task_id: str
-    attempt: int
-    retries_left: int
-
-
 class GiveBack(Exception):
     """The worker is stopping while the backend is away: the delivery goes back unacked."""
 
@@ -89,9 +79,17 @@ class Executor:
             return self._held
 
     def execute(self, delivery: Delivery) -> Outcome:
+        """Settle one delivery; ``after_outcome`` always follows, with the message once decoded, so a
+        hook that counts from ``before_execute`` to it (the in-progress gauge) never leaks."""
         message: Message | None = None
         try:
-            message, outcome = self._execute(delivery)
+            try:
+                message = self._decode(delivery)
+                task = self._task_for(message)
+            except PoisonMessage as poison:
+                outcome = self._dead_letter(delivery, poison, message)
+            else:
+                outcome = self._execute(delivery, message, task)
         except GiveBack:
             self.consumer.requeue(delivery)
             outcome = Outcome.REQUEUED
@@ -103,32 +101,26 @@ class Executor:
         self.app.middleware.after("after_outcome", message, outcome.value)
         return outcome
 
-    def _execute(self, delivery: Delivery) -> tuple[Message | None, Outcome]:
-        decoded: Message | None = None
-        try:
-            decoded = self._decode(delivery)
-            task = self._task_for(decoded)
-        except PoisonMessage as poison:
-            return decoded, self._dead_letter(delivery, poison, decoded)
-        message = decoded
+    def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Outcome:
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
-            return message, untimely
+            return untimely
 
         started = self._until_recorded(lambda: self.backend.start(message.task_id), f"start task {message.task_id}")
         if started is not None and started.status.is_final:
             log.info("task %s already %s; acking its redelivery without running it", message.task_id, started.status)
             redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
             self._ack_when_durable(delivery, after=redo)
-            return message, Outcome.SKIPPED
-        chain = _chain_of(message, started)
+            return Outcome.SKIPPED
+        chain = chain_of(message, started)
 
         self.app.middleware.before("before_execute", message)
         begun = time.perf_counter()
         try:
-            result = ensure_json_result(task, run_handler(task, message, chain, self.loop))
+            result = run_handler(task, message, chain, self.loop)
+            check_result(task, result, self.app.config.max_result_size)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the attempt fails, the thread lives on
-            return message, self._failed(delivery, message, task, started, exc, time.perf_counter() - begun)
+            return self._failed(delivery, message, task, started, exc, time.perf_counter() - begun)
         duration = time.perf_counter() - begun
         self._until_recorded(
             lambda: self.backend.transition(
@@ -143,7 +135,7 @@ class Executor:
             shown = repr(result)
             shown = shown if len(shown) <= RESULT_SHOWN else shown[:RESULT_SHOWN] + "..."
             log.info("task %s[%s] succeeded in %.4fs: %s", message.name, message.task_id, duration, shown)
-        return message, Outcome.SUCCEEDED
+        return Outcome.SUCCEEDED
 
     # The steps
 
@@ -171,10 +163,9 @@ class Executor:
         workflow step fails its workflow (what that sends waits for re-enqueue if unconfirmed)."""
         log.error("dead-lettering message from %s: %s", delivery.queue, poison.reason)
         if poison.task_id is not None:
+            error = clip(poison.reason, self.app.config.max_error_size)
             self._until_recorded(
-                lambda: self.backend.transition(
-                    poison.task_id or "", Status.FAILED, fail_error=poison.reason, returning=False
-                ),
+                lambda: self.backend.transition(poison.task_id or "", Status.FAILED, fail_error=error, returning=False),
                 f"record the dead-lettering of task {poison.task_id}",
             )
         if message is not None and poison.task_id == message.task_id:
@@ -191,14 +182,20 @@ class Executor:
         exc: BaseException,
         duration: float,
     ) -> Outcome:
-        """The handler raised: spawn the retry attempt (if the task's policy and the budget allow) and
-        publish it, record this attempt failed, and ack once both the record is durable and the retry is
-        confirmed."""
+        """The handler raised (or returned what cannot be recorded, never retried): spawn the retry attempt
+        (if the task's policy and the budget allow) and publish it, record this attempt failed, and ack
+        once both the record is durable and the retry is confirmed."""
+        limit = self.app.config.max_error_size
         error = f"{type(exc).__name__}: {exc}"
-        trace = bounded_traceback("".join(traceback.format_exception(exc)))
+        rejected = isinstance(exc, ResultRejected)
+        trace = None if rejected else clip("".join(traceback.format_exception(exc)), limit, keep_end=True)
         self.app.middleware.after("after_execute", message, exception=exc)
         original_task_id, attempt = self._place_of(message, started)
-        decision = decide(task.retry_policy, exc, attempt)
+        decision = (
+            RetryDecision(False, why_not="a result the record cannot hold is never retried")
+            if rejected
+            else decide(task.retry_policy, exc, attempt)
+        )
         spawned = None
         if decision.retry:
             spawned = self._until_recorded(
@@ -207,6 +204,7 @@ class Executor:
             )
             if spawned is None and isinstance(exc, Retry):
                 error += ", but no retry is left (the chain's retry budget is spent)"
+        error = clip(error, limit)
         self._until_recorded(
             lambda: self.backend.transition(
                 message.task_id, Status.FAILED, fail_error=error, traceback=trace, duration=duration, returning=False
@@ -334,9 +332,3 @@ class Executor:
                 log.warning("cannot %s yet (%s); trying again in %.1f s", what, exc, pause)
                 self.stopping.wait(pause)
                 pause = min(pause * 2, MAX_BACKEND_PAUSE)
-
-
-def _chain_of(message: Message, started: Started | None) -> Chain:
-    if started is None:  # no record (a foreign producer) or the backend is away: nothing to trust yet
-        return Chain(message.task_id, 1, 0)
-    return Chain(started.original_task_id, started.attempt, started.retries_left)

@@ -12,17 +12,34 @@ import json
 import logging
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cogman import limits
+from cogman.errors import ResultRejected
 from cogman.task import TaskContext
 
 if TYPE_CHECKING:
-    from cogman.execution import Chain
+    from cogman.backends.base import Started
     from cogman.message import Message
     from cogman.task import Task
 
 log = logging.getLogger("cogman.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Where an attempt stands in its retry chain, as the backend says (what ``TaskContext`` shows)."""
+
+    original_task_id: str
+    attempt: int
+    retries_left: int
+
+
+def chain_of(message: Message, started: Started | None) -> Chain:
+    if started is None:  # no record (a foreign producer) or the backend is away: nothing to trust yet
+        return Chain(message.task_id, 1, 0)
+    return Chain(started.original_task_id, started.attempt, started.retries_left)
 
 
 class HandlerExit(Exception):
@@ -61,14 +78,32 @@ def run_handler(task: Task[Any, Any], message: Message, chain: Chain, loop: Even
         raise wrapped.original from None
 
 
-def ensure_json_result(task: Task[Any, Any], result: Any) -> Any:
-    """The return value travels as JSON: anything else fails the attempt with a clear error."""
+class _Unencodable(TypeError):
+    """What the result encoder met: a value of a type JSON has no form for."""
+
+
+def _refuse(value: Any) -> Any:
+    raise _Unencodable(type(value).__name__)
+
+
+#: Encodes a result as the backends store it (compact, ASCII), refusing NaN, infinities and other types.
+_RESULT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_refuse)
+
+
+def check_result(task: Task[Any, Any], result: Any, limit: int) -> None:
+    """Raise ResultRejected when the record cannot hold ``result``: checked here, once the handler
+    returned, so the attempt fails without a retry instead of the backend write failing later."""
     try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        kind = type(result).__name__
-        raise TypeError(f"return value of {task.name} is not JSON-serialisable ({kind}): {exc}") from None
-    return result
+        size = len(_RESULT_ENCODER.encode(result))
+    except _Unencodable as exc:
+        what = str(exc)  # the offending value's type, wherever it is nested: "datetime", "set"
+    except (TypeError, ValueError, RecursionError) as exc:  # a key of another type, NaN, a cycle, depth
+        what = f"{type(exc).__name__}: {exc}"
+    else:
+        if size > limit:
+            raise ResultRejected(f"result of {task.name} is {size} bytes of JSON, over max_result_size={limit}")
+        return
+    raise ResultRejected(f"result of {task.name} is not JSON-serialisable: {what}")
 
 
 async def _guarded(coroutine: Coroutine[Any, Any, Any]) -> Any:

@@ -4,6 +4,10 @@ Orchestrators and operators then see which workers are alive without talking to 
 (a Kubernetes probe), ``cogman workers``, and the API's ``/metrics``. The heartbeat is a middleware, so
 it starts and stops with the worker; ``App`` installs one by default. A heartbeat that cannot be written
 (the backend is away) is logged and tried again at the next beat: it never holds up a task.
+
+The heartbeats also tell which app each worker serves and which queues it consumes: a worker starting
+on queues that a worker of another app consumes on the same broker is warned (each would take the
+other's tasks and dead-letter them as unknown). It only sees workers reporting to the same backend.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from cogman.brokers.base import queue_names
 from cogman.middleware import Middleware
+from cogman.priority import Priority
 from cogman.record import utcnow
 
 if TYPE_CHECKING:
@@ -47,7 +53,8 @@ class Heartbeat(Middleware):
 
     def worker_boot(self, worker: Worker) -> None:
         interval = worker.app.config.heartbeat_interval if self.interval is None else self.interval
-        if interval <= 0:
+        if interval <= 0:  # no heartbeat thread to look for other apps in: a thread of its own
+            threading.Thread(target=_advise, args=(worker,), name="cogman-app-check", daemon=True).start()
             return
         beat = _Beat(worker, interval)
         with self._lock:
@@ -96,14 +103,11 @@ class _Beat:
 
     def info(self) -> dict[str, Any]:
         from cogman import __version__
-        from cogman.brokers.base import queue_names
 
         worker = self.worker
-        config = worker.app.config
         lock = getattr(worker, "_outcomes_lock", None) or contextlib.nullcontext()
         with lock:
             outcomes = {str(outcome): count for outcome, count in worker.outcomes.items()}
-        counts = {"high": config.high_priority_queue_count, "low": config.low_priority_queue_count}
         index = os.environ.get(PROCESS_INDEX_ENV)
         return {
             "id": self.worker_id,
@@ -112,7 +116,8 @@ class _Beat:
             "pid": self.pid,
             "process_index": int(index) if index and index.isdigit() else None,
             "priorities": [p.value for p in worker.priorities],
-            "queues": [name for p in worker.priorities for name in queue_names(p, counts[p.value])],
+            "queues": consumed_queues(worker),
+            "broker": broker_location(worker.app.config.broker_url),
             "concurrency": worker.concurrency,
             "tasks_done": sum(outcomes.values()),
             "outcomes": outcomes,
@@ -133,6 +138,7 @@ class _Beat:
         self._last_ok = True
 
     def _run(self) -> None:
+        _advise(self.worker)  # before the first beat, off the worker's start: the backend may be slow
         try:
             while True:
                 self.beat()
@@ -141,3 +147,53 @@ class _Beat:
         except BaseException:
             log.critical("the heartbeat thread of worker %s died; `cogman ping` will not see it", self.worker_id,
                          exc_info=True)  # fmt: skip
+
+
+def consumed_queues(worker: Worker) -> list[str]:
+    config = worker.app.config
+    counts = {Priority.HIGH: config.high_priority_queue_count, Priority.LOW: config.low_priority_queue_count}
+    return [name for p in worker.priorities for name in queue_names(p, counts[p], config.queue_prefix)]
+
+
+def broker_location(url: str) -> str:
+    """``host:port/vhost`` of each URL (no user, no password): which workers can take each other's tasks."""
+    return ";".join(part.split("://", 1)[-1].rsplit("@", 1)[-1].split("?")[0] for part in url.split(";"))
+
+
+def _advise(worker: Worker) -> None:
+    """The top of a thread: whatever goes wrong in the check is logged, never fatal to the caller."""
+    try:
+        warn_of_other_apps(worker)
+    except BaseException:
+        log.error("could not look for workers of other apps on these queues", exc_info=True)
+
+
+def warn_of_other_apps(worker: Worker) -> list[dict[str, Any]]:
+    """Warn of each live worker of another app that consumes queues this worker consumes, on the same
+    broker as far as its heartbeat says (one without a ``broker`` counts): Cogman's queue names are the
+    same for every app, so a worker of app "shop" left running on the vhost of app "bench" dead-letters
+    bench's tasks as unknown. Returns those workers' heartbeats. A backend that cannot list them is
+    logged and the worker starts anyway: this is advice, not a condition to run."""
+    app = worker.app
+    if app.config.broker_url.startswith("memory://"):
+        return []  # a memory:// broker is this process's own
+    mine, here = set(consumed_queues(worker)), broker_location(app.config.broker_url)
+    try:
+        workers = app.backend.live_workers()
+    except Exception as exc:
+        log.info("could not list the workers to look for other apps on these queues (%s)", exc)
+        return []
+    others = []
+    for other in workers:
+        queues = other.get("queues")
+        shared = sorted(mine.intersection(q for q in queues if isinstance(q, str))) if isinstance(queues, list) else []
+        if other.get("app") == app.name or not shared or other.get("broker", here) != here:
+            continue
+        others.append(other)
+        log.warning(
+            "worker %s of app %r (on %s) already consumes %s, which this worker of app %r consumes too: each "
+            "takes the other's tasks and dead-letters those it does not know. Give each app its own vhost "
+            "(or set queue_prefix)",
+            other.get("id"), other.get("app"), other.get("host"), ", ".join(shared), app.name,
+        )  # fmt: skip
+    return others

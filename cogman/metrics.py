@@ -1,5 +1,5 @@
 """Prometheus metrics of a worker process, as Dramatiq's middleware: counters, a duration histogram and an
-in-flight gauge per task name, and the process's publisher, broker connection and backend buffer.
+in-flight gauge per registered task name, and the process's publisher, broker connection and backend buffer.
 
 Opt-in: ``App(..., metrics_port=9191)`` or ``cogman worker --metrics-port 9191`` (``pip install
 cogman[api]`` for prometheus-client). The endpoint starts with the worker and stops with it.
@@ -35,6 +35,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
                     60.0, 600.0, 900.0, float("inf"))  # fmt: skip
 #: ``after_outcome`` names (execution.Outcome), each counted in ``cogman_attempts_<outcome>_total``.
 OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "expired", "delayed", "requeued")
+#: The one label value of every task name no worker of this process registers: anyone able to publish
+#: could otherwise add a series (and its memory) per name they make up.
+UNREGISTERED = "<unregistered>"
 
 
 def _prometheus() -> Any:
@@ -47,9 +50,10 @@ def _prometheus() -> Any:
 
 class Prometheus(Middleware):
     """Serves ``/metrics`` on ``host:port`` while a worker of this process runs (port 0: any free port,
-    read back from ``.port``). ``host`` defaults to every interface, as a scraper runs elsewhere."""
+    read back from ``.port``). ``host`` defaults to loopback: the counters name every task, so exposing
+    them is a choice (``metrics_host``, ``--metrics-host 0.0.0.0``; docs/api.md)."""
 
-    def __init__(self, port: int = 9191, *, host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int = 9191, *, host: str = "127.0.0.1") -> None:
         client = _prometheus()
         self.port = port
         self.host = host
@@ -116,7 +120,12 @@ class Prometheus(Middleware):
             self._finish(message, observe=False)  # after_execute is skipped when recording failed
         counter = self.outcomes.get(outcome)
         if counter is not None:
-            counter.labels(message.name if message is not None else "<undecodable>").inc()
+            counter.labels(self._label(message.name) if message is not None else "<undecodable>").inc()
+
+    def _label(self, name: str) -> str:
+        """``name`` when a worker of this process runs that task (before_execute only sees those), else
+        UNREGISTERED: a dead-lettered message may carry any name."""
+        return name if any(name in worker.app.tasks for worker in list(self.workers)) else UNREGISTERED
 
     def _finish(self, message: Message, *, observe: bool) -> None:
         with self._lock:
@@ -124,9 +133,11 @@ class Prometheus(Middleware):
         if running is None:
             return
         name, started = running
-        self.in_progress.labels(name).dec()
-        if observe:
-            self.duration.labels(name).observe(time.perf_counter() - started)
+        try:
+            if observe:
+                self.duration.labels(name).observe(time.perf_counter() - started)
+        finally:  # popped above: the gauge is decremented once, whatever observing did
+            self.in_progress.labels(name).dec()
 
 
 class _ProcessCollector:
@@ -176,12 +187,14 @@ def buffered_writes(app: App) -> int:
     return sum(getattr(getattr(b, "buffer", None), "pending", 0) or 0 for b in backends)
 
 
-def install_prometheus(app: App, port: int) -> Prometheus:
-    """Make ``app``'s workers serve metrics on ``port``: reuse its Prometheus middleware, or add one."""
+def install_prometheus(app: App, port: int, host: str | None = None) -> Prometheus:
+    """Make ``app``'s workers serve metrics on ``port``, and ``host`` if given: reuse its Prometheus
+    middleware (keeping its host without one), or add one (on ``config.metrics_host`` without one)."""
     for middleware in app.middleware.middleware:
         if isinstance(middleware, Prometheus):
             middleware.port = port
+            middleware.host = host or middleware.host
             return middleware
-    middleware = Prometheus(port)
+    middleware = Prometheus(port, host=host or app.config.metrics_host)
     app.middleware.middleware.append(middleware)
     return middleware

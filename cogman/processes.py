@@ -10,7 +10,8 @@ unacked messages are redelivered to the others).
 
 A child that exits on its own is a fault (a crash, an OOM kill): the parent does not restart it in a
 loop, it stops the others and exits non-zero, so the process manager above (systemd, Kubernetes,
-supervisord) sees the failure and applies its own restart policy.
+supervisord) sees the failure and applies its own restart policy. A child the parent itself ended, for a
+task past its hard time limit (cogman/hard_limits.py), is replaced by a new one with the same index.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cogman.heartbeat import PROCESS_INDEX_ENV
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+    from cogman.app import App
+    from cogman.hard_limits import Overseer
 
 log = logging.getLogger("cogman.processes")
 
@@ -42,13 +50,16 @@ def run_processes(
     queues: Sequence[str],
     metrics_port: int | None = None,
     overrides: dict[str, Any] | None = None,
+    metrics_host: str | None = None,
 ) -> int:
     """Run ``processes`` workers for the app at ``app_path`` (``module[:attr]``) until SIGINT/SIGTERM.
 
-    With ``metrics_port`` (or the app's ``config.metrics_port``) child i serves metrics on port + i.
-    ``overrides`` (``--broker``/``--backend``: ``broker_url``, ``backend_url``) reach each child in its
-    environment (``COGMAN_BROKER_URL``/``COGMAN_BACKEND_URL``, for an app that reads them) and are applied
-    with ``app.reconfigure`` (for one that names its URLs in code) before it connects.
+    With ``metrics_port`` (or the app's ``config.metrics_port``) child i serves metrics on port + i, on
+    ``metrics_host`` (or ``config.metrics_host``). ``overrides`` (``--broker``/``--backend``:
+    ``broker_url``, ``backend_url``) reach each child in its environment (``COGMAN_BROKER_URL``/
+    ``COGMAN_BACKEND_URL``, for an app that reads them) and are applied with ``app.reconfigure`` (for one
+    that names its URLs in code) before it connects; the parent applies them too, as it records the
+    attempts it ends for their hard time limit.
 
     Returns the exit code: 0 after a requested stop, otherwise the first unexpected child exit code.
     """
@@ -56,19 +67,30 @@ def run_processes(
         raise ValueError(f"--processes must be at least 1, got {processes}")
     from cogman.cli import load_app
 
-    grace = load_app(app_path).config.grace_period  # also fails early, in the parent, on a bad -A
+    app = load_app(app_path)  # also fails early, in the parent, on a bad -A
+    if overrides and app.config.with_options(**overrides) != app.config:
+        app.reconfigure(**overrides)
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
-    children = [
-        context.Process(
+    stop = threading.Event()
+    overseer = _overseer(app)
+
+    def start(index: int) -> BaseProcess:
+        reader, writer = context.Pipe(duplex=False) if overseer is not None else (None, None)
+        arguments = (app_path, concurrency, list(queues), level, index, metrics_port, dict(overrides or {}))
+        child = context.Process(
             target=_child_main,
-            args=(app_path, concurrency, list(queues), level, index, metrics_port, dict(overrides or {})),
+            args=(*arguments, metrics_host, writer),
             name=f"cogman-worker-{index}",
             daemon=False,
         )
-        for index in range(processes)
-    ]
-    stop = threading.Event()
+        child.start()
+        if overseer is not None and reader is not None and writer is not None:
+            writer.close()  # the child holds the write end: its death is an EOF here
+            overseer.add(child, reader)
+        return child
+
+    children: list[BaseProcess] = []
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -78,30 +100,60 @@ def run_processes(
             return
         log.warning("received %s; stopping %d worker process(es) gracefully (again: at once)", name, len(children))
         stop.set()
+        if overseer is not None:
+            overseer.close()  # it ends no child from here on
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for child in children:
-            child.start()
+        children.extend(start(index) for index in range(processes))
         log.info("started %d worker process(es): %s", len(children), ", ".join(str(c.pid) for c in children))
-        exit_code = _supervise(children, stop)
+        if overseer is not None:
+            overseer.start()
+        exit_code = _supervise(children, stop, start, overseer)
     finally:
-        _stop_children(children, grace + KILL_AFTER)
+        if overseer is not None:
+            overseer.close()
+        _stop_children(children, app.config.grace_period + KILL_AFTER)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return exit_code
 
 
-def _supervise(children: Sequence[multiprocessing.process.BaseProcess], stop: threading.Event) -> int:
-    """Wait for a stop request or for a child to exit on its own (then stop the rest)."""
-    sentinels = {child.sentinel: child for child in children}
+def _overseer(app: App) -> Overseer | None:
+    """The hard time limit's overseer, when the app has a task with a ``time_limit`` and the limit is on."""
+    grace = app.config.hard_time_limit_grace
+    if grace is None or not any(task.time_limit is not None for task in app.tasks.values()):
+        return None
+    from cogman.hard_limits import Overseer
+
+    return Overseer(app, grace)
+
+
+def _supervise(
+    children: list[BaseProcess],
+    stop: threading.Event,
+    start: Callable[[int], BaseProcess],
+    overseer: Overseer | None,
+) -> int:
+    """Wait for a stop request or for a child to exit: one the overseer ended is replaced; one that
+    exited on its own stops the rest."""
     while not stop.is_set():
+        sentinels = {child.sentinel: index for index, child in enumerate(children)}
         ready = multiprocessing.connection.wait(list(sentinels), timeout=0.5)
         if stop.is_set():
             break  # a Ctrl-C reaches the children too: them exiting now is the requested stop
         for sentinel in ready:
-            child = sentinels[sentinel]  # type: ignore[index]
+            index = sentinels[sentinel]  # type: ignore[index]
+            child = children[index]
             child.join()
+            if overseer is not None and overseer.ended_here(child):
+                children[index] = start(index)
+                log.warning(
+                    "worker process %s was ended for a hard time limit; started worker process %s in its place",
+                    child.pid,
+                    children[index].pid,
+                )
+                continue
             log.error(
                 "worker process %s exited unexpectedly (exit code %s); stopping the others", child.pid, child.exitcode
             )
@@ -109,13 +161,13 @@ def _supervise(children: Sequence[multiprocessing.process.BaseProcess], stop: th
     return 0
 
 
-def _signal_children(children: Sequence[multiprocessing.process.BaseProcess], signum: int) -> None:
+def _signal_children(children: Sequence[BaseProcess], signum: int) -> None:
     for child in children:
         if child.is_alive() and child.pid is not None:
             os.kill(child.pid, signum)
 
 
-def _stop_children(children: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
+def _stop_children(children: Sequence[BaseProcess], timeout: float) -> None:
     """Stop every live child gracefully (SIGUSR1), wait, and SIGKILL what is left."""
     _signal_children(children, signal.SIGUSR1)
     for child in children:
@@ -134,6 +186,8 @@ def _child_main(
     index: int = 0,
     metrics_port: int | None = None,
     overrides: dict[str, Any] | None = None,
+    metrics_host: str | None = None,
+    reports: Connection | None = None,
 ) -> None:
     """Entry point of one worker process: load the app fresh and run a worker until told to stop.
 
@@ -160,7 +214,11 @@ def _child_main(
     if base_port is not None:
         from cogman.metrics import install_prometheus
 
-        install_prometheus(app, base_port + index)
+        install_prometheus(app, base_port + index, metrics_host)
+    if reports is not None:  # the supervisor times this process's time-limited tasks (hard limit)
+        from cogman.hard_limits import Reporter
+
+        Reporter(app, reports).install()
     app.middleware.middleware.append(Announcer(f"worker process {index} (pid {os.getpid()}): "))
     worker = app.worker(concurrency=concurrency, priorities=queues)
     try:

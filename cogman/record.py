@@ -11,16 +11,29 @@ from cogman.errors import CorruptRecord
 from cogman.priority import Priority
 from cogman.status import Status
 
-#: How much of a traceback a record keeps: the end, where the error is.
-TRACEBACK_LIMIT = 8192
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def bounded_traceback(text: str) -> str:
-    return text if len(text) <= TRACEBACK_LIMIT else "...\n" + text[-TRACEBACK_LIMIT:]
+def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes plus a ``...[truncated N bytes]`` marker, so a handler's
+    huge exception message cannot bloat every record and API page; a traceback keeps its end, where the
+    error is. The cut falls between characters; lone surrogates (``surrogateescape``) survive."""
+    if len(text) * 4 <= limit:  # no character is over 4 bytes: short enough without encoding it
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    if keep_end:
+        start = len(data) - limit
+        while start < len(data) and data[start] & 0xC0 == 0x80:  # a continuation byte: not a char's start
+            start += 1
+        return f"...[truncated {start} bytes]\n" + data[start:].decode("utf-8", "surrogatepass")
+    end = limit
+    while end > 0 and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return data[:end].decode("utf-8", "surrogatepass") + f"...[truncated {len(data) - end} bytes]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +54,7 @@ class TaskRecord:
     retry: int = 0
     attempt: int = 1
     fail_error: str | None = None
-    #: The failed attempt's traceback, its last ``TRACEBACK_LIMIT`` characters.
+    #: The failed attempt's traceback, its last ``Config.max_error_size`` bytes.
     traceback: str | None = None
     duration: float | None = None
     result: Any = None

@@ -12,6 +12,13 @@ Exactly once among many sweepers: each stale record is claimed atomically in the
 client that still holds the message in its outbox (a long broker outage) renews that lease
 (:class:`cogman.client.LeaseKeeper`), so a sweep never duplicates a send it is about to make.
 
+Records sent from inside a handler (:data:`FROM_WORKER`: the child tasks a handler sends, the workflow
+steps a worker sends after a step) are swept sooner, after ``re_enqueue_child_grace``: a handler cut
+short by its time limit, or a killed worker (a hard time limit, an OOM kill), between a child's record
+and its publish leaves the record ``initiated`` with no message, far more often than a client dies in
+that window. The sweeper then looks every ``re_enqueue_child_grace`` seconds (at most every
+``re_enqueue_interval``, at least every SHORTEST_CHILD_PERIOD).
+
 What it does not do, on purpose:
 
 * It never republishes a confirmed task (``queued`` or later), so a healthy system sees no duplicates.
@@ -36,6 +43,8 @@ from cogman.record import TaskRecord, utcnow
 from cogman.status import UNCONFIRMED, Status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cogman.backends.base import Backend
     from cogman.brokers.base import Broker
     from cogman.config import Config
@@ -43,6 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogman.reenqueue")
 
 PAGE_SIZE = 100
+#: The payload entry of a record sent from inside a handler: swept after the child grace.
+FROM_WORKER = "from_worker"
+#: The sweeper never looks more often than this for the child grace's sake (``re_enqueue_interval`` may).
+SHORTEST_CHILD_PERIOD = 1.0
 #: One pass at a time per process: a reconnect during a pass waits for it.
 _ONE_PASS = threading.Lock()
 
@@ -66,14 +79,20 @@ def sweeps(config: Config) -> bool:
 def re_enqueue(
     backend: Backend, broker: Broker, config: Config, *, now: datetime | None = None, page_size: int = PAGE_SIZE
 ) -> ReEnqueueReport:
-    """Republish every unconfirmed record created at least ``config.re_enqueue_grace`` ago and claimed
-    by this pass."""
+    """Republish every unconfirmed record created at least ``config.re_enqueue_grace`` ago (one sent
+    from inside a handler: ``re_enqueue_child_grace``) and claimed by this pass."""
     with _ONE_PASS:
         report = ReEnqueueReport()
-        cutoff = (now or utcnow()) - timedelta(seconds=config.re_enqueue_grace)
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=config.re_enqueue_grace)
+        child_cutoff = now - timedelta(seconds=child_grace(config))
+
+        def due(record: TaskRecord) -> bool:
+            return record.created_at <= cutoff or record.payload.get(FROM_WORKER) is True
+
         try:
             for status in UNCONFIRMED:
-                _pass(backend, broker, config, status, cutoff, page_size, report)
+                _pass(backend, broker, config, status, child_cutoff, due, page_size, report)
         except BrokerUnavailable as exc:
             report.stopped = f"broker unavailable: {exc}"
         except ConnectionError as exc:  # the backend is away: nothing to read, nothing lost
@@ -89,12 +108,18 @@ def re_enqueue(
         return report
 
 
+def child_grace(config: Config) -> float:
+    """The age at which a record sent from inside a handler is swept (never later than any other)."""
+    return min(config.re_enqueue_child_grace, config.re_enqueue_grace)
+
+
 def _pass(
     backend: Backend,
     broker: Broker,
     config: Config,
     status: Status,
     cursor: datetime,
+    due: Callable[[TaskRecord], bool],
     page_size: int,
     report: ReEnqueueReport,
 ) -> None:
@@ -102,8 +127,8 @@ def _pass(
     skip = 0
     while True:
         page = backend.query(TaskQuery(status=status, created_before=cursor, skip=skip, limit=page_size))
-        fresh = [r for r in page.records if r.task_id not in seen]
-        seen.update(r.task_id for r in fresh)
+        fresh = [r for r in page.records if r.task_id not in seen and due(r)]
+        seen.update(r.task_id for r in page.records)
         claimed = set(backend.claim_stale([r.task_id for r in fresh], config.re_enqueue_grace)) if fresh else set()
         _send([r for r in fresh if r.task_id in claimed], backend, broker, report)
         if page.total <= skip + page_size:
@@ -166,7 +191,7 @@ def _fail(task_id: str, reason: str, backend: Backend, report: ReEnqueueReport) 
 
 class Sweeper:
     """A worker's re-enqueue thread: a pass at start, on every broker (re)connection (``wake``), and every
-    ``re_enqueue_interval`` seconds."""
+    ``re_enqueue_interval`` seconds, or sooner when the child grace is shorter (:func:`period`)."""
 
     def __init__(self, backend: Backend, broker: Broker, config: Config) -> None:
         self.backend, self.broker, self.config = backend, broker, config
@@ -189,12 +214,21 @@ class Sweeper:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.config.re_enqueue_interval)
+            self._wake.wait(period(self.config))
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
                 re_enqueue(self.backend, self.broker, self.config)
             except BaseException:
-                log.exception("re-enqueue sweep failed; the next one runs in %.0f s", self.config.re_enqueue_interval)
+                log.exception("re-enqueue sweep failed; the next one runs in %.0f s", period(self.config))
             self.passes += 1
+
+
+def period(config: Config) -> float:
+    """Seconds between two sweeps: ``re_enqueue_interval``, or the child grace when that is shorter (so a
+    child is republished within about twice its grace), never below SHORTEST_CHILD_PERIOD for its sake."""
+    shorter = child_grace(config)
+    if shorter >= config.re_enqueue_grace:
+        return config.re_enqueue_interval
+    return min(config.re_enqueue_interval, max(shorter, SHORTEST_CHILD_PERIOD))

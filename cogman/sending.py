@@ -4,10 +4,15 @@ Every check happens here, before anything is written: the arguments against the 
 (when the task is registered in this process), JSON (strict: no NaN), the priority, the retry budget,
 the send options (``countdown``/``eta``/``expires``, cogman/delays.py) and the encoded size against
 ``max_message_size``. A send that fails a check has recorded and published nothing.
+
+A record sent from inside a handler (a child task, or the workflow step a worker sends after a step) is
+marked (:data:`cogman.reenqueue.FROM_WORKER`): a time limit or a killed worker may cut such a send
+between the record and the publish, so the sweep republishes it after the shorter child grace.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +24,7 @@ from cogman.errors import MessageTooLarge
 from cogman.message import Message, check_json_arguments
 from cogman.priority import Priority
 from cogman.record import TaskRecord
+from cogman.reenqueue import FROM_WORKER
 
 if TYPE_CHECKING:
     from cogman.app import App
@@ -28,6 +34,9 @@ Calls = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
 
 #: A task id is also the AMQP ``message_id``, a short string: py-amqp cannot encode a longer one.
 MAX_TASK_ID_BYTES = 255
+#: The threads handlers run on: a worker's handler threads (cogman/worker.py) and its event loop's
+#: (async handlers, cogman/handlers.py). Sends made there are marked FROM_WORKER.
+HANDLER_THREADS = ("cogman-handler-", "cogman-asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,7 @@ def prepare(app: App, name: str, calls: Calls, options: SendOptions) -> tuple[li
                 f"task_id must be a string of 1 to {MAX_TASK_ID_BYTES} UTF-8 bytes, got {str(task_id)[:40]!r}"
             )
     when = plan(countdown=options.countdown, eta=options.eta, expires=options.expires)
+    marks = {FROM_WORKER: True} if threading.current_thread().name.startswith(HANDLER_THREADS) else None
     records = []
     for index, (args, kwargs) in enumerate(calls):
         if task is not None:
@@ -81,8 +91,8 @@ def prepare(app: App, name: str, calls: Calls, options: SendOptions) -> tuple[li
             expires=when.expires,
         )
         extra = options.extras[index] if options.extras is not None else None
-        if extra:
-            record = record.evolve(payload={**record.payload, **extra})
+        if extra or marks:
+            record = record.evolve(payload={**record.payload, **(extra or {}), **(marks or {})})
         records.append(record)
     return records, [checked_message(app, record) for record in records]
 

@@ -8,6 +8,10 @@ record and publishes it, and only the call that created the record publishes (``
 callback is sent once however the members race. A failed member fails the chord at once (the callback
 recorded ``failed``, "not run: ...") unless the chord is partial.
 
+A manual retry of a failed step that succeeds resumes the workflow: the "not run" records its failure
+left are replaced by the steps themselves (:func:`cogman.claims.send_if_unconfirmed`), and a chord's
+member outcomes are read as they stand now, since the chord's set keeps each member's first outcome.
+
 Everything here is idempotent: ids are derived (:mod:`cogman.workflow_spec`), creates are insert-if-absent
 and joins keep a member's first outcome. That is what makes the crash windows safe: the executor calls
 in here after the step's outcome is recorded and acks only after (and after the publish is confirmed),
@@ -22,10 +26,12 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cogman.claims import send_if_new, send_if_unconfirmed
+from cogman.claims import process_claimant, send_if_new, send_if_unconfirmed
 from cogman.client import new_record
+from cogman.errors import TaskNotFound
 from cogman.priority import Priority
 from cogman.record import utcnow
+from cogman.result import AsyncResult
 from cogman.status import Status
 from cogman.workflow_spec import NOT_RUN, ChainStep, ChordMember, WorkflowSpec, callback_id, next_step_id, parse
 
@@ -56,7 +62,7 @@ def after_success(app: App, message: Message, started: Started | None, result: A
     spec, step_id = located
     if isinstance(spec, ChainStep):
         return _send_next(app, spec, step_id, result)
-    return _join(app, spec, {"ok": result, "task": message.name})
+    return _join(app, spec, step_id, {"ok": result, "task": message.name})
 
 
 def after_failure(app: App, message: Message, started: Started | None, error: str) -> Receipt | None:
@@ -68,7 +74,7 @@ def after_failure(app: App, message: Message, started: Started | None, error: st
     if isinstance(spec, ChainStep):
         _record_not_run(app, spec, step_id, f"step {spec.position} ({message.name}) failed: {error}")
         return None
-    return _join(app, spec, {"failed": error, "task": message.name})
+    return _join(app, spec, step_id, {"failed": error, "task": message.name})
 
 
 def after_redelivery(app: App, message: Message, started: Started | None) -> Receipt | None:
@@ -127,28 +133,52 @@ def _record_not_run(app: App, spec: ChainStep, step_id: str, reason: str) -> Non
     app.backend.create(records)
 
 
-def _join(app: App, spec: ChordMember, outcome: dict[str, Any]) -> Receipt | None:
+def _join(app: App, spec: ChordMember, step_id: str, outcome: dict[str, Any]) -> Receipt | None:
+    outcome = {**outcome, "id": step_id}  # the member's id: its later attempts can be found from the set
     outcomes = app.backend.join_chord(spec.chord_id, spec.index, spec.size, json.dumps(outcome))
+    members = None if outcomes is None else _as_they_stand(app, spec.index, outcome, outcomes)
     callback, final_id = spec.callback, callback_id(spec.chord_id)
     failures = [(spec.index, outcome)] if "failed" in outcome else []
-    if outcomes is not None:
-        decoded = [json.loads(text) for text in outcomes]
-        failures += [(index, member) for index, member in enumerate(decoded) if "failed" in member]
+    if members is not None:
+        failures = [(index, member) for index, member in enumerate(members) if "failed" in member]
     if failures and not spec.partial:
         index, member = min(failures, key=lambda failure: failure[0])
         where = f"chord member {index + 1} of {spec.size} ({member.get('task')})"
         app.backend.create([_failed_record(app, callback, final_id, f"{NOT_RUN}{where} failed: {member['failed']}")])
         return None
-    if outcomes is None:
+    if members is None:
         return None
-    results = [member.get("ok") for member in decoded]  # a failed member of a partial chord: None
+    results = [member.get("ok") for member in members]  # a failed member of a partial chord: None
     try:
         [record] = app.new_records(callback.name, [((results, *callback.args), callback.kwargs)],
                                    task_ids=[final_id], **callback.send_options())  # fmt: skip
     except (TypeError, ValueError) as exc:
         app.backend.create([_failed_record(app, callback, final_id, f"not sent: {type(exc).__name__}: {exc}")])
         return None
-    return send_if_new(app, record).receipt
+    # The claimant is this process and member: a retried call after a lost create reply publishes its own
+    # claim; another member, or another process, never publishes what this one claimed.
+    return send_if_new(app, record, f"{process_claimant()}:member {spec.index}").receipt
+
+
+def _as_they_stand(app: App, index: int, own: dict[str, Any], outcomes: list[str]) -> list[dict[str, Any]] | None:
+    """Every member's outcome now. The set keeps a member's first outcome, so a failure that a manual
+    retry has since turned into a success is read from that member's latest attempt; None while such a
+    retry has not finished (the chord is not complete until it joins)."""
+    members: list[dict[str, Any]] = [json.loads(text) for text in outcomes]
+    members[index] = own  # this call's outcome is the member's latest
+    for position, member in enumerate(members):
+        member_id = member.get("id")
+        if "failed" not in member or position == index or not isinstance(member_id, str):
+            continue
+        try:
+            latest = AsyncResult(app.backend, member_id).latest()
+        except TaskNotFound:
+            continue
+        if latest.status is Status.SUCCESS:
+            members[position] = {"ok": latest.result, "task": member.get("task"), "id": member_id}
+        elif not latest.status.is_final:
+            return None
+    return members
 
 
 def _failed_record(app: App, step: Signature, task_id: str, error: str) -> TaskRecord:

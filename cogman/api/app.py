@@ -19,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cogman import __version__
 from cogman.api.auth import token_guard
 from cogman.api.errors import CatchAll, EnvelopeCORS, error_response, install_error_handlers
+from cogman.api.guard import RequestGuard, check_settings
+from cogman.api.health import Health
 from cogman.api.prometheus import ServerMetrics
 from cogman.api.routes import data_routes
 
@@ -36,11 +38,16 @@ CONTENT_SECURITY_POLICY = (
 _DEFAULT: Any = object()
 
 
-def create_app(app: App, *, token: str | None = _DEFAULT, cors_origins: Sequence[str] | None = None) -> FastAPI:
+def create_app(
+    app: App, *, token: str | None = _DEFAULT, cors_origins: Sequence[str] | None = None, insecure: bool = False
+) -> FastAPI:
     """The API of ``app``. ``token`` and ``cors_origins`` default to ``app.config.api_token`` and
-    ``app.config.api_cors_origins``."""
-    token = app.config.api_token if token is _DEFAULT else token
+    ``app.config.api_cors_origins``. Embedded or served by ``cogman api``, the same rules hold
+    (guard.py): without a token, only loopback addresses and names; ``insecure`` is ``--insecure``.
+    Raises ``InsecureSettings`` for a token no client can send, or ``*`` origins without a token."""
+    token = (app.config.api_token if token is _DEFAULT else token) or None
     origins = list(app.config.api_cors_origins if cors_origins is None else cors_origins)
+    check_settings(token, origins)
     api = FastAPI(
         title="cogman",
         version=__version__,
@@ -57,12 +64,11 @@ def create_app(app: App, *, token: str | None = _DEFAULT, cors_origins: Sequence
     def ping() -> str:
         return PING
 
+    api.state.health = health = Health(app)
+
     @api.get("/healthz", summary="The backend and the broker answer (no token needed): 200, else 503")
     def healthz() -> Response:
-        checks = {
-            "backend": _check(lambda: app.backend.get("cogman-healthz")),
-            "broker": _check(app.broker.queue_stats),
-        }
+        checks = health.checks()
         if all(checks.values()):
             return JSONResponse({"data": {name: "ok" for name in checks}})
         down = ", ".join(name for name, ok in checks.items() if not ok)
@@ -86,6 +92,7 @@ def create_app(app: App, *, token: str | None = _DEFAULT, cors_origins: Sequence
 
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     api.add_middleware(CatchAll)
+    api.add_middleware(RequestGuard, token=token, insecure=insecure)
     api.add_middleware(SecurityHeaders)
     api.add_middleware(
         EnvelopeCORS,
@@ -95,14 +102,6 @@ def create_app(app: App, *, token: str | None = _DEFAULT, cors_origins: Sequence
         max_age=600,
     )
     return api
-
-
-def _check(probe: Any) -> bool:
-    try:
-        probe()
-        return True
-    except Exception:
-        return False
 
 
 class SecurityHeaders:

@@ -1,5 +1,7 @@
 """Bearer-token auth: when ``Config.api_token`` is set, every data route asks for
-``Authorization: Bearer <token>``, compared in constant time (``hmac.compare_digest``)."""
+``Authorization: Bearer <token>``, compared in constant time (``hmac.compare_digest``). The check that
+answers first is guard.py's, before the body is read; this dependency names the scheme in the OpenAPI
+schema and checks again."""
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback  # ::ffff:127.0.0.1: a dual-stack socket's view of 127.0.0.1

@@ -6,6 +6,7 @@ Handlers are plain functions: FastAPI runs them in its thread pool, as the backe
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,11 +23,17 @@ from cogman.status import Status
 
 if TYPE_CHECKING:
     from cogman.app import App
+    from cogman.record import TaskRecord
 
 #: Dates outside this range are refused (400) rather than overflowing the stores' arithmetic.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_LIMIT = 1000
+#: A list row (``/list``, ``/get``'s ``meta.attempts``) carries at most this many characters of each of
+#: BULKY_FIELDS (a non-string payload or result counted as its JSON), then a marker; ``/get``'s ``data``
+#: is the whole record. 1000 rows stay a few megabytes whatever the tasks carry.
+LIST_FIELD_CHARS = 1000
+BULKY_FIELDS = ("payload", "result", "fail_error", "traceback")
 MAX_SKIP = 1_000_000_000
 MAX_BUCKETS = 10_000
 #: The seed's bucket keys, per status.
@@ -55,6 +62,29 @@ def data(value: Any, meta: dict[str, Any] | None = None) -> JSONResponse:
     return JSONResponse(body)
 
 
+def list_row(record: TaskRecord) -> dict[str, Any]:
+    """The record with its bulky fields cut to LIST_FIELD_CHARS; ``truncated`` names the fields cut."""
+    row = record.to_dict()
+    cut = []
+    for name in BULKY_FIELDS:
+        value = row[name]
+        if value is None:
+            continue
+        text = (
+            value
+            if isinstance(value, str)
+            else json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        )
+        if len(text) > LIST_FIELD_CHARS:
+            row[name] = (
+                f"{text[:LIST_FIELD_CHARS]}...[truncated {len(text) - LIST_FIELD_CHARS} characters, whole on /get]"
+            )
+            cut.append(name)
+    if cut:
+        row["truncated"] = cut
+    return row
+
+
 def moment(value: datetime | None, field: str) -> datetime | None:
     """An input date as an aware UTC-comparable datetime (naive ones are UTC), within EARLIEST..LATEST."""
     if value is None:
@@ -78,7 +108,7 @@ def data_routes(app: App) -> APIRouter:
         latest = max(attempts, key=lambda r: (r.attempt, r.created_at))
         return data(
             record.to_dict(),
-            {"latest_attempt_id": latest.task_id, "attempts": [r.to_dict() for r in attempts]},
+            {"latest_attempt_id": latest.task_id, "attempts": [list_row(r) for r in attempts]},
         )
 
     @router.get("/list", summary="Records, newest first, filtered and paged; meta.total counts the matches")
@@ -111,7 +141,7 @@ def data_routes(app: App) -> APIRouter:
         else:
             page = app.backend.query(query)
             records, total = page.records, page.total
-        return data([r.to_dict() for r in records], {"total": total, "skip": skip, "limit": limit})
+        return data([list_row(r) for r in records], {"total": total, "skip": skip, "limit": limit})
 
     @router.get("/daterangecount", summary="Records created per interval, per status (empty buckets left out)")
     def date_range_count(

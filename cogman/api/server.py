@@ -1,4 +1,5 @@
-"""``cogman api``: serve ``create_app(app)`` with uvicorn, refusing an open bind without a token."""
+"""``cogman api``: serve ``create_app(app)`` with uvicorn, refusing an open bind without a token before it
+starts (``create_app`` refuses the same requests of an app embedded elsewhere, when they come)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def serve(app: App, *, host: str, port: int, insecure: bool = False, cors_origin
         from cogman.api import create_app
     except ImportError as exc:
         raise CogmanError(f"cogman api needs the api extra ({exc.name} is missing): pip install cogman[api]") from None
-    api = create_app(app, cors_origins=list(cors_origins) or None)
+    api = create_app(app, cors_origins=list(cors_origins) or None, insecure=insecure)
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again to the handler it found:
     # a no-op one makes a requested stop exit 0, as the worker does.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,7 +28,7 @@ def _one(url: str, config: Config) -> Backend:
     if scheme == "memory":
         from cogman.backends.memory import MemoryBackend
 
-        return MemoryBackend()
+        return MemoryBackend(config.redis_ttl)
     if scheme in ("redis", "rediss", "unix"):
         from cogman.backends.redis import RedisBackend
 

@@ -1,48 +1,93 @@
-"""In-process backend: the embedded default and the reference behaviour for the real backends."""
+"""In-process backend: the embedded default and the reference behaviour for the real backends.
+
+It answers as Redis does wherever a test could tell: each record goes through Redis's field encoding
+(``codec.py``) on its way in, so a tuple result comes back a list and ``{1: "a", "1": "b"}`` comes back
+``{"1": "b"}``, a value JSON cannot carry raises ``TypeError`` at the write, and every read hands out a
+copy its caller may change. It is bounded as Redis is, so a long-running process does not grow: a
+record is forgotten ``ttl`` (``Config.redis_ttl``) after its last change, a status that arrived before
+its record after an hour, a chord's set once its callback is sent (else ``ttl`` after its last join).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
+from cogman.backends.redis_scripts import EARLY_TTL_MS
 from cogman.record import TaskRecord, utcnow
 from cogman.status import UNCONFIRMED, Status, allows
 
+#: ``Config.redis_ttl``'s default, for a backend made without a config.
+DEFAULT_TTL = 7 * 24 * 3600.0
+
 
 class MemoryBackend:
-    """Records in a dict behind one lock; a condition variable wakes ``wait`` when a task finishes."""
+    """Records in a dict behind one lock; a condition variable wakes ``wait`` when a task finishes.
+    ``clock`` (seconds, monotonic) times the expiry: a test passes its own to age records at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float = DEFAULT_TTL, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
         self._records: dict[str, TaskRecord] = {}
         self._leases: dict[str, float] = {}
         #: Changes that arrived before their record, applied by its create (the reference behaviour).
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
-        self._chords: dict[str, dict[int, str]] = {}
+        #: chord id -> (its callback's id, member index -> outcome).
+        self._chords: dict[str, tuple[str, dict[int, str]]] = {}
+        #: callback id -> chord id: the chord's set is dropped once its callback is sent.
+        self._callbacks: dict[str, str] = {}
+        self._record_ttl = Deadlines(ttl, clock)
+        self._early_ttl = Deadlines(EARLY_TTL_MS / 1000, clock)
+        self._chord_ttl = Deadlines(ttl, clock)
 
     def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
-        self._store(records)
+        self._store([stored(record) for record in records])
         if meanwhile is not None:
             meanwhile()
         return True
 
     def _store(self, records: Sequence[TaskRecord]) -> None:
         with self._changed:
+            self._expire()
             for record in records:
                 if record.task_id in self._records:
                     continue
                 early = self._early.pop(record.task_id, None)
+                self._early_ttl.discard(record.task_id)
                 if early is not None and allows(record.status, early["status"]):
                     moved = (*record.history, (early["status"], early["updated_at"]))
                     record = record.evolve(**early, history=moved)
-                self._records[record.task_id] = record
+                self._put(record)
+                if record.task_id in self._callbacks and sent(record):  # the chord's outcome is decided
+                    chord_id = self._callbacks.pop(record.task_id)
+                    self._chords.pop(chord_id, None)
+                    self._chord_ttl.discard(chord_id)
                 if record.status.is_final:
                     self._changed.notify_all()
+
+    def _put(self, record: TaskRecord) -> None:
+        """Lock held. Each write keeps the record ``ttl`` longer, as Redis's ``PEXPIRE`` on each change."""
+        self._records[record.task_id] = record
+        self._record_ttl.touch(record.task_id)
+
+    def _expire(self) -> None:
+        """Lock held. Forget what outlived its TTL, oldest first: each call costs what it removes."""
+        for task_id in self._record_ttl.expired():
+            self._records.pop(task_id, None)
+            self._leases.pop(task_id, None)
+        for task_id in self._early_ttl.expired():
+            self._early.pop(task_id, None)
+        for chord_id in self._chord_ttl.expired():
+            callback, _ = self._chords.pop(chord_id, ("", {}))
+            self._callbacks.pop(callback, None)
 
     def transition(
         self,
@@ -58,7 +103,7 @@ class MemoryBackend:
         moved = self._transition(
             task_id, status, fail_error=fail_error, traceback=traceback, result=result, duration=duration
         )
-        return moved if returning else None
+        return handed_out(moved) if returning and moved is not None else None
 
     def _transition(
         self,
@@ -78,46 +123,49 @@ class MemoryBackend:
         if duration is not None:
             changes["duration"] = duration
         if result is not UNSET:
-            changes["result"] = result
+            changes["result"] = json.loads(codec.dumps(result))  # what Redis would give back
         with self._changed:
+            self._expire()
             record = self._records.get(task_id)
             if record is None:
                 early = self._early.get(task_id)
                 if early is None or allows(early["status"], status):
                     self._early[task_id] = changes
+                    self._early_ttl.touch(task_id)
                 return None
             if not allows(record.status, status):
                 return record
             history = (*record.history, (status, changes["updated_at"]))
-            record = self._records[task_id] = record.evolve(**changes, history=history)
+            record = record.evolve(**changes, history=history)
+            self._put(record)
             if status.is_final:
                 self._changed.notify_all()
             return record
 
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         for task_id in task_ids:
-            self.transition(task_id, status)
+            self._transition(task_id, status)
 
     def start(self, task_id: str) -> Started | None:
         with self._changed:
-            record = self.transition(task_id, Status.IN_PROGRESS)
+            record = self._transition(task_id, Status.IN_PROGRESS)
             if record is None:
                 return None
             original = self._records.get(record.original_task_id, record)
             return Started(record.status, record.original_task_id, record.attempt, original.retry)
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
+        attempt = stored(attempt)
         with self._changed:
+            self._expire()
             original = self._records.get(original_task_id)
             if original is not None and attempt.task_id in self._records:
                 return original.retry
             if original is None or original.retry <= 0:
                 return None
             left = original.retry - 1
-            self._records[original_task_id] = original.evolve(
-                retry=left, latest_attempt_id=attempt.task_id, updated_at=utcnow()
-            )
-            self._records[attempt.task_id] = attempt
+            self._put(original.evolve(retry=left, latest_attempt_id=attempt.task_id, updated_at=utcnow()))
+            self._put(attempt)
             return left
 
     def durable(self, callback: Callable[[str | None], None]) -> None:
@@ -128,6 +176,7 @@ class MemoryBackend:
         now = time.time()
         claimed = []
         with self._changed:
+            self._expire()
             for task_id in task_ids:
                 record = self._records.get(task_id)
                 if record is None or record.status not in UNCONFIRMED or self._leases.get(task_id, 0.0) > now:
@@ -145,28 +194,34 @@ class MemoryBackend:
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._changed:
-            return self._records.get(task_id)
+            self._expire()
+            record = self._records.get(task_id)
+        return None if record is None else handed_out(record)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
+                self._expire()
                 record = self._records.get(task_id)
                 remaining = deadline - time.monotonic()
                 if (record is not None and record.status.is_final) or remaining <= 0:
-                    return record
+                    return None if record is None else handed_out(record)
                 self._changed.wait(remaining)
 
     def query(self, query: TaskQuery) -> TaskPage:
         with self._changed:
+            self._expire()
             matching = [r for r in self._records.values() if query.matches(r)]
         matching.sort(key=lambda r: r.created_at, reverse=True)
-        return TaskPage(records=matching[query.skip : query.skip + query.limit], total=len(matching))
+        page = [handed_out(r) for r in matching[query.skip : query.skip + query.limit]]
+        return TaskPage(records=page, total=len(matching))
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
         if bucket_seconds <= 0:
             raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
         with self._changed:
+            self._expire()
             records = [r for r in self._records.values() if start <= r.created_at <= end]
         buckets: dict[int, dict[Status, int]] = {}
         for record in records:
@@ -174,6 +229,14 @@ class MemoryBackend:
             counts = buckets.setdefault(index, {})
             counts[record.status] = counts.get(record.status, 0) + 1
         return buckets_from_counts(start, bucket_seconds, buckets)
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each structure holds, expired ones dropped first: what a long-running
+        process keeps (the bounds of docs/guarantees.md)."""
+        with self._changed:
+            self._expire()
+            return {"records": len(self._records), "leases": len(self._leases), "early": len(self._early),
+                    "chords": len(self._chords), "heartbeats": len(self._heartbeats)}  # fmt: skip
 
     def close(self) -> None:
         """Nothing to release; records stay readable."""
@@ -184,22 +247,29 @@ class MemoryBackend:
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         with self._changed:
+            self._expire()
             record = self._records.get(task_id)
             if record is None:
                 return None
-            record = self._records[task_id] = record.evolve(retry=record.retry + count, updated_at=utcnow())
+            record = record.evolve(retry=record.retry + count, updated_at=utcnow())
+            self._put(record)
             return record.retry
 
     def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        copy = json.loads(codec.dumps(info))  # as Redis keeps it: JSON
         with self._changed:
-            self._heartbeats[worker_id] = (dict(info), time.monotonic() + ttl)
+            self._drop_dead_workers()
+            self._heartbeats[worker_id] = (copy, time.monotonic() + ttl)
 
     def live_workers(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
         with self._changed:
-            for worker_id in [w for w, (_, expires) in self._heartbeats.items() if expires <= now]:
-                del self._heartbeats[worker_id]
-            return [dict(info) for info, _ in self._heartbeats.values()]
+            self._drop_dead_workers()
+            return [json.loads(codec.dumps(info)) for info, _ in self._heartbeats.values()]
+
+    def _drop_dead_workers(self) -> None:
+        now = time.monotonic()
+        for worker_id in [w for w, (_, expires) in self._heartbeats.items() if expires <= now]:
+            del self._heartbeats[worker_id]
 
     def forget_worker(self, worker_id: str) -> None:
         with self._changed:
@@ -211,22 +281,33 @@ class MemoryBackend:
         with self._changed:
             for task_id in task_ids:
                 self._records.pop(task_id, None)
+                self._record_ttl.discard(task_id)
                 self._early.pop(task_id, None)
+                self._early_ttl.discard(task_id)
                 self._leases.pop(task_id, None)
 
     # Workflows and periodic tasks
 
     def create_new(self, record: TaskRecord) -> bool:
+        record = stored(record)
         with self._changed:
             if record.task_id in self._records:
                 return False
-            self.create([record])
+            self._store([record])
             return True
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        from cogman.workflow_spec import callback_id  # a workflow concept; imported late, no import cycle
+
         if not 0 <= index < size:
             raise ValueError(f"chord member index {index} is outside 0..{size - 1}")
+        callback = callback_id(chord_id)
         with self._changed:
-            outcomes = self._chords.setdefault(chord_id, {})
+            self._expire()
+            if chord_id not in self._chords and callback in self._records and sent(self._records[callback]):
+                return None  # decided and sent: a late member changes nothing (as on Redis)
+            _, outcomes = self._chords.setdefault(chord_id, (callback, {}))
+            self._callbacks[callback] = chord_id
+            self._chord_ttl.touch(chord_id)
             outcomes.setdefault(index, outcome)
             return [outcomes[i] for i in range(size)] if len(outcomes) >= size else None

@@ -23,7 +23,6 @@ from cogman.backends import codec, redis_create, redis_queries, redis_workers, r
 from cogman.backends import redis_scripts as scripts
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.codec import to_us
-from cogman.backends.group_commit import GroupCommit
 from cogman.backends.outage import WriteBuffer
 from cogman.backends.redis_wire import ScriptCaller, is_transient
 from cogman.errors import BackendUnavailable, CorruptRecord
@@ -58,8 +57,9 @@ class RedisBackend:
         self._start = self.client.register_script(scripts.source(scripts.START))
         self._claim = self.client.register_script(scripts.source(scripts.CLAIM))
         self._renew = self.client.register_script(scripts.source(scripts.RENEW))
-        self._query = self.client.register_script(scripts.source(scripts.QUERY))
-        self._group: GroupCommit[Any] = GroupCommit(self._run_batch)
+        self._page = self.client.register_script(redis_queries.PAGE)
+        self._scan = self.client.register_script(redis_queries.SCAN)
+        self._records = self.client.register_script(redis_queries.RECORDS)
         self._scripts = ScriptCaller(self.client)
         kwargs = self.client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
@@ -72,7 +72,8 @@ class RedisBackend:
         return f"{self.prefix}:task:{task_id}"
 
     def index_key(self, kind: str, value: str | None = None) -> str:
-        """``<prefix>:idx:all``, ``<prefix>:idx:status:<status>``, ``:idx:name:<name>``, ``:idx:pk:<key>``."""
+        """``<prefix>:idx:all``, ``:idx:status:<status>``, ``:idx:name:<name>``, ``:idx:pk:<key>``, and
+        ``:idx:ns:<status>:<name as JSON>`` (docs/backends.md)."""
         return f"{self.prefix}:idx:{kind}" if value is None else f"{self.prefix}:idx:{kind}:{value}"
 
     # Writes
@@ -279,31 +280,11 @@ class RedisBackend:
         return [record.task_id, record.name, pk, len(fields) // 2, *fields]
 
     def _committed(self, script: Any, args: list[Any], what: str) -> Any:
-        """One script call, sent with the calls other threads make at the same moment (group_commit.py);
-        its reply, or None when the store is unreachable and the batch was parked for replay."""
-        out = self._group.submit((script, args, what))
-        if isinstance(out, Exception):
-            raise out
-        return out
-
-    def _run_batch(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
-        """A batch goes in one pipeline; when the store is away, each write is parked on its own, so a
-        replayed write that fails for good is reported as itself (a pipeline returns such errors as
-        replies), and the buffer's bound counts writes."""
-        if len(items) == 1:
-            script, args, what = items[0]
-            return [self.buffer.write(self._run(script, args), what)]
-        if not self.buffer.pending:
-            try:
-                return self.buffer.call(lambda: self._pipeline(items), f"{len(items)} writes ({items[0][2]} ...)")
-            except BackendUnavailable:
-                pass
-        for script, args, what in items:
-            self.buffer.park(self._run(script, args), what)
-        return [None] * len(items)
-
-    def _pipeline(self, items: Sequence[tuple[Any, list[Any], str]]) -> list[Any]:
-        return self._scripts.pipeline([(script, args) for script, args, _ in items])
+        """One script call on this thread's own connection; its reply, or None when the store is
+        unreachable and the write was parked for replay. Each handler thread writes its own: sending
+        the writes of threads that met in one pipeline (a group commit) never batched in practice and
+        measured slower (bench/group_commit.py, docs/performance.md)."""
+        return self.buffer.write(self._run(script, args), what)
 
     def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
         return lambda: self._scripts.evalsha(script, args)

@@ -1,17 +1,21 @@
-"""Listing and counting Redis task records: the queries of the API, the CLI and re-enqueue.
+"""Listing and counting Redis task records: the queries of the API, the CLI, ``/metrics`` and re-enqueue.
 
 Records are indexed in sorted sets scored by ``created_at`` (microseconds): ``<prefix>:idx:all`` and one
-per status, name and primary key. A query intersects the indexes its filters name (in a Lua script, one
-round trip) and reads the page of records; counting reads the status indexes (see docs/backends.md).
+per status, name, name-and-status and primary key (docs/backends.md). No script call's work grows with
+the number of records: a query on one index (every filter but the primary key combined with another) is
+two ``ZCOUNT`` and a page read by rank, O(log N + limit) whatever ``skip``; a primary key combined with
+another filter walks the smaller index newest first, at most ``SCAN_BUDGET`` entries a call, looking each
+up in the others, over as many calls as it takes. A script runs alone on the server, so one that
+intersected whole indexes (the design before issue 19) held every other client up for as long as it ran.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import uuid
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cogman.backends import codec
 from cogman.backends.base import StatusBucket, TaskPage, TaskQuery, buckets_from_counts
@@ -21,35 +25,176 @@ from cogman.status import Status
 
 if TYPE_CHECKING:
     from cogman.backends.redis import RedisBackend
+    from cogman.record import TaskRecord
 
 log = logging.getLogger("cogman.backends.redis")
 
+#: Index entries one script call of a combined query examines (each one ZSCORE per other index).
+SCAN_BUDGET = 500
+#: Records one script call reads (HGETALL each).
+READ_CHUNK = 100
+
+# Appends {id, HGETALL} per id to ``out``: {'!', type} when the key holds something else than a hash.
+_READ = """
+local function read(ids, out)
+  for _, id in ipairs(ids) do
+    local key = ARGV[1] .. ':task:' .. id
+    local kind = redis.call('TYPE', key)['ok']
+    out[#out + 1] = id
+    if kind == 'hash' or kind == 'none' then
+      out[#out + 1] = redis.call('HGETALL', key)
+    else
+      out[#out + 1] = {'!', kind}
+    end
+  end
+end
+"""
+
+# ARGV: prefix, index key, min, max ('+inf' or a score), skip, limit, records to read. Returns {total,
+# then id, record for the first ``read`` ids of the page, then the page's other ids}. Paging by rank:
+# ``ZRANGE ... BYSCORE LIMIT skip`` walks ``skip`` entries, a rank is found in O(log N).
+PAGE = (
+    _READ
+    + """
+local source, min, max = ARGV[2], ARGV[3], ARGV[4]
+local skip, limit, reads = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local total = redis.call('ZCOUNT', source, min, max)
+local out = {total}
+if limit > 0 and skip < total then
+  local above = 0
+  if max ~= '+inf' then above = redis.call('ZCOUNT', source, '(' .. max, '+inf') end
+  local ids = redis.call('ZRANGE', source, above + skip, above + math.min(skip + limit, total) - 1, 'REV')
+  read({unpack(ids, 1, math.min(reads, #ids))}, out)
+  for i = reads + 1, #ids do out[#out + 1] = ids[i] end
+end
+return out
+"""
+)
+
+# ARGV: prefix, min, max, budget, cursor id ('' to start at max), its score, from, want, the index to
+# walk, then the indexes each entry must also be in. Walks at most ``budget`` entries newest first from
+# just after the cursor (by rank while the cursor is still in the index, else below its score) and
+# returns {matched, done (0/1), last id, its score, the matched ids numbered from..from+want-1 (from 0)}.
+SCAN = """
+local min, max, budget = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local cursor, cursor_score, from, want, source = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local start = 0
+if cursor == '' then
+  if max ~= '+inf' then start = redis.call('ZCOUNT', source, '(' .. max, '+inf') end
+else
+  local rank = redis.call('ZREVRANK', source, cursor)
+  if rank then start = rank + 1 else start = redis.call('ZCOUNT', source, cursor_score, '+inf') end
+end
+local entries = redis.call('ZRANGE', source, start, start + budget - 1, 'REV', 'WITHSCORES')
+local matched, done, last, last_score, ids = 0, 0, '', '', {}
+if #entries < 2 * budget then done = 1 end
+for i = 1, #entries, 2 do
+  local id, score = entries[i], entries[i + 1]
+  if tonumber(score) < min then
+    done = 1
+    break
+  end
+  local inside = true
+  for k = 10, #ARGV do
+    if not redis.call('ZSCORE', ARGV[k], id) then
+      inside = false
+      break
+    end
+  end
+  if inside then
+    if matched >= from and matched < from + want then ids[#ids + 1] = id end
+    matched = matched + 1
+  end
+  last, last_score = id, score
+end
+local out = {matched, done, last, last_score}
+for _, id in ipairs(ids) do out[#out + 1] = id end
+return out
+"""
+
+# ARGV: prefix, then ids. Returns {id, record, ...} as PAGE does.
+RECORDS = (
+    _READ
+    + """
+local out = {}
+read({unpack(ARGV, 2)}, out)
+return out
+"""
+)
+
 
 def query(backend: RedisBackend, query: TaskQuery) -> TaskPage:
-    keys = []
-    if query.status is not None:
-        keys.append(backend.index_key("status", query.status.value))
-    if query.name is not None:
-        keys.append(backend.index_key("name", query.name))
-    if query.primary_key is not None:
-        keys.append(backend.index_key("pk", query.primary_key))
     low = max(backend._window_floor(), to_us(query.created_after) if query.created_after else 0)
     high = to_us(query.created_before) if query.created_before else None
     if high is not None and low > high:
         return TaskPage(records=[], total=0)
-    scratch = f"{backend.prefix}:scratch:{uuid.uuid4().hex}"
-    args = [
-        *backend._common(),
-        low,
-        "+inf" if high is None else high,
-        query.skip,
-        query.limit,
-        scratch,
-        *(keys or [backend.index_key("all")]),
-    ]
-    out = backend.buffer.call(backend._run(backend._query, args), "query task records")
-    records = []
-    for task_id, flat in zip(out[1::2], out[2::2], strict=True):
+    keys = _indexes(backend, query)
+    if len(keys) == 1:
+        return _page(backend, keys[0], query, low, high)
+    sizes = backend.buffer.call(lambda: _sizes(backend, keys), "size the indexes of a query")
+    keys.sort(key=lambda key: sizes[key])  # walk the smallest, look entries up in the others
+    return _scan(backend, keys, query, low, high)
+
+
+def _indexes(backend: RedisBackend, query: TaskQuery) -> list[str]:
+    """The indexes to intersect: name and status together are one index of their own."""
+    keys = []
+    if query.status is not None and query.name is not None:
+        keys.append(backend.index_key("ns", f"{query.status.value}:{codec.dumps(query.name)}"))
+    elif query.status is not None:
+        keys.append(backend.index_key("status", query.status.value))
+    elif query.name is not None:
+        keys.append(backend.index_key("name", query.name))
+    if query.primary_key is not None:
+        keys.append(backend.index_key("pk", query.primary_key))
+    return keys or [backend.index_key("all")]
+
+
+def _sizes(backend: RedisBackend, keys: list[str]) -> dict[str, int]:
+    pipe = backend.client.pipeline(transaction=False)
+    for key in keys:
+        pipe.zcard(key)
+    return dict(zip(keys, pipe.execute(), strict=True))
+
+
+def _page(backend: RedisBackend, key: str, query: TaskQuery, low: int, high: int | None) -> TaskPage:
+    reads = min(query.limit, READ_CHUNK)
+    args = [backend.prefix, key, low, "+inf" if high is None else high, query.skip, query.limit, reads]
+    out = backend.buffer.call(backend._run(backend._page, args), "query task records")
+    flat = out[1 : 1 + 2 * reads]
+    records = _records(backend, flat) + _read(backend, out[1 + 2 * reads :])
+    return TaskPage(records=records, total=int(out[0]))
+
+
+def _scan(backend: RedisBackend, keys: list[str], query: TaskQuery, low: int, high: int | None) -> TaskPage:
+    """Several calls of SCAN_BUDGET entries each; not one snapshot: an entry that moves between indexes
+    meanwhile may be counted in neither or both, as records listed page by page may."""
+    total, cursor, cursor_score, ids = 0, b"", b"", []
+    while True:
+        start = max(0, query.skip - total)
+        want = max(0, query.skip + query.limit - max(total, query.skip))
+        args = [backend.prefix, low, "+inf" if high is None else high, SCAN_BUDGET, cursor, cursor_score, start, want]
+        out = backend.buffer.call(backend._run(backend._scan, [*args, *keys]), "query task records")
+        total += int(out[0])
+        ids += out[4:]
+        if int(out[1]):
+            break
+        cursor, cursor_score = out[2], out[3]
+    return TaskPage(records=_read(backend, ids), total=total)
+
+
+def _read(backend: RedisBackend, ids: Sequence[bytes]) -> list[TaskRecord]:
+    records: list[TaskRecord] = []
+    for start in range(0, len(ids), READ_CHUNK):
+        args = [backend.prefix, *ids[start : start + READ_CHUNK]]
+        records += _records(backend, backend.buffer.call(backend._run(backend._records, args), "read task records"))
+    return records
+
+
+def _records(backend: RedisBackend, out: Sequence[Any]) -> list[TaskRecord]:
+    """The records of a {id, HGETALL, ...} reply; corrupt ones are logged and skipped."""
+    records: list[TaskRecord] = []
+    for task_id, flat in zip(out[::2], out[1::2], strict=True):
         key = backend.key(task_id.decode())
         if flat and flat[0] == b"!":
             log.warning("query skipped corrupt record at %s: a Redis %s, not a hash", key, flat[1].decode())
@@ -60,7 +205,7 @@ def query(backend: RedisBackend, query: TaskQuery) -> TaskPage:
             records.append(codec.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)), key))
         except CorruptRecord as exc:
             log.warning("query skipped %s", exc)
-    return TaskPage(records=records, total=int(out[0]))
+    return records
 
 
 def count_by_status(backend: RedisBackend, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:

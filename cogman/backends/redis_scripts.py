@@ -47,6 +47,12 @@ local function touch_index(key, score, member)
   end
 end
 
+-- The index of one task name in one status: name is the hash's JSON text of it (``"resize"``), so the
+-- key is built the same way from a create's fields and from a stored hash, with nothing decoded.
+local function ns_index(status, name)
+  return P .. ':idx:ns:' .. RAW[status] .. ':' .. name
+end
+
 local function signal_done(id)
   local done = P .. ':done:' .. id
   redis.call('DEL', done)
@@ -83,6 +89,8 @@ local function create(id, name, pk, fields)
   touch_index(P .. ':idx:all', score, id)
   touch_index(P .. ':idx:status:' .. RAW[status], score, id)
   touch_index(P .. ':idx:name:' .. name, score, id)
+  local jname = field(fields, 'name')
+  if jname then touch_index(ns_index(status, jname), score, id) end
   if string.sub(pk, 1, 1) == '1' then touch_index(P .. ':idx:pk:' .. string.sub(pk, 2), score, id) end
   if FINAL[status] then signal_done(id) end
   return 'created'
@@ -102,15 +110,19 @@ local function transition(id, status, fields)
     return 'unknown'
   end
   if kind ~= 'hash' then return 'corrupt: a Redis ' .. kind .. ', not a hash' end
-  local cur = redis.call('HGET', key, 'status')
+  local stored = redis.call('HMGET', key, 'status', '_score', 'name')
+  local cur, score, jname = stored[1], stored[2], stored[3]
   if (not cur) or (not RANK[cur]) then return 'corrupt: bad status field ' .. tostring(cur) end
   if RANK[status] <= RANK[cur] then return 'kept' end
-  local score = redis.call('HGET', key, '_score')
   if not score then return 'corrupt: no _score field' end
   redis.call('HSET', key, 'status', status, unpack(fields))
   redis.call('PEXPIRE', key, TTL)
   redis.call('ZREM', P .. ':idx:status:' .. RAW[cur], id)
   touch_index(P .. ':idx:status:' .. RAW[status], score, id)
+  if jname then
+    redis.call('ZREM', ns_index(cur, jname), id)
+    touch_index(ns_index(status, jname), score, id)
+  end
   if FINAL[status] then signal_done(id) end
   return 'moved'
 end
@@ -219,38 +231,6 @@ for i = 6, #ARGV do
   if redis.call('TYPE', key)['ok'] == 'hash' then redis.call('HSET', key, '_lease', lease) end
 end
 return 'ok'
-"""
-
-# ARGV: common(4), min, max, skip, limit, scratch key, then the index keys to intersect (at least one).
-# Returns {total, id1, record1, id2, record2, ...}; a record is its HGETALL, or {'!', type} when the
-# key holds something else than a hash.
-QUERY = """
-local min, max, skip, limit, scratch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local source = ARGV[10]
-if #ARGV > 10 then
-  local args = {'ZINTERSTORE', scratch, #ARGV - 9}
-  for i = 10, #ARGV do args[#args + 1] = ARGV[i] end
-  args[#args + 1] = 'AGGREGATE'
-  args[#args + 1] = 'MAX'
-  redis.call(unpack(args))
-  source = scratch
-end
-local out = {redis.call('ZCOUNT', source, min, max)}
-if limit > 0 then
-  local ids = redis.call('ZRANGE', source, max, min, 'BYSCORE', 'REV', 'LIMIT', skip, limit)
-  for _, id in ipairs(ids) do
-    local key = P .. ':task:' .. id
-    local kind = redis.call('TYPE', key)['ok']
-    out[#out + 1] = id
-    if kind == 'hash' or kind == 'none' then
-      out[#out + 1] = redis.call('HGETALL', key)
-    else
-      out[#out + 1] = {'!', kind}
-    end
-  end
-end
-if source == scratch then redis.call('DEL', scratch) end
-return out
 """
 
 

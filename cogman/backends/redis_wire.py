@@ -2,14 +2,14 @@
 
 Every state change is one EVALSHA; on a busy worker redis-py's command path (pool checkout, retry
 wrapper, response callbacks) costs more CPU than the round trip itself, so :class:`ScriptCaller` keeps
-one raw connection per thread for single calls and one pipeline for batches. A script the server lost
-(a restart, a failover) is loaded again and its call rerun.
+one raw connection per thread for its calls. A script the server lost (a restart, a failover) is
+loaded again and its call rerun.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -39,8 +39,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class ScriptCaller:
-    """EVALSHA on this thread's own connection (two: one for :meth:`send`), or many in one pipeline;
-    closed with the backend."""
+    """EVALSHA on this thread's own connection (two: one for :meth:`send`); closed with the backend."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -92,23 +91,6 @@ class ScriptCaller:
                 raise
 
         return reply
-
-    def pipeline(self, calls: Sequence[tuple[Any, list[Any]]]) -> list[Any]:
-        """Each call's reply, in order (redis-py's script pipelining would add a SCRIPT EXISTS round trip
-        per batch). A failover reply raises, so the caller retries or parks the whole batch: the scripts
-        are idempotent."""
-        pipe = self.client.pipeline(transaction=False)
-        for script, args in calls:
-            pipe.evalsha(script.sha, 0, *args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception) and is_transient(reply):
-                raise reply
-        for index, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                script, args = calls[index]
-                replies[index] = script(args=args)  # redis-py loads it again on NOSCRIPT
-        return replies
 
     def close(self) -> None:
         with self._lock:

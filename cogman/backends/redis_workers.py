@@ -39,9 +39,9 @@ return budget
 #: Ids per delete script call (keeps each script short).
 DELETE_CHUNK = 500
 
-# ARGV: prefix, then task ids. Removes each record's hash, its entries in every index (the name and
-# primary-key indexes named by its own fields), its wake-up token and any early status stub; returns how
-# many records existed.
+# ARGV: prefix, then task ids. Removes each record's hash, its entries in every index (the name,
+# name-and-status and primary-key indexes named by its own fields), its wake-up token and any early
+# status stub; returns how many records existed.
 DELETE = """
 local P = ARGV[1]
 local STATUSES = {STATUS_NAMES}
@@ -60,6 +60,9 @@ for i = 2, #ARGV do
     local name, pk = decoded(f[1]), decoded(f[2])
     if name then redis.call('ZREM', P .. ':idx:name:' .. name, id) end
     if pk then redis.call('ZREM', P .. ':idx:pk:' .. pk, id) end
+    if f[1] then
+      for _, status in ipairs(STATUSES) do redis.call('ZREM', P .. ':idx:ns:' .. status .. ':' .. f[1], id) end
+    end
     removed = removed + 1
   end
   redis.call('ZREM', P .. ':idx:all', id)

@@ -30,7 +30,10 @@ def create_broker(config: Config) -> Broker:
         from cogman.brokers.memory import MemoryBroker
 
         return MemoryBroker(
-            config.high_priority_queue_count, config.low_priority_queue_count, max_redeliveries=config.max_redeliveries
+            config.high_priority_queue_count,
+            config.low_priority_queue_count,
+            max_redeliveries=config.max_redeliveries,
+            prefix=config.queue_prefix,
         )
     if scheme in ("amqp", "amqps", "pyamqp"):
         from cogman.brokers.rabbitmq import RabbitMQBroker

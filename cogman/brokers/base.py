@@ -24,9 +24,15 @@ DEAD_LETTER_QUEUE = "cogman.dead_letter"
 HEADER_DEAD_LETTER_REASON = "x-cogman-dead-letter-reason"
 
 
-def queue_names(priority: Priority, count: int) -> list[str]:
-    """Cogman's queue names: ``high_priority_queue_0..count-1`` or ``low_priority_queue_0..count-1``."""
-    return [f"{priority.value}_priority_queue_{index}" for index in range(count)]
+def queue_names(priority: Priority, count: int, prefix: str = "") -> list[str]:
+    """Cogman's queue names: ``high_priority_queue_0..count-1`` or ``low_priority_queue_0..count-1``,
+    behind ``prefix`` (``Config.queue_prefix``) when there is one."""
+    return [prefixed(prefix, f"{priority.value}_priority_queue_{index}") for index in range(count)]
+
+
+def prefixed(prefix: str, name: str) -> str:
+    """A queue or exchange name in an app's namespace: ``shop.high_priority_queue_0``."""
+    return f"{prefix}.{name}" if prefix else name
 
 
 @dataclass(slots=True)

@@ -17,7 +17,9 @@ goes to its alternate exchange and so to ``cogman.dead_letter``, never dropped.
 
 ``D`` is rounded up to whole seconds when the message is published, so a task never starts early and
 starts at most about a second late; the longest delay is ``2**28 - 1`` s (about 8.5 years).
-docs/scheduling.md says why this topology and what it costs.
+docs/scheduling.md says why this topology and what it costs. With ``Config.queue_prefix`` every name
+here is behind it (``shop.cogman.delay.3``): each app has its own ladder, so the delivery exchange of
+one never routes into the queues of another.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from cogman.brokers.base import prefixed
 from cogman.delays import LEVELS, whole_seconds_until
 
 PREFIX = "cogman.delay"
@@ -34,18 +37,26 @@ DELIVERY_EXCHANGE = f"{PREFIX}.deliver"
 UNROUTABLE_EXCHANGE = f"{PREFIX}.unroutable"
 
 
-def level_name(level: int) -> str:
+def level_name(level: int, prefix: str = "") -> str:
     """The exchange and the queue of one level."""
-    return f"{PREFIX}.{level}"
+    return prefixed(prefix, f"{PREFIX}.{level}")
 
 
-def level_arguments(level: int, queue_type: str) -> dict[str, Any]:
+def delivery_exchange(prefix: str = "") -> str:
+    return prefixed(prefix, DELIVERY_EXCHANGE)
+
+
+def unroutable_exchange(prefix: str = "") -> str:
+    return prefixed(prefix, UNROUTABLE_EXCHANGE)
+
+
+def level_arguments(level: int, queue_type: str, prefix: str = "") -> dict[str, Any]:
     """``x-`` arguments of a level's queue. Quorum queues dead-letter at-least-once (which RabbitMQ
     allows only with ``reject-publish`` overflow); classic ones are lazy, so a large backlog of delayed
     tasks sits on disk rather than in the broker's memory."""
     arguments: dict[str, Any] = {
         "x-message-ttl": 2**level * 1000,
-        "x-dead-letter-exchange": level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE,
+        "x-dead-letter-exchange": level_name(level - 1, prefix) if level > 0 else delivery_exchange(prefix),
     }
     if queue_type == "quorum":
         arguments.update({"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once"})
@@ -66,10 +77,10 @@ def delay_routing_key(seconds: int, queue: str) -> str:
     return ".".join(f"{seconds:0{LEVELS}b}") + f".{queue}"
 
 
-def route(queue: str, eta: datetime | None, now: float | None = None) -> tuple[str, str]:
+def route(queue: str, eta: datetime | None, now: float | None = None, prefix: str = "") -> tuple[str, str]:
     """(exchange, routing key) to publish a message for ``queue`` due at ``eta``, decided now: the
-    default exchange when it is due, else the ladder level of its delay's highest bit."""
+    default exchange when it is due, else the level of its delay's highest bit in ``prefix``'s ladder."""
     seconds = 0 if eta is None else whole_seconds_until(eta, now)
     if seconds <= 0:
         return "", queue
-    return level_name(seconds.bit_length() - 1), delay_routing_key(seconds, queue)
+    return level_name(seconds.bit_length() - 1, prefix), delay_routing_key(seconds, queue)

@@ -23,6 +23,7 @@ from cogman.brokers.base import (
     PublishListener,
     QueueStats,
     Receipt,
+    prefixed,
     queue_names,
 )
 from cogman.message import Message
@@ -33,11 +34,16 @@ DELAYED_QUEUE = "cogman.delay"
 
 
 class MemoryBroker:
-    def __init__(self, high_queue_count: int = 1, low_queue_count: int = 1, *, max_redeliveries: int = 5) -> None:
+    """``prefix`` (``Config.queue_prefix``) names the queues as RabbitMQ's would be; nothing else is shared."""
+
+    def __init__(
+        self, high_queue_count: int = 1, low_queue_count: int = 1, *, max_redeliveries: int = 5, prefix: str = ""
+    ) -> None:
         self.max_redeliveries = max_redeliveries
+        self.prefix = prefix
         self.queues: dict[Priority, dict[str, deque[Delivery]]] = {
-            Priority.HIGH: {name: deque() for name in queue_names(Priority.HIGH, high_queue_count)},
-            Priority.LOW: {name: deque() for name in queue_names(Priority.LOW, low_queue_count)},
+            Priority.HIGH: {name: deque() for name in queue_names(Priority.HIGH, high_queue_count, prefix)},
+            Priority.LOW: {name: deque() for name in queue_names(Priority.LOW, low_queue_count, prefix)},
         }
         self._round_robin = {p: itertools.cycle(list(q)) for p, q in self.queues.items()}
         self._dead: list[Delivery] = []
@@ -148,8 +154,8 @@ class MemoryBroker:
                 for priority, family in self.queues.items()
                 for name, queue in family.items()
             ]
-            stats.append(QueueStats(DEAD_LETTER_QUEUE, "dead_letter", len(self._dead), 0))
-            stats.append(QueueStats(DELAYED_QUEUE, "delayed", len(self._delayed), 0))
+            stats.append(QueueStats(prefixed(self.prefix, DEAD_LETTER_QUEUE), "dead_letter", len(self._dead), 0))
+            stats.append(QueueStats(prefixed(self.prefix, DELAYED_QUEUE), "delayed", len(self._delayed), 0))
         return stats
 
     def purge(self, settle: Callable[[list[Delivery]], None]) -> int:

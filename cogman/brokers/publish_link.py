@@ -17,7 +17,6 @@ import amqp.exceptions
 from cogman.brokers.amqp_frames import publish_frames, write_frames
 from cogman.brokers.confirms import Confirms
 from cogman.brokers.connection import Connection, close_quietly, describe, dial, discard, drain_ready
-from cogman.brokers.delay_ladder import route
 from cogman.brokers.outbox import Entry
 from cogman.brokers.topology import Topology
 from cogman.config import Config
@@ -97,7 +96,7 @@ class PublishLink:
         encoded already, and py-amqp's ``basic_publish`` (a socket poll and a Message object per call)
         would cost more than the write itself."""
         assert self._confirms is not None and self.connection is not None
-        exchange, routing_key = route(entry.queue, entry.message.eta)
+        exchange, routing_key = self.topology.route(entry.queue, entry.message.eta)
         message = entry.message
         amqp_connection = self.connection.connection
         frames = publish_frames(

@@ -17,7 +17,6 @@ import amqp.exceptions
 
 from cogman.brokers.base import Delivery, PublishListener, QueueStats, Receipt
 from cogman.brokers.connection import CONNECTION_ERRORS, close_quietly, dial
-from cogman.brokers.delay_ladder import level_name
 from cogman.brokers.publisher import Publisher
 from cogman.brokers.rabbitmq_consumer import RabbitMQConsumer, delivery_from
 from cogman.brokers.topology import Topology
@@ -40,7 +39,7 @@ class RabbitMQBroker:
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
         self.config = config
-        self.topology = Topology(config.high_priority_queue_count, config.low_priority_queue_count, config.queue_type)
+        self.topology = Topology.of(config)
         self.publisher = Publisher(url, config, self.topology)
 
     def __repr__(self) -> str:
@@ -95,7 +94,7 @@ class RabbitMQBroker:
         as ``delayed``: their messages are tasks waiting for their ``eta``."""
         queues: list[tuple[str, str]] = [(q.name, p.value) for q, p in self.topology.queues()]
         queues.append((self.topology.dead_letter_queue().name, "dead_letter"))
-        queues += [(level_name(level), "delayed") for level in range(LEVELS)]
+        queues += [(self.topology.level_name(level), "delayed") for level in range(LEVELS)]
 
         def read(connection: Any) -> list[QueueStats]:
             stats = []

@@ -3,7 +3,9 @@
 The names and arguments are the Go seed system's, so operators recognise the queues and a mixed fleet
 can share them: ``high_priority_queue_N`` with ``x-queue-mode: default`` and ``low_priority_queue_N``
 with ``x-queue-mode: lazy``, durable, on the default exchange (routing key = queue name), plus the
-delay ladder of ``brokers/delay_ladder.py`` (``declare_delays``). RabbitMQ refuses (406
+delay ladder of ``brokers/delay_ladder.py`` (``declare_delays``). With ``Config.queue_prefix`` every one
+of these names is behind the prefix (``shop.high_priority_queue_0``), so apps sharing a vhost stay apart;
+a worker still warns when another app consumes its queues (``heartbeat.py``). RabbitMQ refuses (406
 PRECONDITION_FAILED) to re-declare a queue with other arguments; that is a configuration mistake an
 operator must fix, so it becomes one clear :class:`TopologyError`, never a retry loop.
 """
@@ -13,23 +15,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqp.exceptions import AccessRefused, PreconditionFailed
 
-from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
+from cogman.brokers.base import DEAD_LETTER_QUEUE, prefixed, queue_names
 from cogman.brokers.connection import kombu
 from cogman.brokers.delay_ladder import (
-    DELIVERY_EXCHANGE,
     PREFIX,
-    UNROUTABLE_EXCHANGE,
+    delivery_exchange,
     level_arguments,
     level_bindings,
     level_name,
+    route,
+    unroutable_exchange,
 )
 from cogman.delays import LEVELS
 from cogman.errors import TopologyError
 from cogman.priority import Priority
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from cogman.config import Config
 
 log = logging.getLogger("cogman.rabbitmq")
 
@@ -58,9 +66,24 @@ class Topology:
     high_count: int = 1
     low_count: int = 1
     queue_type: str = "classic"
+    #: ``Config.queue_prefix``: in front of every name below; empty: Cogman's names.
+    prefix: str = ""
+
+    @classmethod
+    def of(cls, config: Config) -> Topology:
+        return cls(config.high_priority_queue_count, config.low_priority_queue_count, config.queue_type,
+                   config.queue_prefix)  # fmt: skip
 
     def names(self, priority: Priority) -> list[str]:
-        return queue_names(priority, self.high_count if priority is Priority.HIGH else self.low_count)
+        return queue_names(priority, self.high_count if priority is Priority.HIGH else self.low_count, self.prefix)
+
+    def level_name(self, level: int) -> str:
+        """The exchange and the queue of one level of this app's delay ladder."""
+        return level_name(level, self.prefix)
+
+    def route(self, queue: str, eta: datetime | None) -> tuple[str, str]:
+        """(exchange, routing key) for a message to ``queue`` due at ``eta``, through this app's ladder."""
+        return route(queue, eta, prefix=self.prefix)
 
     def queue(self, name: str, priority: Priority | None) -> Any:
         """A kombu Queue on the default exchange (routing key = name), durable, never auto-deleted."""
@@ -78,7 +101,7 @@ class Topology:
         return [(self.queue(name, p), p) for p in priorities for name in self.names(p)]
 
     def dead_letter_queue(self) -> Any:
-        return self.queue(DEAD_LETTER_QUEUE, None)
+        return self.queue(prefixed(self.prefix, DEAD_LETTER_QUEUE), None)
 
     def declare(self, channel: Any, priorities: Iterable[Priority] = (Priority.HIGH, Priority.LOW)) -> None:
         """Declare the queues of ``priorities`` and the dead-letter queue on ``channel``.
@@ -110,9 +133,9 @@ class Topology:
             self._declare_exit(channel, [name for priority in priorities for name in self.names(priority)])
             if ladder:
                 self._declare_ladder(channel)
-            channel.exchange_declare(DELIVERY_EXCHANGE, "topic", passive=True)
+            channel.exchange_declare(delivery_exchange(self.prefix), "topic", passive=True)
         except PreconditionFailed as exc:
-            raise ladder_error(exc) from None
+            raise ladder_error(exc, self.prefix) from None
         except AccessRefused as exc:
             log.warning("cannot declare cogman's delay ladder (%s); delayed tasks need it declared", exc.reply_text)
         finally:
@@ -120,34 +143,34 @@ class Topology:
                 channel.close()
 
     def _declare_exit(self, channel: Any, queue_names: list[str]) -> None:
-        channel.exchange_declare(UNROUTABLE_EXCHANGE, "fanout", durable=True, auto_delete=False, nowait=True)
-        channel.queue_bind(DEAD_LETTER_QUEUE, UNROUTABLE_EXCHANGE, routing_key="", nowait=True)
-        arguments = {"alternate-exchange": UNROUTABLE_EXCHANGE}
-        channel.exchange_declare(
-            DELIVERY_EXCHANGE, "topic", durable=True, auto_delete=False, arguments=arguments, nowait=True
-        )
+        deliver, unroutable = delivery_exchange(self.prefix), unroutable_exchange(self.prefix)
+        channel.exchange_declare(unroutable, "fanout", durable=True, auto_delete=False, nowait=True)
+        channel.queue_bind(self.dead_letter_queue().name, unroutable, routing_key="", nowait=True)
+        arguments = {"alternate-exchange": unroutable}
+        channel.exchange_declare(deliver, "topic", durable=True, auto_delete=False, arguments=arguments, nowait=True)
         for name in queue_names:
-            channel.queue_bind(name, DELIVERY_EXCHANGE, routing_key=f"#.{name}", nowait=True)
+            channel.queue_bind(name, deliver, routing_key=f"#.{name}", nowait=True)
 
     def _declare_ladder(self, channel: Any) -> None:
         for level in reversed(range(LEVELS)):
-            name = level_name(level)
+            name = self.level_name(level)
             into_queue, _ = level_bindings(level)
             channel.exchange_declare(name, "topic", durable=True, auto_delete=False, nowait=True)
-            arguments = level_arguments(level, self.queue_type)
+            arguments = level_arguments(level, self.queue_type, self.prefix)
             channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments, nowait=True)
             channel.queue_bind(name, name, routing_key=into_queue, nowait=True)
         for level in reversed(range(LEVELS)):
             _, onward = level_bindings(level)
-            lower = level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE
-            channel.exchange_bind(lower, level_name(level), routing_key=onward, nowait=True)
+            lower = self.level_name(level - 1) if level > 0 else delivery_exchange(self.prefix)
+            channel.exchange_bind(lower, self.level_name(level), routing_key=onward, nowait=True)
 
 
-def ladder_error(exc: PreconditionFailed) -> TopologyError:
+def ladder_error(exc: PreconditionFailed, prefix: str = "") -> TopologyError:
+    ladder = prefixed(prefix, PREFIX)
     return TopologyError(
-        f"RabbitMQ refused to declare cogman's delay ladder ({exc.reply_text}): a {PREFIX}.* queue or exchange "
+        f"RabbitMQ refused to declare cogman's delay ladder ({exc.reply_text}): a {ladder}.* queue or exchange "
         f"exists with other arguments, e.g. from another queue_type. Set queue_type to match, or delete the "
-        f"{PREFIX}.* queues and exchanges; their messages are delayed tasks, so only once they are empty."
+        f"{ladder}.* queues and exchanges; their messages are delayed tasks, so only once they are empty."
     )
 
 

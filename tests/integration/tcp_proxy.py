@@ -3,7 +3,9 @@
 ``rabbitmqctl stop_app`` closes connections politely (an AMQP connection.close). A crashed or killed
 server, or a cut cable, does not: the socket is reset, or just goes silent. This proxy produces those
 faults without touching the shared RabbitMQ: ``kill()`` resets every connection and refuses new ones
-until ``start()``; ``freeze()`` keeps the sockets open but forwards nothing until ``thaw()``.
+until ``start()``; ``freeze()`` keeps the sockets open but forwards nothing until ``thaw()``;
+``hold_replies()`` forwards what clients send but none of the server's answers until ``release_replies()``
+(a command that ran but whose reply is lost when the connection is killed meanwhile).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class TcpProxy:
         self._running = threading.Event()
         self._flowing = threading.Event()
         self._flowing.set()
+        self._replies = threading.Event()
+        self._replies.set()
         self.connections = 0
 
     def url(self, amqp_url: str) -> str:
@@ -81,6 +85,13 @@ class TcpProxy:
     def thaw(self) -> None:
         self._flowing.set()
 
+    def hold_replies(self) -> None:
+        """Forward requests to the server, but keep its replies back (they wait in the socket)."""
+        self._replies.clear()
+
+    def release_replies(self) -> None:
+        self._replies.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while self._running.is_set():
             try:
@@ -108,7 +119,8 @@ class TcpProxy:
         try:
             while True:
                 self._flowing.wait()
-                readable, _, _ = select.select(list(pair), [], [], 0.2)
+                watched = list(pair) if self._replies.is_set() else [client]
+                readable, _, _ = select.select(watched, [], [], 0.2)
                 if not self._flowing.is_set():
                     continue
                 for sock in readable:

@@ -114,6 +114,22 @@ def test_list_inspect_and_retry(env: dict[str, str], client: App):
         worker.stop()
 
 
+def test_retry_of_a_chain_step_that_never_ran_is_refused_naming_what_to_retry(env: dict[str, str], client: App):
+    from cogman import Signature, chain
+
+    worker = client.start_background(concurrency=2)
+    try:
+        steps = [Signature("admin.add", (1, 2), app=client), Signature("admin.fail"), Signature("admin.add", (1,))]
+        result = chain(*steps).delay()
+        wait_for(lambda: client.backend.get(result.id) is not None, 60, "the chain to stop at step 2")
+        refused = cogman(env, "retry", result.id, "--force")
+        assert refused.returncode == 1 and "never ran (not run: step 2 (admin.fail) failed" in refused.stderr
+        assert "retry the step that failed instead" in refused.stderr
+        assert cogman(env, "retry", result.ids[1]).returncode == 0  # the failed step itself: retried
+    finally:
+        worker.stop()
+
+
 def test_api_refuses_an_open_bind_without_a_token(env: dict[str, str]):
     refused = cogman(env, "api", "--host", "0.0.0.0")
     assert refused.returncode == 2 and "refusing to serve the API on 0.0.0.0 without a token" in refused.stderr

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from cogman import App, TaskFailed
 from cogman.cli import DEFAULT_LOG_LEVEL, _parser, main, url_overrides
 from cogman.priority import Priority
 from tests.integration.rabbit_helpers import ROOT
+from tests.ports import free_ports
 
 
 def cogman(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -45,6 +48,7 @@ def cogman(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["demo", "-c", "0"], "argument -c/--concurrency: must be at least 1, got 0"),
         (["-A", "tests.cli_app", "worker", "--processes", "0"], "argument -p/--processes: must be at least 1, got 0"),
         (["-A", "tests.cli_app", "worker", "--metrics-port", "70000"], "must be a TCP port (0-65535), got 70000"),
+        (["-A", "tests.cli_app", "worker", "--metrics-host", "127.0.0.1:9191"], "'127.0.0.1:9191' is not an address"),
         (["-A", "tests.cli_app", "list", "--limit", "0"], "argument --limit: must be between 1 and 1000, got 0"),
         (["-A", "tests.cli_app", "worker", "--broker", "localhost:5672"], "argument -b/--broker: 'localhost:5672' is"),
         (["--backend", "redis", "-A", "tests.cli_app", "status", "x"], "argument --backend: 'redis' is not a URL"),
@@ -241,3 +245,44 @@ def test_with_processes_each_child_says_ready_and_a_dead_child_stops_the_parent(
     assert sum(1 for line in lines if line.startswith(" -------------- cogman")) == 1  # one banner
     os.kill(pids[0], signal.SIGKILL)
     assert process.wait(60) == 1
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on TCP ``port``, as Linux lists them."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for row in path.read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if int(port_hex, 16) != port or state != "0A":  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)  # host-order 32-bit words
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(socket.inet_ntop(family, packed))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("args", "address"),
+    [
+        ((), "127.0.0.1"),
+        (("--metrics-host", "0.0.0.0"), "0.0.0.0"),
+        (("--processes", "1", "--metrics-host", "0.0.0.0"), "0.0.0.0"),
+    ],
+    ids=["default", "every-interface", "every-interface-in-a-child"],
+)
+def test_the_metrics_listen_on_loopback_unless_told_otherwise(
+    worker_process: list[subprocess.Popen[str]], args: tuple[str, ...], address: str
+):
+    """Issue 19, item 18: the endpoint names every task, so it is not on every interface by default."""
+    port = free_ports()
+    process = run_worker(worker_process, "--metrics-port", str(port), *args)
+    banner = "\n".join(read_until(process, "ready: "))
+    assert f"Prometheus on port {port} of {address}" in banner
+    assert listening_addresses(port) == {address}
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 0

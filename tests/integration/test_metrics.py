@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cogman import App
+from cogman import App, Middleware, Status
+from cogman.message import Message
 from cogman.metrics import INSTALL_HINT, Prometheus
 from tests.admin_app import register
 from tests.integration.api_helpers import free_port, wait_until_final
@@ -71,7 +72,7 @@ def test_counters_move_with_a_real_worker(rabbit: str, redis_url: str, prefix: s
         settled = {  # a delivery is counted once acked, a moment after its record is final
             ("cogman_attempts_succeeded_total", task("admin.add")): 5,
             ("cogman_attempts_failed_total", task("admin.fail")): 1,
-            ("cogman_attempts_dead_lettered_total", task("admin.not_registered")): 1,
+            ("cogman_attempts_dead_lettered_total", task("<unregistered>")): 1,  # never a series per name
         }
         wait_for(lambda: all(scrape(port).get(key) == value for key, value in settled.items()), 30, "the counts")
         samples = scrape(port)
@@ -130,3 +131,100 @@ def test_two_processes_serve_one_port_each(rabbit: str, redis_url: str, prefix: 
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         client.close()
+
+
+@pytest.fixture
+def metered() -> Iterator[tuple[App, Prometheus]]:
+    """An embedded app whose workers serve metrics on a free loopback port."""
+    app = App("metered", broker="memory://", backend="memory://")
+    metrics = Prometheus(0, host="127.0.0.1")
+    app.middleware.middleware.append(metrics)  # type: ignore[attr-defined]
+    yield app, metrics
+    app.close()
+
+
+def series(metrics: Prometheus, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def test_unknown_task_names_share_one_series(metered: tuple[App, Prometheus]):
+    """Anyone able to publish chooses the names: each made-up one used to add a series for good."""
+    app, metrics = metered
+
+    @app.task(name="metered.known")
+    def known() -> int:
+        return 1
+
+    results = [app.send_task(f"metered.made_up_{uuid.uuid4().hex}") for _ in range(100)]
+    worker = app.start_background(concurrency=2)
+    try:
+        assert known.delay().get(timeout=30) == 1
+        letters = "cogman_attempts_dead_lettered_total"
+        wait_for(lambda: sum(series(metrics, letters).values()) == 100, 30, "100 dead-lettered deliveries")
+    finally:
+        worker.stop()
+    assert all(result.status.value == "failed" for result in results)
+    assert series(metrics, letters) == {task("<unregistered>"): 100}
+    assert series(metrics, "cogman_attempts_succeeded_total") == {task("metered.known"): 1}
+
+
+class _FailsOnce:
+    """Raises the first time it is called, then lets every call through."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error: BaseException | None = error
+
+    def __call__(self) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
+@pytest.mark.parametrize(
+    ("where", "runs", "then"),
+    [("backend write", 2, "succeeded"), ("middleware hook", 1, "skipped")],  # the success was recorded: skipped
+)
+def test_the_in_progress_gauge_returns_to_zero_when_the_outcome_path_raises(
+    metered: tuple[App, Prometheus], monkeypatch: pytest.MonkeyPatch, where: str, runs: int, then: str
+):
+    """The success write (or a later middleware's after_execute) raised: the delivery went back, and the
+    gauge stayed up by one for good, since the outcome hook was told no message."""
+    app, metrics = metered
+    fails_once = _FailsOnce(RuntimeError("the disk is on fire") if where == "backend write" else SystemExit(1))
+    if where == "backend write":
+        transition = app.backend.transition
+
+        def flaky(task_id: str, status: Status, **fields: Any) -> Any:
+            if status is Status.SUCCESS:
+                fails_once()
+            return transition(task_id, status, **fields)
+
+        monkeypatch.setattr(app.backend, "transition", flaky)
+    else:
+
+        class Raises(Middleware):
+            def after_execute(self, message: Message, **outcome: Any) -> None:
+                fails_once()  # SystemExit: the stack lets it through (it only isolates Exception)
+
+        app.middleware.middleware.append(Raises())  # type: ignore[attr-defined]
+
+    @app.task(name="metered.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = app.start_background(concurrency=1)
+    try:
+        assert add.delay(2, 3).get(timeout=30) == 5
+        settled = f"cogman_attempts_{then}_total"
+        wait_for(lambda: series(metrics, settled).get(task("metered.add")) == 1, 30, f"the redelivery {then}")
+    finally:
+        worker.stop()
+    assert fails_once.error is None  # the outcome path did raise once
+    assert series(metrics, "cogman_attempts_started_total") == {task("metered.add"): runs}
+    assert series(metrics, "cogman_attempts_in_progress") == {task("metered.add"): 0}
+    assert series(metrics, "cogman_attempts_requeued_total") == {task("metered.add"): 1}

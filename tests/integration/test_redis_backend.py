@@ -439,8 +439,8 @@ def test_a_batch_trims_and_expires_each_index_once_and_old_entries_still_go(priv
     fresh, old = [record() for _ in range(200)], record(age=120)
     backend.create([*fresh, old])
     stats = server.info("commandstats")
-    assert stats["cmdstat_zadd"]["calls"] == 3 * 201  # all, status, name
-    assert stats["cmdstat_zremrangebyscore"]["calls"] == 3  # once per index key, not once per record
+    assert stats["cmdstat_zadd"]["calls"] == 4 * 201  # all, status, name, name-and-status
+    assert stats["cmdstat_zremrangebyscore"]["calls"] == 4  # once per index key, not once per record
     assert [r.task_id for r in backend.query(TaskQuery(limit=500)).records].count(old.task_id) == 0
     backend.create([record()])  # the next write to the index trims what the batch added late
     assert server.zscore("cogman:idx:all", old.task_id) is None
@@ -680,10 +680,10 @@ def _busy(client: redis.Redis) -> bool:
     return False
 
 
-def test_a_batch_parked_during_an_outage_is_replayed_write_by_write(make, server: redis.Redis):
-    """A group-commit batch that meets an outage is parked write by write: the bound counts writes, and a
-    replayed write that fails for good reaches the barrier (a pipeline returns such an error as a reply,
-    which a batch replayed as one write swallowed: its message was acked with the outcome unrecorded)."""
+def test_handler_writes_parked_during_an_outage_are_replayed_one_by_one(make, server: redis.Redis):
+    """Each handler write is parked on its own: the bound counts writes, and a replayed write that fails
+    for good reaches the barrier (a group commit once replayed a pipeline as one write, whose error
+    replies it swallowed: their messages were acked with the outcome unrecorded)."""
     from cogman.backends import codec
     from cogman.backends import redis_scripts as scripts
 
@@ -705,7 +705,8 @@ def test_a_batch_parked_during_an_outage_is_replayed_write_by_write(make, server
 
     backend.buffer.park(away, "hold the queue")
     broken = moved_to_queued(str(uuid.uuid4()), field_count="two")  # the script fails for good on it
-    assert backend._run_batch([moved_to_queued(good.task_id), broken]) == [None, None]
+    assert backend._committed(*moved_to_queued(good.task_id)) is None
+    assert backend._committed(*broken) is None
     assert backend.buffer.pending == 3
     fired: list[str | None] = []
     backend.durable(fired.append)

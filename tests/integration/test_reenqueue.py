@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from cogman import App, Config, Status
+from cogman import App, Config, Status, TaskFailed
 from cogman.backends.base import Backend, TaskQuery
 from cogman.backends.memory import MemoryBackend
 from cogman.backends.mongo import MongoBackend
@@ -27,7 +28,7 @@ from cogman.errors import BrokerUnavailable, PublishError
 from cogman.message import Message
 from cogman.middleware import MiddlewareStack
 from cogman.record import utcnow
-from cogman.reenqueue import re_enqueue
+from cogman.reenqueue import FROM_WORKER, period, re_enqueue
 from tests.integration.rabbit_helpers import (
     ROOT,
     VHOST,
@@ -345,3 +346,91 @@ def test_a_backend_outage_while_reading_a_retrys_budget_leaves_the_retry_for_the
     report = re_enqueue(backend, RecordingBroker(), CONFIG)
     assert report.failed == {} and report.stopped is not None and "backend unavailable" in report.stopped
     assert backend._records[attempt.task_id].status is Status.RETRY
+
+
+# Children a handler sent, left unpublished by a time limit or a killed worker: swept after the child grace
+
+
+def test_a_record_sent_from_inside_a_handler_is_swept_after_the_shorter_child_grace(backend: Backend):
+    """Both are 20 s old and unconfirmed: the child (sent from a handler) is past the child grace (10 s),
+    the client's record is within the grace (60 s)."""
+    child = record(age=20, payload={"args": [1], "kwargs": {}, FROM_WORKER: True})
+    sent_by_a_client = record(age=20)
+    backend.create([child, sent_by_a_client])
+    broker = RecordingBroker()
+    connect(backend, broker)
+    report = re_enqueue(backend, broker, CONFIG.with_options(re_enqueue_child_grace=10))
+    assert report.republished == [child.task_id]
+    assert backend.get(sent_by_a_client.task_id).status is Status.INITIATED  # type: ignore[union-attr]
+    assert period(CONFIG.with_options(re_enqueue_child_grace=10, re_enqueue_interval=30)) == 10
+    assert period(CONFIG.with_options(re_enqueue_child_grace=120, re_enqueue_interval=30)) == 30
+
+
+def test_a_child_whose_send_a_time_limit_cut_short_runs_soon(redis_url: str):
+    """The parent's time limit fires while its child is recorded but not yet published (the interrupt lands
+    in the publish, held there in a Python loop): the child's record stays ``initiated`` with no message,
+    and the worker's sweep sends it after the child grace (1 s here), not the grace (60 s)."""
+    redis.Redis.from_url(redis_url).flushdb()
+    app = App("children", broker="memory://", backend=redis_url, re_enqueue_grace=60, re_enqueue_child_grace=1)
+    ran: list[int] = []
+
+    @app.task(name="children.child")
+    def child(x: int) -> int:
+        ran.append(x)
+        return x
+
+    @app.task(name="children.parent", time_limit=0.5)
+    def parent() -> None:
+        child.delay(7)
+
+    @app.task(name="children.async_parent")
+    async def async_parent() -> str:
+        return child.delay(8).id
+
+    real_publish = app.broker.publish
+    held: list[str] = []
+
+    def publish_held_once(messages: Sequence[Message], *args: object, **kwargs: object) -> object:
+        if not held and any(m.name == "children.child" for m in messages):
+            held.append(messages[0].task_id)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # pure Python: the time limit's interrupt lands here
+                pass
+        return real_publish(messages, *args, **kwargs)  # type: ignore[arg-type]
+
+    app.broker.publish = publish_held_once  # type: ignore[method-assign]
+    worker = app.start_background(concurrency=2)
+    try:
+        sent = parent.delay()
+        with pytest.raises(TaskFailed, match="time limit exceeded"):
+            sent.get(timeout=30)
+        [child_id] = held
+        stranded = app.backend.get(child_id)
+        assert stranded is not None and stranded.payload[FROM_WORKER] is True
+        assert app.result(child_id).get(timeout=30) == 7  # the sweep sent it: 60 s had not passed
+        assert ran == [7]
+        assert FROM_WORKER not in (sent.record().payload)  # sent by the test's thread, not a handler
+        from_loop = async_parent.delay().get(timeout=30)
+        assert app.backend.get(from_loop).payload[FROM_WORKER] is True  # type: ignore[union-attr]
+    finally:
+        worker.stop()
+        app.close()
+
+
+def test_a_child_held_in_a_live_workers_outbox_is_not_swept_after_the_child_grace(backend: Backend):
+    """The lease keeper renews every third of the child grace (not of the grace), so a child the outbox
+    holds through a broker outage keeps its lease before a sweep may take it."""
+    held = record(age=20, payload={"args": [], "kwargs": {}, FROM_WORKER: True})
+    backend.create([held])
+
+    class HoldingBroker(RecordingBroker):
+        def unconfirmed_ids(self) -> list[str]:
+            return [held.task_id]
+
+    keeper = LeaseKeeper(HoldingBroker(), backend, grace=60, shortest=0.3)
+    try:
+        wait_for(lambda: backend.claim_stale([held.task_id], 0.001) == [], 10, "the worker's lease")
+        report = re_enqueue(backend, RecordingBroker(), CONFIG.with_options(re_enqueue_child_grace=10))
+        assert report.republished == []
+    finally:
+        keeper.stop()

@@ -15,7 +15,6 @@ import pytest
 import redis
 
 from cogman import App, Status
-from cogman.backends.group_commit import GroupCommit
 from cogman.backends.redis import RedisBackend
 from tests.integration.rabbit_helpers import wait_for
 from tests.integration.tcp_proxy import TcpProxy
@@ -153,59 +152,3 @@ def test_tasks_sent_without_waiting_all_run(rabbit_app: Callable[..., App]):
         assert sorted(done) == list(range(300))
     finally:
         worker.stop()
-
-
-# Group commit
-
-
-def test_a_lone_write_leads_its_own_batch_at_once():
-    runs: list[list[int]] = []
-    group: GroupCommit[int] = GroupCommit(lambda items: runs.append(list(items)) or [i * 10 for i in items])
-    assert group.submit(1) == 10 and group.submit(2) == 20
-    assert runs == [[1], [2]] and (group.batches, group.items) == (2, 2)
-
-
-def test_writes_queued_together_go_in_one_batch_and_nobody_waits_for_company():
-    """A writer takes every write queued at that instant (its own included); writes it took wait for its
-    round trip, others run their own batches in parallel."""
-    release = threading.Event()
-    entered = threading.Event()
-    runs: list[list[int]] = []
-    lock = threading.Lock()
-
-    def run(items: Sequence[int]) -> list[int]:
-        with lock:
-            runs.append(list(items))
-        if 1 in items:
-            entered.set()
-            release.wait(30)  # this round trip is slow
-        return [i * 10 for i in items]
-
-    group: GroupCommit[int] = GroupCommit(run)
-    results: dict[int, int] = {}
-
-    def submit(item: int) -> None:
-        results[item] = group.submit(item)
-
-    slow = threading.Thread(target=submit, args=(1,))
-    slow.start()
-    assert entered.wait(30)
-    assert group.submit(2) == 20  # not held up behind the slow round trip: its own batch, at once
-    group._pending.extend(group_slot(item) for item in (3, 4))  # two writes queued by other threads
-    assert group.submit(5) == 50
-    release.set()
-    slow.join(30)
-    assert results == {1: 10}
-    assert runs[0] == [1] and runs[1] == [2] and sorted(runs[2]) == [3, 4, 5]
-
-
-def group_slot(item: int) -> object:
-    from cogman.backends.group_commit import _Slot
-
-    return _Slot(item)
-
-
-def test_a_failed_batch_raises_to_each_of_its_writers():
-    group: GroupCommit[int] = GroupCommit(lambda items: (_ for _ in ()).throw(ConnectionError("store away")))
-    with pytest.raises(ConnectionError, match="store away"):
-        group.submit(1)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from cogman import App, Config
 from cogman.errors import ConfigError
+from cogman.record import utcnow
 
 
 def test_defaults_follow_cogman():
@@ -41,11 +44,34 @@ def test_unknown_option_is_named():
         ("prefetch", 0),
         ("queue_type", "stream"),
         ("high_priority_queue_count", 0),
+        ("queue_prefix", "amq"),
+        ("queue_prefix", "amq.shop"),
+        ("queue_prefix", "shop#"),
+        ("queue_prefix", "shop."),
+        ("queue_prefix", "a b"),
+        ("queue_prefix", "s" * 65),
     ],
 )
 def test_bad_values_are_named(option, value):
     with pytest.raises(ConfigError, match=option):
         Config(**{option: value})
+
+
+def test_queue_prefix_is_off_by_default_and_names_every_queue():
+    """Off: Cogman's own names. Set: every queue and exchange name behind it (the brokers' Topology)."""
+    from cogman.brokers.topology import Topology
+    from cogman.priority import Priority
+
+    plain = Topology.of(Config(broker_url="memory://", backend_url="memory://"))
+    assert plain.names(Priority.HIGH) == ["high_priority_queue_0"]
+    assert plain.dead_letter_queue().name == "cogman.dead_letter" and plain.level_name(3) == "cogman.delay.3"
+    shop = Topology.of(Config(queue_prefix="acme.shop", high_priority_queue_count=2))
+    assert shop.names(Priority.HIGH) == ["acme.shop.high_priority_queue_0", "acme.shop.high_priority_queue_1"]
+    assert shop.names(Priority.LOW) == ["acme.shop.low_priority_queue_0"]
+    assert shop.dead_letter_queue().name == "acme.shop.cogman.dead_letter"
+    assert shop.level_name(3) == "acme.shop.cogman.delay.3"
+    exchange, key = shop.route("acme.shop.high_priority_queue_0", utcnow() + timedelta(seconds=5))
+    assert exchange.startswith("acme.shop.cogman.delay.") and key.endswith(".acme.shop.high_priority_queue_0")
 
 
 def test_unknown_broker_scheme():
