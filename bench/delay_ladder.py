@@ -30,15 +30,15 @@ from kombu import Connection
 
 from cogman import App, Status
 from cogman.brokers.base import DEAD_LETTER_QUEUE
-from cogman.brokers.connection import dial
-from cogman.brokers.delay_ladder import (
+from cogman.brokers.rabbitmq.connection import dial
+from cogman.brokers.rabbitmq.delay_ladder import (
     DELIVERY_EXCHANGE,
     UNROUTABLE_EXCHANGE,
     level_arguments,
     level_bindings,
     level_name,
 )
-from cogman.brokers.topology import Topology
+from cogman.brokers.rabbitmq.topology import Topology
 from cogman.delays import LEVELS
 
 VHOST = "cogman_bench_delay"

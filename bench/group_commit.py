@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.settings import REDIS_URL  # noqa: E402
 from cogman import Config, Status  # noqa: E402
-from cogman.backends.redis import RedisBackend  # noqa: E402
+from cogman.backends.redis.backend import RedisBackend  # noqa: E402
 from cogman.priority import Priority  # noqa: E402
 from cogman.record import TaskRecord  # noqa: E402
 

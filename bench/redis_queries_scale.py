@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from cogman import Config, Status  # noqa: E402
 from cogman.backends import codec  # noqa: E402
-from cogman.backends import redis_scripts as scripts  # noqa: E402
 from cogman.backends.base import TaskQuery  # noqa: E402
 from cogman.backends.codec import to_us  # noqa: E402
-from cogman.backends.redis import RedisBackend  # noqa: E402
+from cogman.backends.redis import scripts  # noqa: E402
+from cogman.backends.redis.backend import RedisBackend  # noqa: E402
 from cogman.record import utcnow  # noqa: E402
 from tests.integration.test_backend_contract import record  # noqa: E402
 from tests.integration.test_redis_queries_scale import OLD_QUERY  # noqa: E402

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from bench.stats import percentile
-from cogman.middleware import Middleware
+from cogman.middleware.base import Middleware
 
 #: The stages in the order a task goes through them; ``sent`` (zero) and ``body`` are not stamped here.
 CLIENT_STAGES = ("published",)
@@ -37,10 +37,10 @@ STAMPS_KEY = "bench:stages:stamps"
 
 def targets() -> dict[str, tuple[Any, str]]:
     """Stage -> (class, method) it is stamped by."""
-    from cogman.backends.redis import RedisBackend
-    from cogman.brokers.publish_link import PublishLink
-    from cogman.brokers.rabbitmq_consumer import RabbitMQConsumer
-    from cogman.execution import Executor
+    from cogman.backends.redis.backend import RedisBackend
+    from cogman.brokers.rabbitmq.consumer import RabbitMQConsumer
+    from cogman.brokers.rabbitmq.publish_link import PublishLink
+    from cogman.worker.execution import Executor
 
     return {
         "published": (PublishLink, "send"),

@@ -4,18 +4,25 @@ import logging
 
 from cogman.app import App
 from cogman.backoff import Retry
-from cogman.canvas import chain, chord, group
-from cogman.config import Config
-from cogman.errors import CogmanError, CorruptRecord, PoisonMessage, StepFailed, TaskFailed, TaskNotFound
-from cogman.limits import TimeLimitExceeded
-from cogman.middleware import Middleware
+from cogman.config.settings import Config
+from cogman.errors import (
+    CogmanError,
+    CorruptRecord,
+    PoisonMessage,
+    StepFailed,
+    TaskFailed,
+    TaskNotFound,
+    TimeLimitExceeded,
+)
+from cogman.middleware.base import Middleware
 from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.result import AsyncResult
 from cogman.signature import Signature
 from cogman.status import Status
 from cogman.task import Task, TaskContext
-from cogman.workflow_results import ChainResult, ChordResult, GroupResult
+from cogman.workflows.canvas import chain, chord, group
+from cogman.workflows.results import ChainResult, ChordResult, GroupResult
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from cogman.cli import main
+from cogman.cli.main import main
 
 sys.exit(main())

@@ -9,25 +9,25 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from cogman import inprocess
 from cogman.backends import Backend, create_backend
 from cogman.backoff import Backoff
 from cogman.brokers import Broker, create_broker
-from cogman.client import Client
-from cogman.config import Config
-from cogman.middleware import Middleware, MiddlewareStack
+from cogman.config.settings import Config
+from cogman.middleware.base import Middleware, MiddlewareStack
 from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.result import AsyncResult
-from cogman.sending import SendOptions, prepare
+from cogman.sending.client import Client
+from cogman.sending.prepare import SendOptions, prepare
 from cogman.task import Task, default_task_name
+from cogman.worker import inprocess
 
 if TYPE_CHECKING:
     from datetime import timedelta, tzinfo
 
-    from cogman.eager import EagerRunner
-    from cogman.periodic import Schedule
-    from cogman.worker import Worker
+    from cogman.scheduling.periodic import Schedule
+    from cogman.worker.eager import EagerRunner
+    from cogman.worker.worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -136,9 +136,9 @@ class App:
         """``@app.periodic("*/5 * * * *")`` (cron, ``tz="Europe/Paris"``; UTC by default) or
         ``@app.periodic(every=timedelta(minutes=5))`` over a function (registered as a task too) or a
         task; ``args``, ``kwargs``, ``name`` and ``catch_up`` as for ``add_periodic``."""
-        from cogman.periodic import periodic
+        from cogman.scheduling.periodic import periodic
 
-        return periodic(self, cron, **options)
+        return periodic(self.task, self.tasks, self.schedules, cron, **options)
 
     def add_periodic(
         self,
@@ -154,10 +154,19 @@ class App:
     ) -> Schedule:
         """Send ``task`` at every tick of ``cron`` (in ``tz``) or ``every``; ``name`` (default: the task's
         name) identifies the schedule's ticks; ``catch_up`` overrides ``Config.periodic_catch_up``."""
-        from cogman.periodic import add_schedule
+        from cogman.scheduling.periodic import add_schedule
 
         return add_schedule(
-            self, task, cron=cron, every=every, tz=tz, args=args, kwargs=kwargs, name=name, catch_up=catch_up
+            self.tasks,
+            self.schedules,
+            task,
+            cron=cron,
+            every=every,
+            tz=tz,
+            args=args,
+            kwargs=kwargs,
+            name=name,
+            catch_up=catch_up,
         )
 
     # Connections
@@ -251,7 +260,7 @@ class App:
         """Queue one task per ``(args, kwargs)``; pipelined backend writes and confirms for all. The
         options (``priority``, ``retry``, ``primary_key``, ``countdown``, ``eta``, ``expires``; see
         ``send_task``) are the same for every call; ``task_ids`` and ``extras`` give one per call."""
-        records, messages = prepare(self, name, calls, SendOptions(**options))
+        records, messages = prepare(self.config, self.tasks, name, calls, SendOptions(**options))
         receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
         if self.config.eager:
             self._eager_runner().drain()
@@ -264,10 +273,10 @@ class App:
     ) -> list[TaskRecord]:
         """The records ``send_many`` would send with these options, checked; nothing is recorded or
         sent. Workers build the next step of a workflow, and beats a tick, with it."""
-        return prepare(self, name, calls, SendOptions(**options))[0]
+        return prepare(self.config, self.tasks, name, calls, SendOptions(**options))[0]
 
     def _eager_runner(self) -> EagerRunner:
-        from cogman.eager import EagerRunner
+        from cogman.worker.eager import EagerRunner
 
         if self._eager is None:
             with self._lock:
@@ -288,7 +297,7 @@ class App:
 
     def worker(self, concurrency: int | None = None, priorities: Iterable[Priority | str] | None = None) -> Worker:
         """A worker for this app; ``.start()`` blocks until ``.stop()`` or SIGINT/SIGTERM."""
-        from cogman.worker import Worker
+        from cogman.worker.worker import Worker
 
         return Worker(self, concurrency=concurrency, priorities=priorities)
 
@@ -307,12 +316,12 @@ class App:
     def _install_worker_middleware(self) -> None:
         """Workers write heartbeats by default (``cogman ping``), and serve metrics when ``metrics_port``
         is set. Both only act once a worker boots, so a sending-only process pays nothing."""
-        from cogman.heartbeat import Heartbeat
+        from cogman.middleware.heartbeat import Heartbeat
 
         if not any(isinstance(m, Heartbeat) for m in self.middleware.middleware):
             self.middleware.middleware.append(Heartbeat())
         if self.config.metrics_port is not None:
-            from cogman.metrics import install_prometheus
+            from cogman.middleware.prometheus import install_prometheus
 
             install_prometheus(self, self.config.metrics_port)
 

@@ -101,3 +101,23 @@ class StepFailed(TaskFailed):
         after = f" after {attempts} attempts" if attempts > 1 else ""
         self.args = (f"{step} failed{after} (task {task_id}): {error}",)
         self.step = step
+
+
+class TimeLimitExceeded(CogmanError):
+    """An attempt ran longer than its task's ``time_limit``."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"time limit exceeded ({limit:g} s)")
+        self.limit = limit
+
+
+class HardTimeLimitExceeded(TimeLimitExceeded):
+    """An attempt still ran ``hard_time_limit_grace`` seconds after its ``time_limit``: its worker process
+    was ended by the ``--processes`` supervisor. A TimeLimitExceeded, so ``retry_for`` naming that covers it."""
+
+    def __init__(self, limit: float, grace: float) -> None:
+        CogmanError.__init__(
+            self, f"hard time limit exceeded ({limit:g} s + {grace:g} s grace): its worker process was ended"
+        )
+        self.limit = limit
+        self.grace = grace

@@ -14,8 +14,7 @@ from typing import Any
 from cogman.errors import PoisonMessage
 from cogman.priority import Priority
 from cogman.record import TaskRecord
-from cogman.workflow_spec import WorkflowSpec
-from cogman.workflow_spec import parse as parse_workflow
+from cogman.signature import WorkflowSpec, parse_workflow
 
 #: Strict JSON (no NaN or infinities), compact; one encoder for every message.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -38,7 +37,7 @@ class Message:
     primary_key: str | None = None
     attempt: int = 1
     retries_left: int = 0
-    #: The chain or chord this attempt is a step of (cogman/workflow_spec.py); None for a plain task.
+    #: The chain or chord this attempt is a step of (cogman/signature.py); None for a plain task.
     workflow: WorkflowSpec | None = None
     #: Not to start before (``countdown``/``eta``); on the wire only when set, as ISO 8601.
     eta: datetime | None = None

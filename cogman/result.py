@@ -11,16 +11,14 @@ TaskNotFound, since every send is recorded first.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 from cogman.errors import CogmanError, TaskFailed, TaskNotFound
 from cogman.record import TaskRecord
 from cogman.status import Status
 
 if TYPE_CHECKING:
-    from cogman.app import App
     from cogman.backends.base import Backend
-    from cogman.brokers.base import Receipt
 
 R = TypeVar("R")
 
@@ -38,6 +36,18 @@ CELERY_STATES = {
 }
 
 
+class Confirmation(Protocol):
+    """The broker's receipt of a send (``cogman.brokers.base.Receipt``), as a handle waits on it."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class WorkerFinder(Protocol):
+    """The app, as a handle asks it why a task cannot finish (memory:// with no worker here)."""
+
+    def why_no_worker(self) -> str | None: ...
+
+
 class NoWorker(CogmanError):
     """``get()`` would wait forever: the embedded memory:// transport has no worker in this process."""
 
@@ -45,7 +55,9 @@ class NoWorker(CogmanError):
 class AsyncResult(Generic[R]):
     """Reads are always fresh from the backend; nothing is cached on the handle."""
 
-    def __init__(self, backend: Backend, task_id: str, app: App | None = None, receipt: Receipt | None = None) -> None:
+    def __init__(
+        self, backend: Backend, task_id: str, app: WorkerFinder | None = None, receipt: Confirmation | None = None
+    ) -> None:
         self._backend = backend
         self._app = app
         self._receipt = receipt
@@ -134,7 +146,7 @@ class AsyncResult(Generic[R]):
         does nothing. A chain still queued or running is not stopped: its worker still runs it, and the
         statuses it then writes are kept apart as early statuses (Redis and MongoDB drop them after an
         hour) rather than bringing the records back."""
-        from cogman.admin import chain
+        from cogman.admin.actions import chain
 
         try:
             attempts = chain(self._backend, self.id)

@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from cogman.backoff import Backoff, RetryPolicy
 from cogman.errors import PoisonMessage
-from cogman.limits import check_time_limit
 from cogman.priority import Priority
 
 if TYPE_CHECKING:
-    from cogman.app import App
     from cogman.result import AsyncResult
-    from cogman.signature import Signature
+    from cogman.signature import SendingApp, Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,7 +38,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: App,
+        app: SendingApp,
         fn: Callable[..., Any],
         *,
         name: str,
@@ -55,7 +53,7 @@ class Task(Generic[P, R]):
             raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
         #: ``retry_backoff`` and ``retry_for`` (cogman/backoff.py).
         self.retry_policy = RetryPolicy.build(name, retry_backoff, retry_for)
-        #: Seconds an attempt may run (cogman/limits.py); None: no limit.
+        #: Seconds an attempt may run (cogman/worker/limits.py); None: no limit.
         self.time_limit = check_time_limit(name, time_limit)
         self.app = app
         self.fn = fn
@@ -232,3 +230,14 @@ def default_task_name(fn: Callable[..., Any]) -> str:
             path = getattr(main, "__file__", None) or "__main__"
             module = path.rsplit("/", 1)[-1].removesuffix(".py")
     return f"{module}.{fn.__qualname__}"
+
+
+def check_time_limit(task_name: str, value: Any) -> float | None:
+    """A task's ``time_limit``: None, or seconds > 0. Raises TypeError/ValueError naming the task."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"task {task_name!r}: time_limit must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"task {task_name!r}: time_limit must be a finite number of seconds > 0, got {value!r}")
+    return float(value)

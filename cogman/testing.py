@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from cogman.app import App
-from cogman.worker import Worker
+from cogman.worker.worker import Worker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,7 +33,7 @@ def cogman_app(request: pytest.FixtureRequest) -> Iterator[App]:
         yield app
         app.close()
         return
-    from cogman.cli import load_app
+    from cogman.cli.main import load_app
 
     app = load_app(str(path))
     saved = app.config

@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cogman.admin import NotRetryable, RetryBudgetRace
+from cogman.admin.actions import NotRetryable, RetryBudgetRace
 from cogman.errors import BackendUnavailable, BrokerAccessRefused, BrokerUnavailable, CorruptRecord, TaskNotFound
 
 log = logging.getLogger("cogman.api")

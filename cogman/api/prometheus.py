@@ -1,6 +1,6 @@
 """The API's ``/metrics``: what the task log and the broker say, as Prometheus text.
 
-Unlike the worker's middleware (cogman/metrics.py), which counts what one process did, these are read
+Unlike the worker's middleware (cogman/middleware/prometheus.py), which counts what one process did, these are read
 from the shared stores at scrape time: records per status and name (from the backend's indexes), the
 durations of recent attempts, queue depths, and workers alive (from heartbeats). A store that cannot be
 read is reported by ``cogman_up{component=...} 0`` and the scrape still succeeds. The text is cached
@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from cogman import admin
+from cogman.admin import actions as admin
 from cogman.backends.base import TaskQuery
-from cogman.metrics import DURATION_BUCKETS
+from cogman.middleware.prometheus import DURATION_BUCKETS
 from cogman.status import Status
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from cogman import admin
+from cogman.admin import actions as admin
 from cogman.api.errors import ApiError
 from cogman.backends.base import TaskQuery
 from cogman.errors import TaskNotFound

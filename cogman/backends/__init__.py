@@ -1,4 +1,8 @@
-"""Backends: the protocol, the in-memory backend, Redis, MongoDB, and several at once, chosen by URL."""
+"""Backends: the protocol (base.py), the in-memory backend, Redis (redis/), MongoDB (mongo/), and several
+at once (multi.py), chosen by URL (``create_backend``).
+
+May import only the shared vocabulary (``errors``, ``status``, ``record``, ``config``; ``signature`` late).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from cogman.backends.base import Backend, StatusBucket, TaskPage, TaskQuery
 from cogman.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cogman.config import Config
+    from cogman.config.settings import Config
 
 __all__ = ["Backend", "StatusBucket", "TaskPage", "TaskQuery", "create_backend"]
 
@@ -30,11 +34,11 @@ def _one(url: str, config: Config) -> Backend:
 
         return MemoryBackend(config.redis_ttl)
     if scheme in ("redis", "rediss", "unix"):
-        from cogman.backends.redis import RedisBackend
+        from cogman.backends.redis.backend import RedisBackend
 
         return RedisBackend(url, config)
     if scheme in ("mongodb", "mongodb+srv", "mongomock"):
-        from cogman.backends.mongo import MongoBackend
+        from cogman.backends.mongo.backend import MongoBackend
 
         return MongoBackend(url, config)
     raise ConfigError(f"unsupported backend URL {url!r}; use memory://, redis://host:6379/0 or mongodb://host:27017")

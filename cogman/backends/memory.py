@@ -20,7 +20,7 @@ from typing import Any
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
-from cogman.backends.redis_scripts import EARLY_TTL_MS
+from cogman.backends.redis.scripts import EARLY_TTL_MS
 from cogman.record import TaskRecord, utcnow
 from cogman.status import UNCONFIRMED, Status, allows
 
@@ -297,7 +297,7 @@ class MemoryBackend:
             return True
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
-        from cogman.workflow_spec import callback_id  # a workflow concept; imported late, no import cycle
+        from cogman.signature import callback_id  # a workflow concept; imported late, no import cycle
 
         if not 0 <= index < size:
             raise ValueError(f"chord member index {index} is outside 0..{size - 1}")

@@ -70,6 +70,6 @@ def handed_out(record: TaskRecord) -> TaskRecord:
 def sent(callback: TaskRecord) -> bool:
     """Whether a chord's callback record stands for a decided chord: anything but "not run" (a failed
     member's mark, which a manual retry of that member replaces, so the chord's set must stay)."""
-    from cogman.workflow_spec import NOT_RUN  # a workflow concept; imported late, no import cycle
+    from cogman.signature import NOT_RUN  # a workflow concept; imported late, no import cycle
 
     return not (callback.status is Status.FAILED and (callback.fail_error or "").startswith(NOT_RUN))

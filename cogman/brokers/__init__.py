@@ -1,4 +1,8 @@
-"""Brokers: the protocol, the in-memory broker and the RabbitMQ broker, chosen by URL."""
+"""Brokers: the protocol (base.py), the in-memory broker (memory.py) and the RabbitMQ broker (rabbitmq/),
+chosen by URL (``create_broker``).
+
+May import only the shared vocabulary (``errors``, ``priority``, ``message``, ``delays``, ``config``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from cogman.brokers.base import DEAD_LETTER_QUEUE, Broker, Consumer, Delivery, P
 from cogman.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cogman.config import Config
+    from cogman.config.settings import Config
 
 __all__ = [
     "DEAD_LETTER_QUEUE",
@@ -36,7 +40,7 @@ def create_broker(config: Config) -> Broker:
             prefix=config.queue_prefix,
         )
     if scheme in ("amqp", "amqps", "pyamqp"):
-        from cogman.brokers.rabbitmq import RabbitMQBroker
+        from cogman.brokers.rabbitmq.broker import RabbitMQBroker
 
         return RabbitMQBroker(url, config)
     raise ConfigError(f"unsupported broker URL {url!r}; use memory:// or amqp://user:password@host:5672//")

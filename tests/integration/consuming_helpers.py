@@ -12,8 +12,8 @@ import amqp
 import pytest
 from kombu import Connection
 
-from cogman.brokers.rabbitmq import RabbitMQBroker
-from cogman.config import Config
+from cogman.brokers.rabbitmq.broker import RabbitMQBroker
+from cogman.config.settings import Config
 from cogman.message import Message
 from cogman.priority import Priority
 from tests.integration.rabbit_helpers import VHOST, rabbitmqctl

@@ -26,7 +26,7 @@ import pytest
 from kombu import Connection
 
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
-from cogman.brokers.delay_ladder import level_name
+from cogman.brokers.rabbitmq.delay_ladder import level_name
 from cogman.delays import LEVELS
 from cogman.priority import Priority
 from tests.service_lock import require_exclusive

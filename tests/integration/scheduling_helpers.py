@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cogman import App, Status, TaskRecord
-from cogman.client import retry_task_id
+from cogman.sending.client import retry_task_id
 from tests.integration.rabbit_helpers import LADDER_QUEUES, VHOST, rabbitmqctl
 from tests.integration.redis_helpers import drop_prefix
 

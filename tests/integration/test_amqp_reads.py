@@ -1,4 +1,4 @@
-"""How cogman reads frames off an AMQP connection (cogman/brokers/connection.py), against the real RabbitMQ."""
+"""How cogman reads frames off an AMQP connection (cogman/brokers/rabbitmq/connection.py), against the real RabbitMQ."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from cogman.brokers.connection import Waker, dial, drain_ready, wait_readable
+from cogman.brokers.rabbitmq.connection import Waker, dial, drain_ready, wait_readable
 
 
 class CountingSocket:

@@ -23,7 +23,8 @@ from playwright.sync_api import Browser, sync_playwright
 from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
-from cogman import App, TaskFailed, admin
+from cogman import App, TaskFailed
+from cogman.admin import actions as admin
 from cogman.api import create_app
 from cogman.api.guard import MAX_BODY_BYTES, InsecureSettings
 from cogman.api.health import HEALTHZ_CACHE_SECONDS

@@ -21,9 +21,9 @@ import redis
 from cogman import Config, Priority, Status, TaskRecord
 from cogman.backends.base import Backend, TaskQuery
 from cogman.backends.memory import MemoryBackend
-from cogman.backends.mongo import MongoBackend
+from cogman.backends.mongo.backend import MongoBackend
 from cogman.backends.outage import WriteBuffer
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis.backend import RedisBackend
 from cogman.errors import BackendUnavailable
 from cogman.record import utcnow
 from cogman.status import allows

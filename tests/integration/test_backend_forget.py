@@ -13,9 +13,9 @@ from cogman import App, TaskContext, TaskFailed, TaskNotFound
 from cogman.backends.base import Backend, TaskQuery
 from cogman.backends.memory import MemoryBackend
 from cogman.backends.multi import MultiBackend
-from cogman.backends.redis import RedisBackend
-from cogman.client import retry_task_id
+from cogman.backends.redis.backend import RedisBackend
 from cogman.result import AsyncResult
+from cogman.sending.client import retry_task_id
 from cogman.status import Status
 from tests.integration import test_backend_contract as contract
 

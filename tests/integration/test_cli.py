@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cogman import __version__
-from cogman.cli import AppPathError, load_app, main
+from cogman.cli.main import AppPathError, load_app, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_status_shows_the_record_and_the_chains_latest_attempt(capsys: pytest.Ca
             result.get(timeout=10)
     finally:
         worker.stop()
-    from cogman.cli import _status
+    from cogman.cli.main import _status
 
     assert _status(app, result.id) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from cogman import App
-from cogman.admin import PURGED
+from cogman.admin.actions import PURGED
 from cogman.status import Status
 from tests.admin_app import register
 from tests.integration.api_helpers import free_port, wait_until_final

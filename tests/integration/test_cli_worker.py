@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cogman import App, TaskFailed
-from cogman.cli import DEFAULT_LOG_LEVEL, _parser, main, url_overrides
+from cogman.cli.main import DEFAULT_LOG_LEVEL, _parser, main, url_overrides
 from cogman.priority import Priority
 from tests.integration.rabbit_helpers import ROOT
 from tests.ports import free_ports

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from cogman import admin
+from cogman.admin import actions as admin
 from cogman.api import create_app
 from cogman.status import Status
 from tests.admin_app import XSS

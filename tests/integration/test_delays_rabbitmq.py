@@ -21,14 +21,14 @@ from kombu import Connection
 from cogman import App, Status, TaskFailed
 from cogman.backends.base import TaskQuery
 from cogman.brokers.base import DEAD_LETTER_QUEUE
-from cogman.brokers.delay_ladder import DELIVERY_EXCHANGE, UNROUTABLE_EXCHANGE, level_arguments, level_name
-from cogman.client import new_record
+from cogman.brokers.rabbitmq.delay_ladder import DELIVERY_EXCHANGE, UNROUTABLE_EXCHANGE, level_arguments, level_name
 from cogman.delays import LEVELS
 from cogman.errors import PublishError, TopologyError
-from cogman.execution import Outcome
 from cogman.message import Message
 from cogman.priority import Priority
 from cogman.record import utcnow
+from cogman.sending.client import new_record
+from cogman.worker.execution import Outcome
 from tests.integration.rabbit_helpers import (
     LADDER_QUEUES,
     VHOST,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
-from cogman.demo import start_positions
+from cogman.cli.demo import start_positions
 from cogman.priority import Priority
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status

@@ -17,10 +17,10 @@ import pytest
 
 from cogman import App
 from cogman.backends import Backend, create_backend
-from cogman.client import new_record
-from cogman.config import Config
+from cogman.config.settings import Config
 from cogman.priority import Priority
 from cogman.record import utcnow
+from cogman.sending.client import new_record
 from tests.integration.rabbit_helpers import ROOT, wait_for
 from tests.integration.redis_helpers import drop_prefix
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cogman import App, Middleware, Status
 from cogman.message import Message
-from cogman.metrics import INSTALL_HINT, Prometheus
+from cogman.middleware.prometheus import INSTALL_HINT, Prometheus
 from tests.admin_app import register
 from tests.integration.api_helpers import free_port, wait_until_final
 from tests.integration.rabbit_helpers import ROOT, wait_for

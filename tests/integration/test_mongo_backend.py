@@ -18,7 +18,7 @@ import pytest
 from cogman import App, Config, Status
 from cogman.backends import codec
 from cogman.backends.base import TaskQuery
-from cogman.backends.mongo import MongoBackend
+from cogman.backends.mongo.backend import MongoBackend
 from cogman.errors import BackendUnavailable, CorruptRecord
 from cogman.record import utcnow
 from tests.integration.test_backend_contract import MONGO_URI, attempt_of, real_mongo_uri, record

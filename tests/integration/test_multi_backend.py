@@ -13,9 +13,9 @@ from cogman import App, Config, Status
 from cogman.backends import create_backend
 from cogman.backends.base import TaskQuery
 from cogman.backends.memory import MemoryBackend
-from cogman.backends.mongo import MongoBackend
+from cogman.backends.mongo.backend import MongoBackend
 from cogman.backends.multi import MultiBackend
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis.backend import RedisBackend
 from cogman.errors import BackendUnavailable
 from tests.integration.test_backend_contract import CONFIG, attempt_of, record
 

@@ -20,8 +20,8 @@ import redis
 
 from cogman import App, Status
 from cogman.backends.base import TaskQuery
-from cogman.beat import Beat
 from cogman.record import TaskRecord
+from cogman.scheduling.beat import Beat
 from tests.integration.rabbit_helpers import ROOT, depth, wait_for
 from tests.integration.redis_helpers import drop_prefix
 

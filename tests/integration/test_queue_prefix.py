@@ -13,7 +13,7 @@ from kombu import Connection
 
 from cogman import App
 from cogman.brokers.base import DEAD_LETTER_QUEUE, prefixed, queue_names
-from cogman.brokers.delay_ladder import delivery_exchange, level_name, unroutable_exchange
+from cogman.brokers.rabbitmq.delay_ladder import delivery_exchange, level_name, unroutable_exchange
 from cogman.delays import LEVELS
 from cogman.priority import Priority
 from tests.integration.rabbit_helpers import list_queues, wait_for

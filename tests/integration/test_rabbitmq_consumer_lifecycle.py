@@ -11,7 +11,7 @@ import time
 import uuid
 from contextlib import suppress
 
-from cogman.brokers.rabbitmq_consumer import ConsumerStopped, RabbitMQConsumer
+from cogman.brokers.rabbitmq.consumer import ConsumerStopped, RabbitMQConsumer
 from cogman.errors import BrokerAccessRefused, CogmanError, TopologyError
 from cogman.priority import Priority
 from tests.integration.consuming_helpers import MakeBroker, delete_queue, make_broker, message, unacked

@@ -17,8 +17,8 @@ import pytest
 from cogman import App, Status
 from cogman.brokers.base import DEAD_LETTER_QUEUE, HEADER_DEAD_LETTER_REASON
 from cogman.brokers.memory import MemoryBroker
-from cogman.execution import Outcome
 from cogman.priority import Priority
+from cogman.worker.execution import Outcome
 from tests.integration.consuming_helpers import (
     MakeBroker,
     delete_queue,

@@ -24,10 +24,10 @@ from kombu import Connection
 
 from cogman import App, Status
 from cogman.brokers.base import HEADER_DEAD_LETTER_REASON
-from cogman.client import new_record
 from cogman.errors import BrokerUnavailable
-from cogman.execution import Outcome
 from cogman.priority import Priority
+from cogman.sending.client import new_record
+from cogman.worker.execution import Outcome
 from tests.integration.rabbit_app import read_runs
 from tests.integration.rabbit_helpers import (
     CountingLoad,

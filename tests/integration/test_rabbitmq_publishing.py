@@ -24,13 +24,13 @@ from kombu import Connection
 
 from cogman import App, Status, TaskFailed
 from cogman.backends.base import Backend, TaskQuery
-from cogman.brokers.publisher_state import Phase
-from cogman.brokers.rabbitmq import RabbitMQBroker
-from cogman.brokers.topology import Topology
-from cogman.client import new_record
+from cogman.brokers.rabbitmq.broker import RabbitMQBroker
+from cogman.brokers.rabbitmq.publisher_state import Phase
+from cogman.brokers.rabbitmq.topology import Topology
 from cogman.errors import BrokerAccessRefused, BrokerUnavailable, PublishError
 from cogman.message import Message
 from cogman.priority import Priority
+from cogman.sending.client import new_record
 from tests.integration.rabbit_helpers import ROOT, VHOST, depth, figures, rabbitmqctl, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 

@@ -17,8 +17,8 @@ from kombu import Connection
 
 from cogman import App, Status
 from cogman.brokers.base import DEAD_LETTER_QUEUE, HEADER_DEAD_LETTER_REASON
-from cogman.brokers.rabbitmq import RabbitMQBroker
-from cogman.config import Config
+from cogman.brokers.rabbitmq.broker import RabbitMQBroker
+from cogman.config.settings import Config
 from cogman.errors import TopologyError
 from cogman.message import Message
 from cogman.priority import Priority

@@ -21,11 +21,11 @@ import pytest
 import redis
 
 from cogman import App, Config, Status
-from cogman.backends import redis as redis_backend
 from cogman.backends.base import TaskQuery
 from cogman.backends.codec import to_us
 from cogman.backends.memory import MemoryBackend
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis import backend as redis_backend
+from cogman.backends.redis.backend import RedisBackend
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from tests.integration.tcp_proxy import TcpProxy
@@ -685,7 +685,7 @@ def test_handler_writes_parked_during_an_outage_are_replayed_one_by_one(make, se
     for good reaches the barrier (a group commit once replayed a pipeline as one write, whose error
     replies it swallowed: their messages were acked with the outcome unrecorded)."""
     from cogman.backends import codec
-    from cogman.backends import redis_scripts as scripts
+    from cogman.backends.redis import scripts
 
     backend = make()
     backend.buffer.retry_seconds = 0.05

@@ -15,7 +15,7 @@ import redis
 
 from cogman import Config, Status
 from cogman.backends.base import TaskQuery
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis.backend import RedisBackend
 from tests.integration.test_backend_contract import record
 
 THREADS = 8

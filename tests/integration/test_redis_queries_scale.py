@@ -22,16 +22,17 @@ import pytest
 import redis
 
 from cogman import Config, Status
-from cogman.backends import codec, redis_queries
-from cogman.backends import redis_scripts as scripts
+from cogman.backends import codec
 from cogman.backends.base import TaskQuery
 from cogman.backends.codec import to_us
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis import queries as redis_queries
+from cogman.backends.redis import scripts
+from cogman.backends.redis.backend import RedisBackend
 from cogman.record import TaskRecord, utcnow
 from tests.integration.test_backend_contract import attempt_of, record
 from tests.ports import free_ports
 
-#: The query script before issue 19 (cogman/backends/redis_scripts.py at d3f1c64), the reference for
+#: The query script before issue 19 (cogman/backends/redis/scripts.py at d3f1c64), the reference for
 #: the results: one call, intersecting the filters' indexes whole.
 OLD_QUERY = """
 local min, max, skip, limit, scratch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]

@@ -20,15 +20,15 @@ import redis
 from cogman import App, Config, Status, TaskFailed
 from cogman.backends.base import Backend, TaskQuery
 from cogman.backends.memory import MemoryBackend
-from cogman.backends.mongo import MongoBackend
-from cogman.backends.redis import RedisBackend
+from cogman.backends.mongo.backend import MongoBackend
+from cogman.backends.redis.backend import RedisBackend
 from cogman.brokers.memory import MemoryBroker
-from cogman.client import Client, LeaseKeeper
 from cogman.errors import BrokerUnavailable, PublishError
 from cogman.message import Message
-from cogman.middleware import MiddlewareStack
+from cogman.middleware.base import MiddlewareStack
 from cogman.record import utcnow
-from cogman.reenqueue import FROM_WORKER, period, re_enqueue
+from cogman.sending.client import Client, LeaseKeeper
+from cogman.sending.reenqueue import FROM_WORKER, period, re_enqueue
 from tests.integration.rabbit_helpers import (
     ROOT,
     VHOST,

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from cogman import App, Status
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis.backend import RedisBackend
 from tests.integration.rabbit_helpers import wait_for
 from tests.integration.tcp_proxy import TcpProxy
 

@@ -182,7 +182,7 @@ def test_a_crashed_clients_tasks_run_once_with_a_worker_started_later(rabbit: st
                                                                       tmp_path: Path):  # fmt: skip
     """Item 15: records a dead client left ``initiated`` are republished by a worker that starts later,
     with no reconnect at all, and by one worker process only though two sweep."""
-    from cogman.backends.redis import RedisBackend
+    from cogman.backends.redis.backend import RedisBackend
     from tests.integration.test_backend_contract import record
 
     writer = RedisBackend(env["COGMAN_BACKEND_URL"], App("w", redis_prefix=env["COGMAN_TEST_PREFIX"]).config)

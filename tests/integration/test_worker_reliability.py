@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from cogman import App, Config, Status, TaskContext, TaskFailed
-from cogman.backends.redis import RedisBackend
+from cogman.backends.redis.backend import RedisBackend
 from cogman.brokers.memory import MemoryBroker, MemoryConsumer
 from cogman.message import Message
 from cogman.priority import Priority
-from cogman.worker import Worker
+from cogman.worker.worker import Worker
 from tests.integration.rabbit_helpers import figures
 from tests.integration.tcp_proxy import TcpProxy
 

@@ -19,15 +19,15 @@ import pytest
 import redis
 
 from cogman import App, Signature, Status, StepFailed, chain, chord
-from cogman.admin import NeverRan, retry_task
-from cogman.beat import Beat
-from cogman.claims import CLAIMANT
-from cogman.client import new_record
+from cogman.admin.actions import NeverRan, retry_task
 from cogman.errors import BackendUnavailable
-from cogman.periodic import Schedule
 from cogman.priority import Priority
 from cogman.record import TaskRecord, utcnow
-from cogman.workflow_spec import NOT_RUN, callback_id
+from cogman.scheduling.beat import Beat
+from cogman.scheduling.claims import CLAIMANT
+from cogman.scheduling.periodic import Schedule
+from cogman.sending.client import new_record
+from cogman.signature import NOT_RUN, callback_id
 from tests.integration.rabbit_helpers import depth, wait_for
 from tests.integration.redis_helpers import drop_prefix
 from tests.integration.tcp_proxy import TcpProxy

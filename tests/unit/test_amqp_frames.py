@@ -1,4 +1,4 @@
-"""cogman packs basic.publish and basic.ack frames itself (cogman/brokers/amqp_frames.py): the bytes must
+"""cogman packs basic.publish and basic.ack frames itself (cogman/brokers/rabbitmq/amqp_frames.py): the bytes must
 be exactly what py-amqp's own frame writer produces for the same message."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from amqp import spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from cogman.brokers.amqp_frames import ack_frames, publish_frames
+from cogman.brokers.rabbitmq.amqp_frames import ack_frames, publish_frames
 
 
 class _Capture:

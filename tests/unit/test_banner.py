@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 
 from cogman import App, __version__
-from cogman.banner import WIDTH, mask_password, render
-from cogman.execution import Outcome
+from cogman.cli.banner import WIDTH, mask_password, render
 from cogman.priority import Priority
-from cogman.worker import describe_outcomes
+from cogman.worker.execution import Outcome
+from cogman.worker.worker import describe_outcomes
 
 
 @pytest.mark.parametrize(

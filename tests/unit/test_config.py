@@ -59,7 +59,7 @@ def test_bad_values_are_named(option, value):
 
 def test_queue_prefix_is_off_by_default_and_names_every_queue():
     """Off: Cogman's own names. Set: every queue and exchange name behind it (the brokers' Topology)."""
-    from cogman.brokers.topology import Topology
+    from cogman.brokers.rabbitmq.topology import Topology
     from cogman.priority import Priority
 
     plain = Topology.of(Config(broker_url="memory://", backend_url="memory://"))
@@ -112,7 +112,7 @@ def test_every_config_field_is_documented_with_its_variable():
     from dataclasses import fields
     from pathlib import Path
 
-    from cogman.environment import markdown_table, variable
+    from cogman.config.environment import markdown_table, variable
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     missing = [f.name for f in fields(Config) if f"`{variable(f.name)}`" not in text]

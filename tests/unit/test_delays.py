@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from cogman import App, Priority, Status, TaskContext, TaskFailed, TaskRecord
-from cogman.admin import QueueReport, retry_task
+from cogman.admin.actions import QueueReport, retry_task
 from cogman.backends.base import TaskQuery
-from cogman.brokers.delay_ladder import (
+from cogman.brokers.memory import MemoryBroker
+from cogman.brokers.rabbitmq.delay_ladder import (
     DELIVERY_EXCHANGE,
     delay_routing_key,
     level_arguments,
@@ -22,11 +23,10 @@ from cogman.brokers.delay_ladder import (
     level_name,
     route,
 )
-from cogman.brokers.memory import MemoryBroker
-from cogman.client import new_record
 from cogman.delays import LEVELS, MAX_DELAY, plan, whole_seconds_until
-from cogman.execution import Outcome
 from cogman.message import Message
+from cogman.sending.client import new_record
+from cogman.worker.execution import Outcome
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 

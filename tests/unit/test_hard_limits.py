@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from cogman import App, TimeLimitExceeded, limits
+from cogman import App, TimeLimitExceeded
 from cogman.backoff import RetryPolicy, decide
-from cogman.hard_limits import Reporter
-from cogman.limits import HardTimeLimitExceeded
+from cogman.errors import HardTimeLimitExceeded
 from cogman.status import Status
+from cogman.worker import limits
+from cogman.worker.hard_limits import Reporter
 
 
 @pytest.fixture

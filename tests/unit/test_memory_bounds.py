@@ -9,12 +9,13 @@ import uuid
 
 import pytest
 
-from cogman import App, TaskFailed, chord, group, inprocess
+from cogman import App, TaskFailed, chord, group
 from cogman.backends.memory import MemoryBackend
-from cogman.client import new_record
 from cogman.priority import Priority
 from cogman.record import TaskRecord
+from cogman.sending.client import new_record
 from cogman.status import Status
+from cogman.worker import inprocess
 
 
 class Clock:
@@ -100,7 +101,7 @@ def test_a_late_member_of_a_decided_chord_keeps_nothing():
     backend = MemoryBackend()
     assert backend.join_chord("c1", 0, 2, '{"ok": 1}') is None
     assert backend.join_chord("c1", 1, 2, '{"ok": 2}') == ['{"ok": 1}', '{"ok": 2}']
-    from cogman.workflow_spec import callback_id
+    from cogman.signature import callback_id
 
     callback = new_record("total", ([1, 2],), {}, priority=Priority.HIGH, retry=0, primary_key=None,
                           task_id=callback_id("c1"))  # fmt: skip
@@ -146,7 +147,7 @@ def test_finished_ids_leave_unjoined(monkeypatch: pytest.MonkeyPatch):
 def test_a_chord_failed_by_a_member_keeps_its_set_until_a_manual_retry_completes_it(app: App):
     """A failed member marks the callback "not run" but sends nothing: the set stays, so a manual retry
     of that member that succeeds still completes the chord (and the set goes once the callback is sent)."""
-    from cogman.admin import retry_task
+    from cogman.admin.actions import retry_task
 
     fixed = threading.Event()
 

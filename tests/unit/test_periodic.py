@@ -11,8 +11,8 @@ import pytest
 
 from cogman import App, Status
 from cogman.backends.base import TaskQuery
-from cogman.beat import Beat
-from cogman.periodic import Schedule, last_tick, zone
+from cogman.scheduling.beat import Beat
+from cogman.scheduling.periodic import Schedule, last_tick, zone
 
 
 def at(text: str) -> datetime:
@@ -200,6 +200,6 @@ def test_a_failing_pass_is_logged_and_the_loop_lives_on(
         raise KeyboardInterrupt("a pass that throws anything")
 
     beat.run_pending = broken  # type: ignore[method-assign]
-    monkeypatch.setattr("cogman.beat.ERROR_PAUSE", 0.01)
+    monkeypatch.setattr("cogman.scheduling.beat.ERROR_PAUSE", 0.01)
     beat.run()
     assert len(passes) == 2 and "beat pass failed" in caplog.text

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from cogman.brokers.base import Receipt
-from cogman.brokers.outbox import Entry, Outbox
-from cogman.brokers.publisher_state import MOVES, Phase, PublisherState
+from cogman.brokers.rabbitmq.outbox import Entry, Outbox
+from cogman.brokers.rabbitmq.publisher_state import MOVES, Phase, PublisherState
 from cogman.message import Message
 from cogman.priority import Priority
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from cogman.brokers.base import Receipt
-from cogman.brokers.connection import Confirms
-from cogman.brokers.outbox import Entry, Outbox, deliver, settle
-from cogman.brokers.topology import queue_arguments
+from cogman.brokers.rabbitmq.connection import Confirms
+from cogman.brokers.rabbitmq.outbox import Entry, Outbox, deliver, settle
+from cogman.brokers.rabbitmq.topology import queue_arguments
 from cogman.message import Message
 from cogman.priority import Priority
 

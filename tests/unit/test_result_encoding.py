@@ -11,8 +11,8 @@ import pytest
 
 from cogman import App, Config
 from cogman.errors import ConfigError, ResultRejected
-from cogman.handlers import check_result
 from cogman.record import clip
+from cogman.worker.handlers import check_result
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Retry control and time limits without services: the decisions of cogman/backoff.py, the task options
-checked at decoration, and what cogman/limits.py can and cannot interrupt. The same behaviour through a
+checked at decoration, and what cogman/worker/limits.py can and cannot interrupt. The same behaviour through a
 real worker on RabbitMQ and Redis is in tests/integration/test_retry_control_rabbitmq.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tenacity
 from cogman import App, Retry, TimeLimitExceeded
 from cogman.backoff import RetryPolicy, decide
 from cogman.delays import MAX_DELAY
-from cogman.limits import bounded, call
+from cogman.worker.limits import bounded, call
 
 # Decisions
 

@@ -56,7 +56,7 @@ def test_parse_names_the_bad_value():
 
 
 def test_every_worker_outcome_has_a_metrics_counter():
-    from cogman.execution import Outcome
-    from cogman.metrics import OUTCOMES
+    from cogman.middleware.prometheus import OUTCOMES
+    from cogman.worker.execution import Outcome
 
     assert set(OUTCOMES) == {outcome.value for outcome in Outcome}

@@ -16,11 +16,11 @@ from amqp.serialization import dumps
 
 from cogman import App, Status
 from cogman.brokers.base import HEADER_DEAD_LETTER_REASON
-from cogman.brokers.inbound import delivery_from_raw, lenient_frame_handler, sanitize_headers
+from cogman.brokers.rabbitmq.inbound import delivery_from_raw, lenient_frame_handler, sanitize_headers
 from cogman.errors import PoisonMessage
-from cogman.execution import Executor, Outcome
 from cogman.message import Message
 from cogman.priority import Priority
+from cogman.worker.execution import Executor, Outcome
 
 
 def body(**fields: Any) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from cogman.brokers.connection import Waker
+from cogman.brokers.rabbitmq.connection import Waker
 
 
 def test_a_burst_of_wake_ups_writes_once_and_the_next_after_a_wait_writes_again() -> None:

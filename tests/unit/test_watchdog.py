@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from cogman import limits
+from cogman.errors import TimeLimitExceeded
+from cogman.worker import limits
 
 
 def test_finished_watches_behind_a_long_one_are_not_kept():
@@ -52,7 +53,7 @@ def test_a_limit_still_fires_after_the_heap_was_rebuilt():
     def limited() -> None:
         try:
             limits.call(0.5, spin)
-        except limits.TimeLimitExceeded as exc:
+        except TimeLimitExceeded as exc:
             outcome.append(exc)
 
     runner = threading.Thread(target=limited, name="limited")
@@ -64,5 +65,5 @@ def test_a_limit_still_fires_after_the_heap_was_rebuilt():
     assert not runner.is_alive()
     assert len(outcome) == 1 and str(outcome[0]) == "time limit exceeded (0.5 s)"
     assert len(watchdog) <= 2 * 1 + limits.COMPACT_SLACK
-    with pytest.raises(limits.TimeLimitExceeded):
+    with pytest.raises(TimeLimitExceeded):
         limits.call(0.01, time.sleep, 0.2)

@@ -16,7 +16,7 @@ from cogman.backends.base import TaskQuery
 from cogman.errors import PoisonMessage
 from cogman.message import Message
 from cogman.priority import Priority
-from cogman.workflow_spec import ChainStep, ChordMember, callback_id, chain_ids, next_step_id
+from cogman.signature import ChainStep, ChordMember, callback_id, chain_ids, next_step_id
 
 HEADERS = {"TaskID": "t-1", "TaskName": "w.add"}
 

@@ -1,0 +1,311 @@
+"""Redis backend: one hash per attempt, Lua scripts for every state change, sorted sets for queries.
+
+Layout, TTLs, the wake-up list and outage behaviour are described in docs/backends.md. In short:
+``<prefix>:task:<id>`` holds the record (each field JSON-encoded), every write is one EVALSHA that checks
+the rank, updates the fields and the indexes, refreshes the TTL and wakes waiters; writes that cannot
+reach Redis are buffered and replayed in order (:mod:`cogman.backends.outage`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cogman.backends import codec
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.outage import WriteBuffer
+from cogman.backends.redis import create as redis_create
+from cogman.backends.redis import queries as redis_queries
+from cogman.backends.redis import scripts
+from cogman.backends.redis import workers as redis_workers
+from cogman.backends.redis import workflows as redis_workflows
+from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
+from cogman.backends.redis.wire import Link, ScriptCaller, is_transient
+from cogman.errors import BackendUnavailable, CorruptRecord
+from cogman.record import TaskRecord, utcnow
+from cogman.status import Status
+
+if TYPE_CHECKING:
+    from cogman.config.settings import Config
+
+log = logging.getLogger("cogman.backends.redis")
+
+#: Longest single BLPOP of ``wait``; it re-reads the record after each, a safety net for lost tokens.
+WAIT_SLICE = 5.0
+#: Records per create script call and ids per transition_many call (keeps each script short).
+CHUNK = 500
+
+
+class RedisBackend:
+    """The Redis task log; thread-safe, one connection pool per instance."""
+
+    def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
+        self.keys = KeyLayout(config.redis_prefix, int(config.redis_ttl * 1000))
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
+        self.client = redis.Redis.from_url(url, socket_timeout=5.0, health_check_interval=30, **options)
+        self._waits = redis.Redis.from_url(url, socket_timeout=WAIT_SLICE + 5.0, **options)
+        self._create = self.client.register_script(scripts.source(scripts.CREATE))
+        self._transition = self.client.register_script(scripts.source(scripts.TRANSITION))
+        self._spawn = self.client.register_script(scripts.source(scripts.SPAWN_RETRY))
+        self._start = self.client.register_script(scripts.source(scripts.START))
+        self._claim = self.client.register_script(scripts.source(scripts.CLAIM))
+        self._renew = self.client.register_script(scripts.source(scripts.RENEW))
+        self._page = self.client.register_script(redis_queries.PAGE)
+        self._scan = self.client.register_script(redis_queries.SCAN)
+        self._records = self.client.register_script(redis_queries.RECORDS)
+        self._scripts = ScriptCaller(self.client)
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+        self.buffer = WriteBuffer(f"Redis {where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.buffer.name} prefix={self.prefix}>"
+
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
+
+    def key(self, task_id: str) -> str:
+        return self.keys.task(task_id)
+
+    def index_key(self, kind: str, value: str | None = None) -> str:
+        return self.keys.index(kind, value)
+
+    # Writes
+
+    def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
+        if meanwhile is not None and len(records) <= CHUNK and not self.buffer.pending:
+            return redis_create.create_overlapped(self._link(), self._scripts, self._create, records, meanwhile)
+        durable = True
+        for start in range(0, len(records), CHUNK):
+            args, what = scripts.create_args(self._common(), records[start : start + CHUNK])
+            durable &= self.buffer.write(self._run(self._create, args), what) is not None
+        if meanwhile is not None:
+            meanwhile()
+        return durable
+
+    def transition(
+        self,
+        task_id: str,
+        status: Status,
+        *,
+        fail_error: str | None = None,
+        traceback: str | None = None,
+        result: Any = UNSET,
+        duration: float | None = None,
+        returning: bool = True,
+    ) -> TaskRecord | None:
+        now = codec.dumps(utcnow().isoformat())
+        fields: list[str] = ["updated_at", now, codec.AT + status.value, now]
+        if fail_error is not None:
+            fields += ["fail_error", codec.dumps(fail_error)]
+        if traceback is not None:
+            fields += ["traceback", codec.dumps(traceback)]
+        if duration is not None:
+            fields += ["duration", codec.dumps(duration)]
+        if result is not UNSET:
+            fields += ["result", codec.dumps(result)]
+        want = "1" if returning else "0"
+        args = [*self._common(), scripts.encoded(status), want, len(fields) // 2, *fields, task_id]
+        out = self._committed(self._transition, args, f"move task {task_id} to {status}")
+        if not out or not returning:
+            return None
+        outcome = out[0].decode()
+        if outcome == "unknown":
+            return None
+        if outcome.startswith("corrupt"):
+            log.error(
+                "not moving task %s to %s: corrupt record at %s (%s)", task_id, status, self.key(task_id), outcome
+            )
+            return None
+        try:
+            return codec.from_hash(dict(zip(out[1::2], out[2::2], strict=True)), self.key(task_id))
+        except CorruptRecord as exc:
+            log.error("task %s moved to %s over an unreadable record: %s", task_id, status, exc)
+            return None
+
+    def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
+        now = codec.dumps(utcnow().isoformat())
+        fields = ["updated_at", now, codec.AT + status.value, now]
+        for start in range(0, len(task_ids), CHUNK):
+            chunk = list(task_ids[start : start + CHUNK])
+            args = [*self._common(), scripts.encoded(status), "0", len(fields) // 2, *fields, *chunk]
+            out = self.buffer.write(self._run(self._transition, args), f"move {len(chunk)} task(s) to {status}")
+            for task_id, outcome in zip(chunk, out or [], strict=False):
+                if outcome.startswith(b"corrupt"):
+                    log.error(
+                        "not moving task %s to %s: corrupt record at %s (%s)",
+                        task_id,
+                        status,
+                        self.key(task_id),
+                        outcome.decode(),
+                    )
+
+    def start(self, task_id: str) -> Started | None:
+        args = [*self._common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
+        out = self._committed(self._start, args, f"move task {task_id} to in_progress")
+        if not out:
+            return None
+        outcome = out[0].decode()
+        if outcome.startswith("corrupt"):
+            log.error("not starting task %s: corrupt record at %s (%s)", task_id, self.key(task_id), outcome)
+            return None
+        if outcome == "unknown":
+            return None
+        try:
+            status, original, attempt, budget = (json.loads(value) for value in out[1:5])
+            return Started(Status(status), str(original), int(attempt), max(0, int(budget or 0)))
+        except (TypeError, ValueError) as exc:
+            log.error("task %s started over an unreadable record at %s: %s", task_id, self.key(task_id), exc)
+            return None
+
+    def durable(self, callback: Callable[[str | None], None]) -> None:
+        self.buffer.durable(callback)
+
+    def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        claimed: list[str] = []
+        for start in range(0, len(task_ids), CHUNK):
+            args = [*self._common(), int(lease_seconds * 1000), *task_ids[start : start + CHUNK]]
+            out = self.buffer.call(self._run(self._claim, args), "claim stale records for re-enqueue")
+            claimed += [task_id.decode() for task_id in out]
+        return claimed
+
+    def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
+        for start in range(0, len(task_ids), CHUNK):
+            args = [*self._common(), int(lease_seconds * 1000), *task_ids[start : start + CHUNK]]
+            self.buffer.call(self._run(self._renew, args), "renew re-enqueue leases")
+
+    def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
+        args = [
+            *self._common(),
+            original_task_id,
+            codec.dumps(attempt.task_id),
+            codec.dumps(utcnow().isoformat()),
+            *scripts.record_args(attempt),
+        ]
+        out = self.buffer.call(self._run(self._spawn, args), f"spawn a retry of task {original_task_id}")
+        kind = out[0].decode()
+        if kind in ("spawned", "again"):
+            return int(out[1])
+        if kind.startswith("corrupt"):
+            log.error(
+                "no retry for task %s: corrupt record at %s (%s)", original_task_id, self.key(original_task_id), kind
+            )
+        return None
+
+    # Reads
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        key = self.key(task_id)
+
+        def read() -> dict[bytes, bytes]:
+            try:
+                return self.client.hgetall(key)  # type: ignore[return-value]
+            except redis.ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                kind = self.client.type(key)
+                raise CorruptRecord(key, f"a Redis {kind.decode()}, not a hash") from None  # type: ignore[union-attr]
+
+        flat = self.buffer.call(read, f"read task {task_id}")
+        return codec.from_hash(flat, key) if flat else None
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        """Read, then BLPOP ``<prefix>:done:<id>`` (pushed by the script that makes the task final), then
+        put the token back for the other waiters; re-read after each wake-up or WAIT_SLICE."""
+        deadline = time.monotonic() + timeout
+        done = self.keys.done(task_id)
+        while True:
+            try:
+                record = self.get(task_id)
+            except BackendUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                continue
+            remaining = deadline - time.monotonic()
+            if (record is not None and record.status.is_final) or remaining <= 0:
+                return record
+            try:
+                token = self._waits.blpop([done], timeout=max(0.01, min(remaining, WAIT_SLICE)))
+                if token is not None:
+                    pipe = self._waits.pipeline(transaction=True)
+                    pipe.rpush(done, token[1])
+                    pipe.pexpire(done, DONE_TTL_MS)
+                    pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def query(self, query: TaskQuery) -> TaskPage:
+        return redis_queries.query(
+            self._link(), query, page_script=self._page, scan_script=self._scan, records_script=self._records
+        )
+
+    def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
+        return redis_queries.count_by_status(self._link(), start, end, bucket_seconds)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until writes buffered during an outage are replayed (for tests and clean shutdowns)."""
+        return self.buffer.flush(timeout)
+
+    def close(self) -> None:
+        self.buffer.close()
+        self.client.close()
+        self._waits.close()
+        self._scripts.close()
+
+    # Helpers
+
+    def _common(self) -> list[Any]:
+        return self.keys.common()
+
+    def _window_floor(self) -> int:
+        return self.keys.window_floor()
+
+    def _link(self) -> Link:
+        """What a helper module is given instead of this class; built per call, so a ``_run`` replaced on
+        the instance (the tests' and benchmarks' spies) is the one the helpers use."""
+        return Link(self.client, self.buffer, self._run, self.keys)
+
+    def _committed(self, script: Any, args: list[Any], what: str) -> Any:
+        """One script call on this thread's own connection; its reply, or None when the store is
+        unreachable and the write was parked for replay. Each handler thread writes its own: sending
+        the writes of threads that met in one pipeline (a group commit) never batched in practice and
+        measured slower (bench/group_commit.py, docs/performance.md)."""
+        return self.buffer.write(self._run(script, args), what)
+
+    def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
+        return lambda: self._scripts.evalsha(script, args)
+
+    # Operator actions and worker heartbeats (workers.py)
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        return redis_workers.add_retries(self._link(), task_id, count)
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        redis_workers.record_heartbeat(self._link(), worker_id, info, ttl)
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return redis_workers.live_workers(self._link())
+
+    def forget_worker(self, worker_id: str) -> None:
+        redis_workers.forget_worker(self._link(), worker_id)
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        redis_workers.delete(self._link(), task_ids)
+
+    # Workflows and periodic tasks (workflows.py)
+
+    def create_new(self, record: TaskRecord) -> bool:
+        return redis_workflows.create_new(self._link(), record)
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return redis_workflows.join_chord(self._link(), chord_id, index, size, outcome)

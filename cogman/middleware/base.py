@@ -1,0 +1,98 @@
+"""Middleware: hooks around sending and executing tasks, for cross-cutting features (metrics, tracing...).
+
+Subclass :class:`Middleware`, override the hooks you need, and pass instances to ``App(middleware=[...])``.
+``before_*`` hooks run in order, ``after_*`` hooks in reverse. A hook that raises is logged and skipped:
+a broken metrics exporter must never lose a task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cogman.backends.base import Backend
+    from cogman.brokers.base import Broker
+    from cogman.config import Config
+    from cogman.message import Message
+    from cogman.priority import Priority
+
+log = logging.getLogger("cogman.middleware")
+
+
+class AppView(Protocol):
+    """The app as middleware sees it (``cogman.App``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def broker(self) -> Broker: ...
+    @property
+    def middleware(self) -> MiddlewareStack: ...
+    @property
+    def tasks(self) -> Mapping[str, object]: ...
+
+
+class WorkerView(Protocol):
+    """A worker as its hooks see it (``cogman.worker.worker.Worker``): whose it is, what it consumes, how
+    it fared. A protocol, so this package never imports the worker, which calls these hooks."""
+
+    @property
+    def app(self) -> AppView: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def priorities(self) -> Sequence[Priority]: ...
+    @property
+    def outcomes(self) -> Mapping[Any, int]: ...
+
+
+class Middleware:
+    def before_send(self, message: Message) -> None:
+        """A task is about to be recorded and published (also each retry attempt)."""
+
+    def after_send(self, message: Message) -> None:
+        """The task is recorded and the broker confirmed it (or it waits in the offline outbox)."""
+
+    def before_execute(self, message: Message) -> None:
+        """A worker is about to run the handler."""
+
+    def after_execute(self, message: Message, *, result: Any = None, exception: BaseException | None = None) -> None:
+        """The handler returned ``result`` or raised ``exception``; the outcome is recorded."""
+
+    def after_outcome(self, message: Message | None, outcome: str) -> None:
+        """A delivery is settled: ``outcome`` is one of ``succeeded failed retried dead_lettered skipped requeued``,
+        or ``expired`` / ``delayed`` (docs/scheduling.md); ``message`` is None when it could not be decoded."""
+
+    def worker_boot(self, worker: WorkerView) -> None:
+        """A worker is starting its threads."""
+
+    def worker_shutdown(self, worker: WorkerView) -> None:
+        """A worker has stopped."""
+
+
+class MiddlewareStack:
+    """Calls one hook on every middleware, isolating their failures."""
+
+    def __init__(self, middleware: Sequence[Middleware] = ()) -> None:
+        self.middleware = list(middleware)
+
+    def before(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        for middleware in self.middleware:
+            self._call(middleware, hook, args, kwargs)
+
+    def after(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        for middleware in reversed(self.middleware):
+            self._call(middleware, hook, args, kwargs)
+
+    @staticmethod
+    def _call(middleware: Middleware, hook: str, args: Any, kwargs: Any) -> None:
+        try:
+            getattr(middleware, hook)(*args, **kwargs)
+        except Exception:
+            log.exception("middleware %s failed in %s; carrying on", type(middleware).__name__, hook)
