@@ -26,6 +26,19 @@ def free_port() -> int:
     return free_ports()
 
 
+def wait_for_api(base: str) -> None:
+    """Until ``cogman api`` started in another process answers ``/ping`` at ``base`` (60 s at most)."""
+    import httpx
+
+    def up() -> bool:
+        try:
+            return httpx.get(base + "/ping", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, 60, "cogman api to answer", interval=0.2)
+
+
 @contextmanager
 def serving(asgi_app: Any) -> Iterator[str]:
     """``asgi_app`` served by uvicorn on 127.0.0.1; yields its base URL, stops it afterwards."""

@@ -30,8 +30,8 @@ from cogman.api.guard import MAX_BODY_BYTES, InsecureSettings
 from cogman.api.health import HEALTHZ_CACHE_SECONDS
 from cogman.api.routes import LIST_FIELD_CHARS
 from tests.admin_app import register
-from tests.integration.api_helpers import free_port, serving
-from tests.integration.rabbit_helpers import ROOT, wait_for
+from tests.integration.api_helpers import free_port, serving, wait_for_api
+from tests.integration.rabbit_helpers import ROOT
 from tests.integration.redis_helpers import drop_prefix
 from tests.integration.test_dashboard import CHROMIUM, FLAGS
 
@@ -259,14 +259,7 @@ def test_cogman_api_applies_the_host_rule():
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(base + "/ping", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, 60, "cogman api to answer", interval=0.2)
+        wait_for_api(base)
         assert httpx.get(base + "/list").status_code == 200
         assert httpx.get(base + "/list", headers={"Host": f"rebind.example:{port}"}).status_code == 421
         assert httpx.get(base + "/list", headers={"Host": f"10.1.2.3:{port}"}).status_code == 200  # --insecure

@@ -18,7 +18,7 @@ from cogman import App
 from cogman.admin.actions import PURGED
 from cogman.status import Status
 from tests.admin_app import register
-from tests.integration.api_helpers import free_port, wait_until_final
+from tests.integration.api_helpers import free_port, wait_for_api, wait_until_final
 from tests.integration.rabbit_helpers import ROOT, wait_for
 from tests.integration.redis_helpers import drop_prefix
 
@@ -146,14 +146,7 @@ def test_api_command_serves_with_a_token(env: dict[str, str]):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(base + "/ping", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, 60, "cogman api to answer", interval=0.2)
+        wait_for_api(base)
         assert httpx.get(base + "/list").status_code == 401
         assert httpx.get(base + "/list", headers={"Authorization": "Bearer cli-token"}).status_code == 200
     finally:
