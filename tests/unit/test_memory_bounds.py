@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from cogman import App, TaskFailed, chord, group
+from cogman import App, Middleware, TaskFailed, chord, group
 from cogman.backends.memory import MemoryBackend
+from cogman.message import Message
 from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.sending.client import new_record
@@ -150,6 +151,19 @@ def test_a_chord_failed_by_a_member_keeps_its_set_until_a_manual_retry_completes
     from cogman.admin.actions import retry_task
 
     fixed = threading.Event()
+    settled: list[str] = []
+    both_settled = threading.Event()
+
+    class Settled(Middleware):
+        """A delivery is settled after its workflow step (the chord join) is recorded."""
+
+        def after_outcome(self, message: Message | None, outcome: str) -> None:
+            if message is not None and message.name == "bounds.flaky":
+                settled.append(outcome)
+                if len(settled) == 2:
+                    both_settled.set()
+
+    app.middleware.middleware.append(Settled())
 
     @app.task(name="bounds.flaky")
     def flaky(x: int) -> int:
@@ -167,6 +181,7 @@ def test_a_chord_failed_by_a_member_keeps_its_set_until_a_manual_retry_completes
         for member in result.group.results:
             with pytest.raises(TaskFailed):
                 member.get(timeout=10)
+        assert both_settled.wait(10), settled  # both members failed and joined the chord
         backend = app.backend
         assert isinstance(backend, MemoryBackend)
         assert backend.sizes()["chords"] == 1  # the callback is recorded "not run", not sent
