@@ -1,5 +1,5 @@
-"""Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), lint, typecheck, demo, bench, profile,
-soak."""
+"""Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), cluster, lint, typecheck, demo, bench,
+profile, soak."""
 
 import nox
 
@@ -11,6 +11,14 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev,api]")
     session.run("pytest", "-q", "-ra", *session.posargs)
+
+
+@nox.session
+def cluster(session: nox.Session) -> None:
+    """The cluster tests (tests/cluster): a three-node RabbitMQ cluster started on 127.0.0.1:5681-5683 for
+    the session, quorum queues and node faults; not part of ``tests`` (docs/scaling.md)."""
+    session.install("-e", ".[dev,api]")
+    session.run("pytest", "-q", "-ra", "-s", "tests/cluster", *session.posargs, env={"COGMAN_CLUSTER_TESTS": "1"})
 
 
 @nox.session

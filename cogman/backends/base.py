@@ -29,6 +29,10 @@ class Started:
     attempt: int
     #: The chain's retry budget, read from the original attempt's record.
     retries_left: int
+    #: How many times this attempt was started, this start included, while its record was not final:
+    #: above 1, earlier runs ended without an outcome (their worker died). The worker stops running a
+    #: task that keeps killing its worker (``Config.max_redeliveries``). 1 where a backend cannot count.
+    starts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,9 @@ class Backend(Protocol):
 
     def start(self, task_id: str) -> Started | None:
         """Move the record to ``in_progress`` if allowed, in one round trip, and return what the worker
-        needs; None when the record is unknown or the write had to be parked (store unreachable)."""
+        needs; None when the record is unknown or the write had to be parked (store unreachable). Each
+        call on a record that is not final counts one start (``Started.starts``), a redelivery of a
+        task whose worker died mid-run included."""
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         """If the original's budget is above 0: decrement it, point the original's ``latest_attempt_id``

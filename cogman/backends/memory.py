@@ -36,6 +36,8 @@ class MemoryBackend:
         self.ttl = ttl
         self._records: dict[str, TaskRecord] = {}
         self._leases: dict[str, float] = {}
+        #: Starts of records not final yet (``Started.starts``), forgotten with their record.
+        self._starts: dict[str, int] = {}
         #: Changes that arrived before their record, applied by its create (the reference behaviour).
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
@@ -83,6 +85,7 @@ class MemoryBackend:
         for task_id in self._record_ttl.expired():
             self._records.pop(task_id, None)
             self._leases.pop(task_id, None)
+            self._starts.pop(task_id, None)
         for task_id in self._early_ttl.expired():
             self._early.pop(task_id, None)
         for chord_id in self._chord_ttl.expired():
@@ -139,6 +142,7 @@ class MemoryBackend:
             record = record.evolve(**changes, history=history)
             self._put(record)
             if status.is_final:
+                self._starts.pop(task_id, None)
                 self._changed.notify_all()
             return record
 
@@ -152,7 +156,10 @@ class MemoryBackend:
             if record is None:
                 return None
             original = self._records.get(record.original_task_id, record)
-            return Started(record.status, record.original_task_id, record.attempt, original.retry)
+            starts = 1
+            if not record.status.is_final:
+                starts = self._starts[task_id] = self._starts.get(task_id, 0) + 1
+            return Started(record.status, record.original_task_id, record.attempt, original.retry, starts)
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         attempt = stored(attempt)
@@ -236,6 +243,7 @@ class MemoryBackend:
         with self._changed:
             self._expire()
             return {"records": len(self._records), "leases": len(self._leases), "early": len(self._early),
+                    "starts": len(self._starts),
                     "chords": len(self._chords), "heartbeats": len(self._heartbeats)}  # fmt: skip
 
     def close(self) -> None:
@@ -285,6 +293,7 @@ class MemoryBackend:
                 self._early.pop(task_id, None)
                 self._early_ttl.discard(task_id)
                 self._leases.pop(task_id, None)
+                self._starts.pop(task_id, None)
 
     # Workflows and periodic tasks
 

@@ -22,6 +22,8 @@ log = logging.getLogger("cogman.brokers")
 
 DEAD_LETTER_QUEUE = "cogman.dead_letter"
 HEADER_DEAD_LETTER_REASON = "x-cogman-dead-letter-reason"
+#: Set by RabbitMQ on deliveries from quorum queues: how often the message was returned before.
+HEADER_DELIVERY_COUNT = "x-delivery-count"
 
 
 def queue_names(priority: Priority, count: int, prefix: str = "") -> list[str]:
@@ -48,6 +50,10 @@ class Delivery:
     properties: dict[str, Any] = field(default_factory=dict)
     #: How often cogman gave this message back after an unexpected error (``Consumer.redeliver``).
     redeliveries: int = 0
+    #: How often the broker handed this message out before and got it back unacked (a worker died, a
+    #: connection dropped, a stopping worker returned it): RabbitMQ counts it on quorum queues only
+    #: (``x-delivery-count``); 0 where nobody counts.
+    returns: int = 0
     #: Set by the transport when the delivery can never run (undecodable properties, a ``compression``
     #: header, a body over ``max_message_size``): the worker dead-letters it with this reason.
     poison: str | None = None

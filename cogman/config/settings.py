@@ -77,13 +77,20 @@ class Config:
     #: up to ``request_timeout``, then raises BrokerUnavailable.
     outbox_limit: int = 100_000
     #: How often a delivery whose processing failed unexpectedly (not the handler's own exception) is
-    #: given back to the broker before it is dead-lettered with the error.
+    #: given back to the broker before it is dead-lettered with the error; and how often a task may run
+    #: again after a run that left no outcome (its worker died) before it is recorded failed and
+    #: dead-lettered. Quorum queues get ``x-delivery-limit`` = this + 1.
     max_redeliveries: int = 5
 
     #: How long Redis (and the memory:// backend) keeps a record after its last change.
     redis_ttl: float = 7 * DAY
     #: Namespace of every Redis key (``<prefix>:task:<id>``...), so apps can share a database.
     redis_prefix: str = "cogman"
+    #: Replicas that must hold each write to Redis (``WAIT``) before it counts as stored: a worker acks a
+    #: message, and ``.delay()`` returns, only then. 0: the primary's reply is enough (docs/scaling.md).
+    redis_wait_replicas: int = 0
+    #: How long one ``WAIT`` blocks; fewer replicas by then makes the write wait as in a Redis outage.
+    redis_wait_timeout: float = 1.0
     #: How long MongoDB keeps a record after its creation (a TTL index; 0 keeps them for good).
     mongo_ttl: float = 30 * DAY
     mongo_database: str = "cogman"
@@ -148,6 +155,11 @@ class Config:
         ):
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if self.redis_wait_replicas < 0 or not 0 < self.redis_wait_timeout < float("inf"):
+            raise ConfigError(
+                f"redis_wait_replicas must be >= 0 and redis_wait_timeout > 0 seconds (0 would make WAIT block "
+                f"for ever), got {self.redis_wait_replicas!r}, {self.redis_wait_timeout!r}"
+            )
         if self.redis_ttl < 1:
             raise ConfigError(f"redis_ttl must be at least 1 second, got {self.redis_ttl!r}")
         if self.prefetch is not None and self.prefetch < 1:

@@ -26,6 +26,7 @@ from cogman.errors import BackendUnavailable, BrokerUnavailable, PoisonMessage, 
 from cogman.message import Message, header_task_id
 from cogman.record import clip
 from cogman.status import Status
+from cogman.worker.delivery_limits import looping_reason
 from cogman.worker.handlers import EventLoopThread, chain_of, check_result, run_handler
 from cogman.workflows import steps as workflow
 
@@ -114,6 +115,10 @@ class Executor:
             redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
             self._ack_when_durable(delivery, after=redo)
             return Outcome.SKIPPED
+        looping = looping_reason(delivery, started, self.app.config)
+        if looping is not None:
+            log.error("task %s[%s] is not run again: %s", message.name, message.task_id, looping)
+            return self._dead_letter(delivery, PoisonMessage(looping, message.task_id), message, started)
         chain = chain_of(message, started)
 
         self.app.middleware.before("before_execute", message)
@@ -159,10 +164,13 @@ class Executor:
             raise PoisonMessage(exc.reason, message.task_id) from None
         return task
 
-    def _dead_letter(self, delivery: Delivery, poison: PoisonMessage, message: Message | None = None) -> Outcome:
-        """The message can never run: it moves to the dead-letter queue (the consumer acks the source
-        only once the copy is confirmed), and its record, when the task id is known, says why. A
-        workflow step fails its workflow (what that sends waits for re-enqueue if unconfirmed)."""
+    def _dead_letter(
+        self, delivery: Delivery, poison: PoisonMessage, message: Message | None = None, started: Started | None = None
+    ) -> Outcome:
+        """The message can never run (or must not run again: ``delivery_limits.py``): it moves to the
+        dead-letter queue (the consumer acks the source only once the copy is confirmed), and its
+        record, when the task id is known, says why. A workflow step fails its workflow (what that
+        sends waits for re-enqueue if unconfirmed)."""
         log.error("dead-lettering message from %s: %s", delivery.queue, poison.reason)
         if poison.task_id is not None:
             error = clip(poison.reason, self.app.config.max_error_size)
@@ -171,7 +179,7 @@ class Executor:
                 f"record the dead-lettering of task {poison.task_id}",
             )
         if message is not None and poison.task_id == message.task_id:
-            self._continue(message, None, lambda: workflow.after_failure(self.app, message, None, poison.reason))
+            self._continue(message, started, lambda: workflow.after_failure(self.app, message, started, poison.reason))
         self.consumer.dead_letter(delivery, poison.reason)
         return Outcome.DEAD_LETTERED
 

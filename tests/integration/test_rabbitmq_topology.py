@@ -194,9 +194,32 @@ def test_quorum_queues(make_broker: Callable[..., tuple[RabbitMQBroker, Recorder
 
     queues = without_ladder(list_queues())
     assert sorted(queues) == sorted(["high_priority_queue_0", "low_priority_queue_0", DEAD_LETTER_QUEUE])
-    for queue in queues.values():
-        assert (queue["type"], queue["durable"], queue["arguments"]) == ("quorum", True, {"x-queue-type": "quorum"})
+    # A task queue has an explicit delivery limit (max_redeliveries 5 + 1) and dead-letters past it into
+    # cogman's place, which dead-letters nowhere (tests/integration/test_delivery_limits.py runs them).
+    limited = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 6,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": DEAD_LETTER_QUEUE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    for name, queue in queues.items():
+        wanted = {"x-queue-type": "quorum"} if name == DEAD_LETTER_QUEUE else limited
+        assert (queue["type"], queue["durable"], queue["arguments"]) == ("quorum", True, wanted)
     assert len(recorder.confirmed) == 2
+
+
+def test_a_quorum_queue_declared_with_another_delivery_limit_is_a_topology_error(
+    make_broker: Callable[..., tuple[RabbitMQBroker, Recorder]],
+):
+    """x-delivery-limit is a queue argument: a fleet member with another max_redeliveries is refused
+    with the fix, not left publishing into queues that count differently."""
+    first, _ = make_broker(queue_type="quorum")
+    first.publish([message(Priority.HIGH)])
+    second, _ = make_broker(queue_type="quorum", max_redeliveries=3)
+    with pytest.raises(TopologyError, match="x-delivery-limit is max_redeliveries \\+ 1"):
+        second.publish([message(Priority.HIGH)])
 
 
 def test_prefetch_is_per_consumer_so_high_gets_through_a_low_backlog(

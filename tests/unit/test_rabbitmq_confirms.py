@@ -94,4 +94,5 @@ def test_queue_arguments_are_the_seed_systems():
     assert queue_arguments(Priority.HIGH, "classic") == {"x-queue-mode": "default"}
     assert queue_arguments(Priority.LOW, "classic") == {"x-queue-mode": "lazy"}
     assert queue_arguments(None, "classic") == {}
-    assert queue_arguments(Priority.LOW, "quorum") == {"x-queue-type": "quorum"}
+    assert queue_arguments(None, "quorum") == {"x-queue-type": "quorum"}
+    assert queue_arguments(Priority.LOW, "quorum", 3)["x-delivery-limit"] == 3

@@ -185,6 +185,18 @@ class MongoBackend:
         record = self.transition(task_id, Status.IN_PROGRESS)
         if record is None:
             return None
+        starts = 1
+        if not record.status.is_final:
+            counted = self.buffer.call(
+                lambda: self.collection.find_one_and_update(
+                    {"task_id": task_id, "status": Status.IN_PROGRESS.value},
+                    {"$inc": {"starts": 1}},
+                    projection={"starts": True},  # mongomock loses a new field's $inc with "_id": False
+                    return_document=ReturnDocument.AFTER,
+                ),
+                f"count a start of task {task_id}",
+            )
+            starts = int((counted or {}).get("starts") or 1)
         budget = record.retry
         if not record.is_original:
             doc = self.buffer.call(
@@ -192,7 +204,7 @@ class MongoBackend:
                 f"read the retry budget of task {record.original_task_id}",
             )
             budget = doc.get("retry", 0) if doc else 0
-        return Started(record.status, record.original_task_id, record.attempt, max(0, int(budget or 0)))
+        return Started(record.status, record.original_task_id, record.attempt, max(0, int(budget or 0)), starts)
 
     def durable(self, callback: Callable[[str | None], None]) -> None:
         self.buffer.durable(callback)

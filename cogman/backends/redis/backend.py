@@ -28,7 +28,8 @@ from cogman.backends.redis import scripts
 from cogman.backends.redis import workers as redis_workers
 from cogman.backends.redis import workflows as redis_workflows
 from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
-from cogman.backends.redis.wire import Link, ScriptCaller, is_transient
+from cogman.backends.redis.sentinel import client_factory
+from cogman.backends.redis.wire import Link, Replication, ScriptCaller, is_transient
 from cogman.errors import BackendUnavailable, CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
@@ -50,8 +51,12 @@ class RedisBackend:
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
         self.keys = KeyLayout(config.redis_prefix, int(config.redis_ttl * 1000))
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
-        self.client = redis.Redis.from_url(url, socket_timeout=5.0, health_check_interval=30, **options)
-        self._waits = redis.Redis.from_url(url, socket_timeout=WAIT_SLICE + 5.0, **options)
+        connect, where = client_factory(url)  # redis:// or, following failovers, redis+sentinel://
+        replicas, wait_timeout = config.redis_wait_replicas, config.redis_wait_timeout
+        self.replication = Replication(replicas, int(wait_timeout * 1000), self.keys.wait_mark()) if replicas else None
+        socket_timeout = 5.0 + (wait_timeout if replicas else 0.0)  # a WAIT must time out before its socket
+        self.client = connect(socket_timeout=socket_timeout, health_check_interval=30, **options)
+        self._waits = connect(socket_timeout=WAIT_SLICE + 5.0, **options)
         self._create = self.client.register_script(scripts.source(scripts.CREATE))
         self._transition = self.client.register_script(scripts.source(scripts.TRANSITION))
         self._spawn = self.client.register_script(scripts.source(scripts.SPAWN_RETRY))
@@ -61,10 +66,8 @@ class RedisBackend:
         self._page = self.client.register_script(redis_queries.PAGE)
         self._scan = self.client.register_script(redis_queries.SCAN)
         self._records = self.client.register_script(redis_queries.RECORDS)
-        self._scripts = ScriptCaller(self.client)
-        kwargs = self.client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
-        self.buffer = WriteBuffer(f"Redis {where}", is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
+        self._scripts = ScriptCaller(self.client, self.replication)
+        self.buffer = WriteBuffer(where, is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.buffer.name} prefix={self.prefix}>"
@@ -82,7 +85,8 @@ class RedisBackend:
     # Writes
 
     def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
-        if meanwhile is not None and len(records) <= CHUNK and not self.buffer.pending:
+        overlap = self.replication is None  # the overlapped path sends without WAIT
+        if meanwhile is not None and overlap and len(records) <= CHUNK and not self.buffer.pending:
             return redis_create.create_overlapped(self._link(), self._scripts, self._create, records, meanwhile)
         durable = True
         for start in range(0, len(records), CHUNK):
@@ -162,7 +166,8 @@ class RedisBackend:
             return None
         try:
             status, original, attempt, budget = (json.loads(value) for value in out[1:5])
-            return Started(Status(status), str(original), int(attempt), max(0, int(budget or 0)))
+            starts = int(out[5]) if len(out) > 5 else 1
+            return Started(Status(status), str(original), int(attempt), max(0, int(budget or 0)), max(1, starts))
         except (TypeError, ValueError) as exc:
             log.error("task %s started over an unreadable record at %s: %s", task_id, self.key(task_id), exc)
             return None
@@ -283,7 +288,8 @@ class RedisBackend:
         return self.buffer.write(self._run(script, args), what)
 
     def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
-        return lambda: self._scripts.evalsha(script, args)
+        replicate = script not in (self._page, self._scan, self._records)  # reads need no WAIT
+        return lambda: self._scripts.evalsha(script, args, replicate)
 
     # Operator actions and worker heartbeats (workers.py)
 

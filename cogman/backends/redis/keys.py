@@ -44,6 +44,10 @@ class KeyLayout:
         """The sorted set of worker ids by last heartbeat, so listing the workers needs no SCAN."""
         return f"{self.prefix}:workers"
 
+    def wait_mark(self) -> str:
+        """The key written before each WAIT (``redis_wait_replicas``, wire.py), so WAIT covers the write."""
+        return f"{self.prefix}:wait-mark"
+
     def window_floor(self) -> int:
         """Index entries created before this are out of the TTL window: trimmed and never returned."""
         return to_us(utcnow()) - self.ttl_ms * 1000

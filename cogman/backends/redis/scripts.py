@@ -170,13 +170,17 @@ return out
 """
 
 # ARGV: common(4), status (JSON), updated_at (JSON), id. Moves the record to the status (in_progress) if
-# allowed and returns {outcome, status, original_task_id, attempt, budget}: the fields as stored (JSON),
-# the budget read from the original's record; or {'unknown'} / {'corrupt: <why>'}.
+# allowed and returns {outcome, status, original_task_id, attempt, budget, starts}: the fields as stored
+# (JSON), the budget read from the original's record, and the starts counted in ``_starts`` (one more
+# each time unless the record is final); or {'unknown'} / {'corrupt: <why>'}.
 START = """
 local id = ARGV[7]
 local outcome = transition(id, ARGV[5], {'updated_at', ARGV[6], 'at:in_progress', ARGV[6]})
 if outcome == 'unknown' or string.sub(outcome, 1, 7) == 'corrupt' then return {outcome} end
-local f = redis.call('HMGET', P .. ':task:' .. id, 'status', 'original_task_id', 'attempt', 'retry')
+local key = P .. ':task:' .. id
+local f = redis.call('HMGET', key, 'status', 'original_task_id', 'attempt', 'retry')
+local starts = 0
+if f[1] and not FINAL[f[1]] then starts = redis.call('HINCRBY', key, '_starts', 1) end
 local budget = f[4]
 if f[2] then
   local ok, original = pcall(cjson.decode, f[2])
@@ -184,7 +188,7 @@ if f[2] then
     budget = redis.call('HGET', P .. ':task:' .. original, 'retry')
   end
 end
-return {outcome, f[1] or 'null', f[2] or 'null', f[3] or '1', budget or '0'}
+return {outcome, f[1] or 'null', f[2] or 'null', f[3] or '1', budget or '0', tostring(starts)}
 """
 
 # ARGV: common(4), original id, attempt id (JSON), updated_at (JSON), then one record (the attempt).

@@ -5,6 +5,14 @@ Every state change is one EVALSHA; on a busy worker redis-py's command path (poo
 wrapper, response callbacks) costs more CPU than the round trip itself, so :class:`ScriptCaller` keeps
 one raw connection per thread for its calls. A script the server lost (a restart, a failover) is
 loaded again and its call rerun.
+
+With ``redis_wait_replicas`` a write counts only once that many replicas have it: Redis replicates
+asynchronously, and a primary that dies before passing a write on takes it along. :class:`Replication`
+sends ``SET <mark>`` and ``WAIT`` in the same packet as the script: the mark is a write that always
+propagates, so WAIT covers the script's write even when the script changed nothing this time (a rerun
+after a lost reply, a redelivery finding its task done, whose earlier write may still be unreplicated).
+Fewer replicas by the timeout raises :class:`NotReplicated`, which the write buffer treats like an
+outage: retried, then parked and replayed, and no message is acked behind it.
 """
 
 from __future__ import annotations
@@ -16,10 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from hiredis import pack_command  # a dependency: redis[hiredis]
+from redis.sentinel import SentinelManagedConnection
 
 if TYPE_CHECKING:
     from cogman.backends.outage import WriteBuffer
     from cogman.backends.redis.keys import KeyLayout
+
+
+class NotReplicated(redis.RedisError):
+    """WAIT counted fewer replicas than ``redis_wait_replicas`` holding a write within its timeout."""
+
 
 #: Error replies a failover or a busy server gives for a while; the write is retried, never failed for good.
 TRANSIENT_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
@@ -30,6 +44,7 @@ TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    NotReplicated,
 )
 #: A wrong password is a ConnectionError for redis-py, but waiting will not fix it.
 NOT_TRANSIENT: tuple[type[BaseException], ...] = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
@@ -57,20 +72,46 @@ class Link:
     keys: KeyLayout
 
 
-class ScriptCaller:
-    """EVALSHA on this thread's own connection (two: one for :meth:`send`); closed with the backend."""
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """How many replicas must hold a write (Redis WAIT), for how long to wait, and the mark key."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    replicas: int
+    timeout_ms: int
+    mark: str
+
+    def commands(self) -> list[bytes]:
+        mark: tuple[Any, ...] = ("SET", self.mark, "1", "PX", 60_000)
+        wait: tuple[Any, ...] = ("WAIT", self.replicas, self.timeout_ms)
+        return [pack_command(mark), pack_command(wait)]
+
+    def check(self, acked: int) -> None:
+        if acked < self.replicas:
+            raise NotReplicated(
+                f"WAIT: {acked} of {self.replicas} replica(s) acknowledged the write within {self.timeout_ms} ms"
+            )
+
+
+class ScriptCaller:
+    """EVALSHA on this thread's own connection (two: one for :meth:`send`); closed with the backend.
+    With ``replication``, every call also waits for the replicas (module docstring)."""
+
+    def __init__(self, client: redis.Redis, replication: Replication | None = None) -> None:
         self.client = client
+        self.replication = replication
         self._local = threading.local()
         #: Each thread's connection with its thread: those of threads that ended are closed when another
         #: thread opens one (API request threads, re-enqueue passes come and go).
         self._connections: list[tuple[threading.Thread, Any]] = []
         self._lock = threading.Lock()
 
-    def evalsha(self, script: Any, args: list[Any]) -> Any:
+    def evalsha(self, script: Any, args: list[Any], replicate: bool = True) -> Any:
+        """The script's reply; ``replicate=False`` for the read-only scripts (queries), which need no WAIT."""
         connection = self._connection("connection")
         try:
+            _connected(connection)
+            if self.replication is not None and replicate:
+                return self._replicated(connection, self.replication, script, args)
             try:
                 # hiredis packs in C; redis-py's send_command first re-checks every argument in Python
                 connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args))])
@@ -80,11 +121,33 @@ class ScriptCaller:
                 connection.read_response()
                 connection.send_command("EVALSHA", script.sha, 0, *args)
                 return connection.read_response()
+        except redis.exceptions.ReadOnlyError:
+            connection.disconnect()  # a demoted primary: the next call asks the sentinels again
+            raise
         except redis.ResponseError:
-            raise  # the connection is fine: the server answered
+            raise  # the connection is fine: the server answered (every reply of the packet was read)
         except BaseException:
             connection.disconnect()  # a reply may be half read: never reuse this socket as it is
             raise
+
+    def _replicated(self, connection: Any, replication: Replication, script: Any, args: list[Any]) -> Any:
+        """The script, the mark and WAIT in one packet; every reply read (errors too) to stay in step."""
+        connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args)), *replication.commands()])
+        replies: list[Any] = []
+        for _ in range(3):
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        if isinstance(replies[0], redis.exceptions.NoScriptError):  # nothing ran: load it, call again
+            connection.send_command("SCRIPT", "LOAD", script.script)
+            connection.read_response()
+            return self._replicated(connection, replication, script, args)
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        replication.check(int(replies[2]))
+        return replies[0]
 
     def send(self, script: Any, args: list[Any]) -> Callable[[], Any]:
         """Write one EVALSHA without waiting; the returned function reads its reply (call it once).
@@ -93,6 +156,7 @@ class ScriptCaller:
         call goes on this thread's second connection, which nothing else uses meanwhile."""
         connection = self._connection("pending")
         try:
+            _connected(connection)
             connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args))])
         except BaseException:
             connection.disconnect()
@@ -137,3 +201,12 @@ class ScriptCaller:
             for stale in ended:
                 stale.disconnect()
         return connection
+
+
+def _connected(connection: Any) -> None:
+    """Connect through ``connect()`` when the socket is gone, as the pool does: a Sentinel connection asks
+    the sentinels for the primary there. ``send_packed_command`` would connect on its own, straight to the
+    connection's last address, or to localhost:6379 for a fresh Sentinel connection: the wrong server. A
+    plain connection keeps connecting there (no health-check PING: one round trip per call)."""
+    if connection._sock is None and isinstance(connection, SentinelManagedConnection):
+        connection.connect()  # type: ignore[no-untyped-call]

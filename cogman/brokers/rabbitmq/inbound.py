@@ -23,7 +23,7 @@ from amqp.basic_message import Message as RawMessage
 from amqp.exceptions import UnexpectedFrame
 from amqp.serialization import _read_item, dumps
 
-from cogman.brokers.base import Delivery
+from cogman.brokers.base import HEADER_DELIVERY_COUNT, Delivery
 from cogman.priority import Priority
 
 log = logging.getLogger("cogman.rabbitmq")
@@ -153,6 +153,7 @@ def delivery_from_raw(message: Any, queue: str, priority: Priority, tag: Any, ma
         redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
         properties=properties,
         redeliveries=redeliveries(raw_headers),
+        returns=count_header(raw_headers, HEADER_DELIVERY_COUNT),
         poison=poison,
     )
 
@@ -174,7 +175,12 @@ def delivery_from(message: Any, queue: str, priority: Priority, tag: Any) -> Del
 
 
 def redeliveries(headers: Mapping[Any, Any]) -> int:
-    count = headers.get(HEADER_REDELIVERIES)
+    return count_header(headers, HEADER_REDELIVERIES)
+
+
+def count_header(headers: Mapping[Any, Any], name: str) -> int:
+    """A counting header's value; 0 when absent or not a positive integer (a foreign producer's)."""
+    count = headers.get(name)
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 

@@ -47,13 +47,39 @@ DEFAULT_EXCHANGE = kombu.Exchange("", type="direct")
 QUEUE_MODE = {Priority.HIGH: "default", Priority.LOW: "lazy"}
 
 
-def queue_arguments(priority: Priority | None, queue_type: str) -> dict[str, Any]:
+#: ``x-delivery-limit`` of quorum task queues for ``Config.max_redeliveries``' default (5).
+DEFAULT_DELIVERY_LIMIT = 6
+
+
+def delivery_limit(max_redeliveries: int) -> int:
+    """A quorum queue's ``x-delivery-limit``: RabbitMQ hands a message out ``limit + 1`` times. The
+    worker itself refuses to run the delivery that comes after ``max_redeliveries + 1`` starts (it
+    records why and dead-letters it), so that delivery must still come: one more than the starts."""
+    return max_redeliveries + 1
+
+
+def queue_arguments(
+    priority: Priority | None, queue_type: str, limit: int = DEFAULT_DELIVERY_LIMIT, prefix: str = ""
+) -> dict[str, Any]:
     """``x-`` arguments for one of Cogman's queues; ``priority`` None means the dead-letter queue.
 
-    Quorum queues are replicated and always keep messages on disk, so lazy mode does not apply.
+    Quorum queues are replicated and always keep messages on disk, so lazy mode does not apply. A quorum
+    task queue has an explicit ``x-delivery-limit`` (RabbitMQ 4 would default it to 20) and dead-letters
+    past it into ``cogman.dead_letter`` (without a dead-letter exchange RabbitMQ drops the message),
+    at-least-once, which RabbitMQ allows only with ``reject-publish`` overflow. The dead-letter queue has
+    neither: nothing consumes it to return messages, and it must not dead-letter into itself.
     """
     if queue_type == "quorum":
-        return {"x-queue-type": "quorum"}
+        if priority is None:
+            return {"x-queue-type": "quorum"}
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": limit,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": prefixed(prefix, DEAD_LETTER_QUEUE),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
     if priority is None:
         return {}
     return {"x-queue-mode": QUEUE_MODE[priority]}
@@ -68,11 +94,13 @@ class Topology:
     queue_type: str = "classic"
     #: ``Config.queue_prefix``: in front of every name below; empty: Cogman's names.
     prefix: str = ""
+    #: ``x-delivery-limit`` of quorum task queues (``delivery_limit(Config.max_redeliveries)``).
+    limit: int = DEFAULT_DELIVERY_LIMIT
 
     @classmethod
     def of(cls, config: Config) -> Topology:
         return cls(config.high_priority_queue_count, config.low_priority_queue_count, config.queue_type,
-                   config.queue_prefix)  # fmt: skip
+                   config.queue_prefix, delivery_limit(config.max_redeliveries))  # fmt: skip
 
     def names(self, priority: Priority) -> list[str]:
         return queue_names(priority, self.high_count if priority is Priority.HIGH else self.low_count, self.prefix)
@@ -94,7 +122,7 @@ class Topology:
             durable=True,
             exclusive=False,
             auto_delete=False,
-            queue_arguments=queue_arguments(priority, self.queue_type),
+            queue_arguments=queue_arguments(priority, self.queue_type, self.limit, self.prefix),
         )
 
     def queues(self, priorities: Iterable[Priority] = (Priority.HIGH, Priority.LOW)) -> list[tuple[Any, Priority]]:
@@ -180,6 +208,7 @@ def mismatch_error(queue: Any, exc: PreconditionFailed) -> TopologyError:
     return TopologyError(
         f"RabbitMQ refused to declare queue {queue.name!r}: it already exists with other arguments "
         f"({exc.reply_text}). cogman declares it durable with arguments {wanted}. Either delete the "
-        f"queue (rabbitmqctl delete_queue {queue.name}) once it is drained, or set queue_type to match "
-        f"how it was created."
+        f"queue (rabbitmqctl delete_queue {queue.name}) once it is drained, or set queue_type (and, for a "
+        f"quorum queue, max_redeliveries: x-delivery-limit is max_redeliveries + 1) to match how it was "
+        f"created."
     )
