@@ -7,6 +7,7 @@ about 15 s to start and 500 MiB; ``COGMAN_CLUSTER_TESTS=1`` (``nox -s cluster``)
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ def cluster() -> Iterator[Cluster]:
     finally:
         started.stop()
         print(f"\n[figures] rabbitmq-cluster-stop: seconds={started.timings['stop']:.1f}")
+        shutil.rmtree(started.base, ignore_errors=True)  # the nodes are down: their data goes with them
 
 
 def restart_stopped(cluster: Cluster) -> None:
