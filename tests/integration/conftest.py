@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from cogman import App
 from tests.integration.rabbit_helpers import broker_up, rabbitmqctl, require_rabbitmqctl, reset_queues, vhost_url
 from tests.integration.tcp_proxy import TcpProxy
+from tests.ports import free_ports
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +69,32 @@ from tests.integration.api_helpers import backend_options, stack  # noqa: E402, 
 
 # The delay and retry-control tests (issue 11): an App on RabbitMQ with its own Redis key prefix.
 from tests.integration.scheduling_helpers import scheduled_app  # noqa: E402, F401
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, redis.Redis]]:
+    """A throwaway redis-server on a free port (below the ephemeral range: tests/ports.py), for tests that
+    stop, freeze or MONITOR it; killed after the test. The shared Redis is never touched."""
+    port = free_ports()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        cwd="/tmp",
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 30
+        while not _pings(client):
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

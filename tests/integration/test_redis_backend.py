@@ -30,7 +30,6 @@ from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_backend_contract import attempt_of, record
-from tests.ports import free_ports
 from tests.service_lock import require_exclusive
 
 REDIS_START = [
@@ -603,32 +602,6 @@ def test_a_redis_restart_during_a_run_loses_no_status(redis_url: str, server: re
 
 
 # Failover and busy replies: a private redis-server of the test's own (the shared one is never touched)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[tuple[str, redis.Redis]]:
-    """A throwaway redis-server on a free port (below the ephemeral range: tests/ports.py), killed after
-    the test."""
-    port = free_ports()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        cwd="/tmp",
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        wait_until(lambda: _pings(client), 30, "the private redis-server to start")
-        yield f"redis://127.0.0.1:{port}/0", client
-    finally:
-        process.kill()
-        process.wait(30)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def test_a_read_only_replica_is_a_failover_not_a_failure(private_redis: tuple[str, redis.Redis]):

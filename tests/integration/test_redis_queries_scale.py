@@ -11,9 +11,7 @@ evicted and early-status records included.
 
 from __future__ import annotations
 
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +28,6 @@ from cogman.backends.redis import scripts
 from cogman.backends.redis.backend import RedisBackend
 from cogman.record import TaskRecord, utcnow
 from tests.integration.test_backend_contract import attempt_of, record
-from tests.ports import free_ports
 
 #: The query script before issue 19 (cogman/backends/redis/scripts.py at d3f1c64), the reference for
 #: the results: one call, intersecting the filters' indexes whole.
@@ -164,33 +161,6 @@ def test_name_and_status_have_an_index_kept_by_every_write(backend: RedisBackend
 
 
 # The work of each script call, read off MONITOR on a redis-server of the test's own
-
-
-@pytest.fixture
-def private_redis() -> Iterator[tuple[str, redis.Redis]]:
-    port = free_ports()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        cwd="/tmp",
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        deadline = time.monotonic() + 30
-        while not _pings(client):
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0", client
-    finally:
-        process.kill()
-        process.wait(30)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 class Monitor:
