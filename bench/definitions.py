@@ -34,7 +34,9 @@ warm-up task is sent and purged, so connecting is not timed.
 
 Workers: cogman `--processes 2 -c 8` (Redis backend); Celery prefork `-c 2`, `acks_late`, Redis
 results, JSON, started `--without-gossip --without-mingle --without-heartbeat`; Dramatiq `-p 2 -t 8`,
-Results middleware on Redis (`store_results=True`); raw kombu: one process, one thread, prefetch 32,
+Results middleware on Redis (`store_results=True`); the "with confirms" rows are the same peers with
+publisher confirms on (Celery `broker_transport_options={"confirm_publish": True}`, Dramatiq
+`confirm_delivery=True`): cogman's guarantees; raw kombu: one process, one thread, prefetch 32,
 INCR then ack. All on the same RabbitMQ vhost `cogman_bench` (own queue names per system) and Redis
 database 14.
 """

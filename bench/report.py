@@ -39,7 +39,14 @@ METRICS = (
 MAIN_METRICS = tuple(metric for metric in METRICS if metric.main)
 METRIC_BY_KEY = {metric.key: metric for metric in METRICS}
 #: The peers cogman is compared with, by role, in table order.
-PEERS = (("ceiling", "ceiling"), ("kombu-confirm", "kombu confirm"), ("celery", "Celery"), ("dramatiq", "Dramatiq"))
+PEERS = (
+    ("ceiling", "ceiling"),
+    ("kombu-confirm", "kombu confirm"),
+    ("celery", "Celery"),
+    ("celery-confirm", "Celery with confirms"),
+    ("dramatiq", "Dramatiq"),
+    ("dramatiq-confirm", "Dramatiq with confirms"),
+)
 
 
 @dataclass
@@ -196,10 +203,46 @@ def peer_ratios(cogman: RowSummary, rows: Sequence[RowSummary]) -> dict[str, dic
     return out
 
 
+def round_figure(row: RowSummary, index: int, metric: str) -> float | None:
+    """``metric`` of round ``index`` (from 0) of ``row``, or None when that round failed or lacks it."""
+    if index >= len(row.rounds) or row.rounds[index].get("error") or not row.applies(metric):
+        return None
+    value = row.rounds[index].get("figures", {}).get(metric)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def peer_round_ratios(cogman: RowSummary, rows: Sequence[RowSummary]) -> dict[str, dict[str, list[float | None]]]:
+    """The same ratios round by round: both rows ran interleaved in the same round, on the same load."""
+    by_role = {row.role: row for row in rows if row.role is not None}
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for title, mine, theirs in PEER_FIGURES:
+        out[title] = {}
+        for role, _ in PEERS:
+            peer = by_role.get(role)
+            count = max(len(cogman.rounds), len(peer.rounds) if peer else 0)
+            out[title][role] = [
+                ratio(round_figure(cogman, i, mine), round_figure(peer, i, theirs) if peer else None)
+                for i in range(count)
+            ]
+    return out
+
+
+def format_ratios(median: float | None, per_round: Sequence[float | None]) -> str:
+    """The ratio of medians, then each round's own ratio when there were several rounds."""
+    text = format_ratio(median)
+    if len(per_round) > 1 and median is not None:
+        text += " (" + ", ".join(format_ratio(v) for v in per_round) + ")"
+    return text
+
+
 def peer_table(cogman: RowSummary, rows: Sequence[RowSummary]) -> str:
-    ratios = peer_ratios(cogman, rows)
+    ratios, per_round = peer_ratios(cogman, rows), peer_round_ratios(cogman, rows)
     header = ["figure", *(f"cogman / {name}" for _, name in PEERS)]
-    return table(header, [[title, *(format_ratio(v) for v in by_peer.values())] for title, by_peer in ratios.items()])
+    lines = [
+        [title, *(format_ratios(by_peer[role], per_round[title][role]) for role, _ in PEERS)]
+        for title, by_peer in ratios.items()
+    ]
+    return table(header, lines)
 
 
 def verdict_table(found: Sequence[Verdict]) -> str:
@@ -242,10 +285,15 @@ def render_markdown(meta: Mapping[str, Any], rows: Sequence[RowSummary], definit
     ]
     cogman_rows = [row for row in rows if row.key.startswith("cogman")]
     for row in cogman_rows:
-        parts += [f"## {row.label}: ratio to each peer (of medians)", "", peer_table(row, rows), ""]
+        parts += [
+            f"## {row.label}: ratio to each peer (of medians; each round's own ratio in parentheses)",
+            "",
+            peer_table(row, rows),
+            "",
+        ]
     default = next((row for row in rows if row.role == "cogman-default"), None)
     parts += [
-        f"## Targets of issue 8 ({default.label if default else 'no cogman row'})",
+        f"## Targets of issue 25, part 1 ({default.label if default else 'no cogman row'})",
         "",
         verdict_table(verdicts(rows)),
         "",

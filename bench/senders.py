@@ -36,9 +36,11 @@ class CogmanSender:
 
 
 class CelerySender:
-    def __init__(self) -> None:
-        from bench.celery_tasks import app, noop
-
+    def __init__(self, confirms: bool) -> None:
+        if confirms:
+            from bench.celery_confirm_tasks import app, noop
+        else:
+            from bench.celery_tasks import app, noop
         self.app = app
         self.task: Any = noop
 
@@ -53,9 +55,11 @@ class CelerySender:
 
 
 class DramatiqSender:
-    def __init__(self) -> None:
-        from bench.dramatiq_tasks import broker, noop
-
+    def __init__(self, confirms: bool) -> None:
+        if confirms:
+            from bench.dramatiq_confirm_tasks import broker, noop
+        else:
+            from bench.dramatiq_tasks import broker, noop
         self.broker = broker
         self.actor: Any = noop
 
@@ -79,8 +83,8 @@ def open_sender(key: str, send_mode: str | None) -> Sender:
         return KombuSender(KOMBU_CONFIRM_QUEUE if confirms else KOMBU_PLAIN_QUEUE, confirms=confirms)
     if key.startswith("cogman"):
         return CogmanSender(send_mode)
-    if key == "celery":
-        return CelerySender()
-    if key == "dramatiq":
-        return DramatiqSender()
+    if key in ("celery", "celery-confirm"):
+        return CelerySender(confirms=key == "celery-confirm")
+    if key in ("dramatiq", "dramatiq-confirm"):
+        return DramatiqSender(confirms=key == "dramatiq-confirm")
     raise ValueError(f"unknown system {key!r}")

@@ -1,7 +1,8 @@
 """The rows of the benchmark: which systems run, their queues, their worker command, their role.
 
 A role names what a row is compared as (``ceiling``, ``kombu-confirm``, ``cogman-default``, ``celery``,
-``dramatiq``); targets and ratios refer to roles, so they hold whatever cogman's send modes are.
+``dramatiq``, and the peers at cogman's guarantees, ``celery-confirm`` and ``dramatiq-confirm``); targets
+and ratios refer to roles, so they hold whatever cogman's send modes are.
 cogman's rows are data-driven: one per value of ``Config.send_mode`` the installed cogman accepts.
 """
 
@@ -17,7 +18,9 @@ from typing import Any
 KOMBU_PLAIN_QUEUE = "bench.kombu.plain"
 KOMBU_CONFIRM_QUEUE = "bench.kombu.confirm"
 CELERY_QUEUE = "bench.celery"
+CELERY_CONFIRM_QUEUE = "bench.celery.confirm"
 DRAMATIQ_QUEUE = "bench_dramatiq"
+DRAMATIQ_CONFIRM_QUEUE = "bench_dramatiq_confirm"
 #: cogman's own topology: its queue names are fixed (``high_priority_queue_N``...), and no other system
 #: here uses them.
 COGMAN_QUEUES = ("high_priority_queue_0", "low_priority_queue_0", "cogman.dead_letter")
@@ -26,10 +29,19 @@ PROCESSES, THREADS = 2, 8
 #: Unacked messages the raw kombu consumer may hold (cogman's worker holds 2 x its concurrency a process).
 KOMBU_PREFETCH = 32
 
-CELERY_WORKER = ("-m", "celery", "-A", "bench.celery_tasks", "worker", "-P", "prefork", "-c", str(PROCESSES), "-Q")
-CELERY_WORKER += (CELERY_QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING")
-DRAMATIQ_WORKER = ("-m", "dramatiq", "bench.dramatiq_tasks", "-p", str(PROCESSES), "-t", str(THREADS), "-Q")
-DRAMATIQ_WORKER += (DRAMATIQ_QUEUE,)
+
+def celery_worker(module: str, queue: str) -> tuple[str, ...]:
+    head = ("-m", "celery", "-A", module, "worker", "-P", "prefork", "-c", str(PROCESSES), "-Q", queue)
+    return (*head, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING")
+
+
+def dramatiq_worker(module: str, queue: str) -> tuple[str, ...]:
+    return ("-m", "dramatiq", module, "-p", str(PROCESSES), "-t", str(THREADS), "-Q", queue)
+
+
+def dramatiq_queues(queue: str) -> tuple[str, ...]:
+    """Dramatiq declares a delay queue and a dead-letter queue beside each queue."""
+    return (queue, f"{queue}.DQ", f"{queue}.XQ")
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,16 @@ def all_systems(config_cls: Any) -> list[System]:
             "celery",
             "celery",
             (CELERY_QUEUE,),
-            CELERY_WORKER,
+            celery_worker("bench.celery_tasks", CELERY_QUEUE),
+            has_batch=False,
+        ),
+        System(
+            "celery-confirm",
+            f"Celery prefork -c {PROCESSES}, acks_late, Redis results, publisher confirms (equal guarantees)",
+            "celery-confirm",
+            "celery-confirm",
+            (CELERY_CONFIRM_QUEUE,),
+            celery_worker("bench.celery_confirm_tasks", CELERY_CONFIRM_QUEUE),
             has_batch=False,
         ),
         System(
@@ -144,8 +165,18 @@ def all_systems(config_cls: Any) -> list[System]:
             f"Dramatiq {PROCESSES} processes x {THREADS} threads, Redis results",
             "dramatiq",
             "dramatiq",
-            (DRAMATIQ_QUEUE, f"{DRAMATIQ_QUEUE}.DQ", f"{DRAMATIQ_QUEUE}.XQ"),
-            DRAMATIQ_WORKER,
+            dramatiq_queues(DRAMATIQ_QUEUE),
+            dramatiq_worker("bench.dramatiq_tasks", DRAMATIQ_QUEUE),
+            has_batch=False,
+        ),
+        System(
+            "dramatiq-confirm",
+            f"Dramatiq {PROCESSES} processes x {THREADS} threads, Redis results, confirm_delivery=True "
+            "(equal guarantees)",
+            "dramatiq-confirm",
+            "dramatiq-confirm",
+            dramatiq_queues(DRAMATIQ_CONFIRM_QUEUE),
+            dramatiq_worker("bench.dramatiq_confirm_tasks", DRAMATIQ_CONFIRM_QUEUE),
             has_batch=False,
         ),
     ]
