@@ -152,16 +152,19 @@ def test_a_chord_failed_by_a_member_keeps_its_set_until_a_manual_retry_completes
 
     fixed = threading.Event()
     settled: list[str] = []
-    both_settled = threading.Event()
+    both_failed, both_retried = threading.Event(), threading.Event()
 
     class Settled(Middleware):
-        """A delivery is settled after its workflow step (the chord join) is recorded."""
+        """A delivery is settled after its workflow step (the chord join, and the callback's send once
+        the set is complete) is recorded."""
 
         def after_outcome(self, message: Message | None, outcome: str) -> None:
             if message is not None and message.name == "bounds.flaky":
                 settled.append(outcome)
                 if len(settled) == 2:
-                    both_settled.set()
+                    both_failed.set()
+                elif len(settled) == 4:
+                    both_retried.set()
 
     app.middleware.middleware.append(Settled())
 
@@ -181,13 +184,15 @@ def test_a_chord_failed_by_a_member_keeps_its_set_until_a_manual_retry_completes
         for member in result.group.results:
             with pytest.raises(TaskFailed):
                 member.get(timeout=10)
-        assert both_settled.wait(10), settled  # both members failed and joined the chord
+        assert both_failed.wait(10), settled  # both members failed and joined the chord
         backend = app.backend
         assert isinstance(backend, MemoryBackend)
         assert backend.sizes()["chords"] == 1  # the callback is recorded "not run", not sent
         fixed.set()
         retry_task(app, result.group.results[0].id)
         retry_task(app, result.group.results[1].id)
+        # Until the second retried member has joined, the callback's record still reads "not run".
+        assert both_retried.wait(10), settled
         assert result.get(timeout=10) == 5
         assert backend.sizes()["chords"] == 0
     finally:
