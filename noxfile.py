@@ -1,5 +1,9 @@
-"""Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), cluster, lint, typecheck, demo, bench,
-profile, soak."""
+"""Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), cluster, django (Python 3.12), lint,
+typecheck, demo, bench, profile, soak."""
+
+import os
+import subprocess
+from pathlib import Path
 
 import nox
 
@@ -66,3 +70,34 @@ def soak(session: nox.Session) -> None:
     (RabbitMQ and Redis on 127.0.0.1); ``nox -s soak -- --seconds 600``. See docs/reliability.md."""
     session.install("-e", ".")
     session.run("python", "bench/soak.py", *session.posargs)
+
+
+def interpreter(version: str) -> str:
+    """``version`` (``"3.12"``) if ``python3.12`` runs, else the newest pyenv ``3.12.*`` by its path: pyenv's
+    shim refuses a version that is not selected (``pyenv global``/``PYENV_VERSION``), so nox would skip."""
+    try:
+        subprocess.run([f"python{version}", "--version"], check=True, capture_output=True, timeout=30)
+        return version
+    except (OSError, subprocess.SubprocessError):
+        pass
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    patches = {path: path.parts[-3][len(version) + 1 :] for path in root.glob(f"{version}.*/bin/python{version}")}
+    found = sorted((int(patch), str(path)) for path, patch in patches.items() if patch.isdigit())
+    return found[-1][1] if found else version
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "packages"),
+    [
+        (interpreter("3.12"), "django>=6"),  # Django's own django.tasks
+        (interpreter("3.11"), "django>=5.2,<6 django-tasks>=0.12"),  # Django 5.2 LTS and the backport
+    ],
+    ids=["6", "5.2"],
+)
+def django(session: nox.Session, packages: str) -> None:
+    """The Django tests (tests/django_project, docs/django.md), on Django 6 (Python 3.12, as it needs) and on
+    Django 5.2 with the django-tasks backport (Python 3.11); the main suite has no Django. RabbitMQ and Redis
+    on 127.0.0.1, as for ``tests``."""
+    session.install("-e", ".[dev,api]", *packages.split())
+    session.run("pytest", "-q", "-ra", "tests/django_project", *session.posargs, env={"COGMAN_DJANGO_TESTS": "1"})

@@ -40,6 +40,9 @@ class App:
     ``memory://``. Connections open on first use, so defining an app at import time costs nothing.
     """
 
+    #: What ``task()`` registers: a subclass adds methods (cogman.contrib.django's ``delay_on_commit``).
+    task_class: type[Task[Any, Any]] = Task
+
     def __init__(
         self,
         name: str = "cogman",
@@ -116,7 +119,7 @@ class App:
             task_name = name or default_task_name(function)
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
-            task: Task[Any, Any] = Task(
+            task: Task[Any, Any] = self.task_class(
                 self,
                 function,
                 name=task_name,
