@@ -18,6 +18,7 @@ from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.result import AsyncResult
 from cogman.sending.client import Client
+from cogman.sending.go_send import send_go
 from cogman.sending.prepare import SendOptions, prepare
 from cogman.task import Task, default_task_name
 from cogman.worker import inprocess
@@ -93,6 +94,7 @@ class App:
         retry_backoff: Backoff | None = None,
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
+        wire: str = "cogman",
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -107,12 +109,13 @@ class App:
         retry_backoff: Backoff | None = None,
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
+        wire: str = "cogman",
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``.
 
         ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
         tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
-        runs longer: see docs/scheduling.md."""
+        runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md)."""
         parsed_priority = Priority.parse(priority)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -129,6 +132,7 @@ class App:
                 retry_backoff=retry_backoff,
                 retry_for=retry_for,
                 time_limit=time_limit,
+                wire=wire,
             )
             self.tasks[task_name] = task
             return task
@@ -263,13 +267,18 @@ class App:
         """Queue one task per ``(args, kwargs)``; pipelined backend writes and confirms for all. The
         options (``priority``, ``retry``, ``primary_key``, ``countdown``, ``eta``, ``expires``; see
         ``send_task``) are the same for every call; ``task_ids`` and ``extras`` give one per call."""
-        records, messages = prepare(self.config, self.tasks, name, calls, SendOptions(**options))
-        receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
+        task = self.tasks.get(name)
+        if task is not None and task.wire == "go":  # Go Cogman's format (docs/go-interop.md)
+            ids, receipt = send_go(self.client, self.config, task, calls, wait_confirmed, **options)
+        else:
+            records, messages = prepare(self.config, self.tasks, name, calls, SendOptions(**options))
+            receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
+            ids = [record.task_id for record in records]
         if self.config.eager:
             self._eager_runner().drain()
         elif self.config.broker_url.startswith("memory://"):
-            self.unjoined.extend(record.task_id for record in records)
-        return [AsyncResult(self.backend, record.task_id, self, receipt) for record in records]
+            self.unjoined.extend(ids)
+        return [AsyncResult(self.backend, task_id, self, receipt) for task_id in ids]
 
     def new_records(
         self, name: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any

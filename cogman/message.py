@@ -43,6 +43,9 @@ class Message:
     eta: datetime | None = None
     #: Not to start after: a worker records it failed ("expired") instead.
     expires: datetime | None = None
+    #: A Go-format message (cogman/gowire): this payload is the body, raw, with no JSON envelope and no
+    #: ``content_type``; ``args`` is ``(raw_body,)`` for the handler.
+    raw_body: bytes | None = field(default=None, repr=False)
     #: The encoded body, made once: the size check at send time and the publisher use the same bytes.
     _encoded: bytes | None = field(default=None, compare=False, repr=False)
 
@@ -54,6 +57,8 @@ class Message:
         """The JSON body (strict: NaN and infinities are refused, as JSON has none); encoded once."""
         if self._encoded is not None:
             return self._encoded
+        if self.raw_body is not None:
+            return self.raw_body
         data: dict[str, Any] = {
             "task_id": self.task_id,
             "name": self.name,

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from cogman.signature import SendingApp, Signature
 
 P = ParamSpec("P")
+#: The message formats a task may speak: cogman's JSON envelope, or Go Cogman's raw payload.
+WIRES = ("cogman", "go")
 R = TypeVar("R")
 
 
@@ -48,6 +50,7 @@ class Task(Generic[P, R]):
         retry_backoff: Backoff | None = None,
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
+        wire: str = "cogman",
     ) -> None:
         if retry < 0:
             raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
@@ -55,6 +58,11 @@ class Task(Generic[P, R]):
         self.retry_policy = RetryPolicy.build(name, retry_backoff, retry_for)
         #: Seconds an attempt may run (cogman/worker/limits.py); None: no limit.
         self.time_limit = check_time_limit(name, time_limit)
+        if wire not in WIRES:
+            raise ValueError(f"task {name!r}: wire must be 'cogman' or 'go' (Go Cogman's format), got {wire!r}")
+        #: ``"go"``: the task speaks Go Cogman's format (docs/go-interop.md): ``delay(payload: bytes)``,
+        #: the handler receives the body's bytes, the records are Go's.
+        self.wire = wire
         self.app = app
         self.fn = fn
         self.name = name

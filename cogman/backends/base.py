@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from cogman.gowire.store import GoRecords
 from cogman.record import TaskRecord
 from cogman.status import Status
 
@@ -198,3 +199,9 @@ class Backend(Protocol):
         member keeps the first), atomically with counting the set; once all ``size`` members are in,
         return every outcome in member order, else None. Every call that finds the set complete gets the
         list; the callback record's ``create_new`` decides which one sends the callback."""
+
+    # Go Cogman's records (issue 22, docs/go-interop.md)
+
+    def go_records(self) -> GoRecords:
+        """Go-format task records, kept as Go Cogman keeps them (cogman/gowire/store.py). ``get`` and
+        ``wait`` read one (converted) when no cogman record has the id."""

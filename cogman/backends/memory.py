@@ -19,6 +19,7 @@ from typing import Any
 
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.go_memory import MemoryGoRecords
 from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
 from cogman.backends.redis.scripts import EARLY_TTL_MS
 from cogman.record import TaskRecord, utcnow
@@ -49,6 +50,7 @@ class MemoryBackend:
         self._record_ttl = Deadlines(ttl, clock)
         self._early_ttl = Deadlines(EARLY_TTL_MS / 1000, clock)
         self._chord_ttl = Deadlines(ttl, clock)
+        self._go = MemoryGoRecords(ttl, clock, self._changed)
 
     def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
         self._store([stored(record) for record in records])
@@ -203,23 +205,28 @@ class MemoryBackend:
         with self._changed:
             self._expire()
             record = self._records.get(task_id)
-        return None if record is None else handed_out(record)
+        return self._go.read_as_task(task_id) if record is None else handed_out(record)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 self._expire()
-                record = self._records.get(task_id)
+                record = self._records.get(task_id) or self._go.read_as_task(task_id)
                 remaining = deadline - time.monotonic()
                 if (record is not None and record.status.is_final) or remaining <= 0:
                     return None if record is None else handed_out(record)
                 self._changed.wait(remaining)
 
+    def go_records(self) -> MemoryGoRecords:
+        """Go-format task records (issue 22, cogman/backends/go_memory.py)."""
+        return self._go
+
     def query(self, query: TaskQuery) -> TaskPage:
         with self._changed:
             self._expire()
             matching = [r for r in self._records.values() if query.matches(r)]
+            matching += [t for t in (r.to_task_record() for r in self._go.recent()) if query.matches(t)]  # Go's
         matching.sort(key=lambda r: r.created_at, reverse=True)
         page = [handed_out(r) for r in matching[query.skip : query.skip + query.limit]]
         return TaskPage(records=page, total=len(matching))

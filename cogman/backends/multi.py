@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from cogman.backends.base import UNSET, Backend, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.errors import ConfigError
+from cogman.gowire.store import GoRecords
 from cogman.record import TaskRecord
 from cogman.status import Status
 
@@ -105,6 +106,10 @@ class MultiBackend:
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         return self.primary.wait(task_id, timeout)
+
+    def go_records(self) -> GoRecords:
+        """The primary's: Go Cogman's processes read one store (docs/go-interop.md)."""
+        return self.primary.go_records()
 
     def query(self, query: TaskQuery) -> TaskPage:
         return self._first(lambda b: b.query(query), "query")

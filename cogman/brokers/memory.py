@@ -26,7 +26,7 @@ from cogman.brokers.base import (
     prefixed,
     queue_names,
 )
-from cogman.message import Message
+from cogman.message import CONTENT_TYPE, Message
 from cogman.priority import Priority
 
 #: The name the heap of messages waiting for their ``eta`` goes by in ``queue_stats``.
@@ -62,7 +62,8 @@ class MemoryBroker:
         with self._ready:
             for message in messages:
                 due = None if message.eta is None else message.eta.timestamp()
-                self.put(message.encode(), message.headers, message.priority, due=due)
+                go_format = message.raw_body is not None  # carries no content_type, as on RabbitMQ
+                self.put(message.encode(), message.headers, message.priority, due=due, content_type=not go_format)
         if self._listener is not None:
             self._listener.confirmed(messages)
         return Receipt.confirmed()
@@ -81,12 +82,15 @@ class MemoryBroker:
         priority: Priority,
         queue: str | None = None,
         due: float | None = None,
+        content_type: bool = True,
     ) -> None:
         """Enqueue raw bytes, as a foreign producer would (tests use it to send poison messages);
-        ``due`` (epoch seconds) holds it back until then."""
+        ``due`` (epoch seconds) holds it back until then. ``content_type=False`` sends it without
+        cogman's ``content_type``, as Go Cogman does (cogman/gowire)."""
         with self._ready:
             name = queue or next(self._round_robin[priority])
-            delivery = Delivery(body, dict(headers), name, priority)
+            properties = {"content_type": CONTENT_TYPE} if content_type else {}
+            delivery = Delivery(body, dict(headers), name, priority, properties=properties)
             if due is not None and due > time.time():
                 heapq.heappush(self._delayed, (due, next(self._arrivals), delivery))
                 self._ready.notify_all()  # a waiting receive may now have to wake earlier

@@ -192,8 +192,16 @@ class Client:
             ).start()
 
     def confirmed(self, messages: Sequence[Message]) -> None:
-        """First attempts and retry attempts alike: confirmed means ``queued``."""
-        self.backend.transition_many([m.task_id for m in messages], Status.QUEUED)
+        """First attempts and retry attempts alike: confirmed means ``queued`` (a Go record's ``retry``
+        outranks it and stays, as in Go)."""
+        ids = [m.task_id for m in messages if m.raw_body is None]
+        if len(ids) < len(messages):
+            for message in messages:
+                if message.raw_body is not None:
+                    self.backend.go_records().update(message.task_id, Status.QUEUED)
+            if not ids:
+                return
+        self.backend.transition_many(ids, Status.QUEUED)
 
     def close(self) -> None:
         if self._leases is not None:
@@ -211,7 +219,10 @@ class Client:
     def abandoned(self, messages: Sequence[Message], reason: str) -> None:
         for message in messages:
             log.error("task %s (%s) abandoned, never published: %s", message.task_id, message.name, reason)
-            self.backend.transition(message.task_id, Status.FAILED, fail_error=f"not published: {reason}")
+            if message.raw_body is not None:
+                self.backend.go_records().update(message.task_id, Status.FAILED, fail_error=f"not published: {reason}")
+            else:
+                self.backend.transition(message.task_id, Status.FAILED, fail_error=f"not published: {reason}")
 
 
 class LeaseKeeper:

@@ -27,6 +27,7 @@ from cogman.message import Message, header_task_id
 from cogman.record import clip
 from cogman.status import Status
 from cogman.worker.delivery_limits import looping_reason
+from cogman.worker.go_execution import GoRunner, decode, record_failed, task_of
 from cogman.worker.handlers import EventLoopThread, chain_of, check_result, run_handler
 from cogman.workflows import steps as workflow
 
@@ -74,6 +75,7 @@ class Executor:
         self.stopping = stopping
         self._held = 0
         self._held_lock = threading.Condition()
+        self._go = GoRunner(app, loop, self._until_recorded, self._ack_when_durable)  # Go-format deliveries
 
     @property
     def held(self) -> int:
@@ -105,6 +107,8 @@ class Executor:
         return outcome
 
     def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Outcome:
+        if message.raw_body is not None:  # Go Cogman's format: cogman/worker/go_execution.py
+            return Outcome(self._go.run(delivery, message, task))
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
             return untimely
@@ -152,12 +156,10 @@ class Executor:
         limit = self.app.config.max_message_size
         if len(delivery.body) > limit:
             raise PoisonMessage(f"body of {len(delivery.body)} bytes over max_message_size={limit}", None)
-        return Message.decode(delivery.body, delivery.headers)
+        return decode(delivery.body, delivery.headers, delivery.properties, delivery.priority)
 
     def _task_for(self, message: Message) -> Task[Any, Any]:
-        task = self.app.tasks.get(message.name)
-        if task is None:
-            raise PoisonMessage(f"unhandled task: {message.name}", message.task_id)
+        task = task_of(self.app.tasks, message)
         try:
             task.check_arguments(message.args, message.kwargs or {})
         except PoisonMessage as exc:
@@ -175,7 +177,7 @@ class Executor:
         if poison.task_id is not None:
             error = clip(poison.reason, self.app.config.max_error_size)
             self._until_recorded(
-                lambda: self.backend.transition(poison.task_id or "", Status.FAILED, fail_error=error, returning=False),
+                lambda: record_failed(self.backend, message, poison.task_id or "", error),
                 f"record the dead-lettering of task {poison.task_id}",
             )
         if message is not None and poison.task_id == message.task_id:

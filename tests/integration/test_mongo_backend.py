@@ -51,9 +51,9 @@ def test_indexes_are_created_idempotently_and_never_dropped(make):
     backend.collection.create_index([("owner", 1)], name="someone_elses")
     make(mongo_ttl=3600)  # a second process starting: same indexes, nothing dropped
     indexes = backend.collection.index_information()
-    assert indexes["task_id_unique"]["key"] == [("task_id", 1)] and indexes["task_id_unique"]["unique"]
-    assert indexes["created_at_ttl"]["key"] == [("created_at", 1)]
-    assert indexes["created_at_ttl"]["expireAfterSeconds"] == 3600
+    assert indexes["task_id_type"]["key"] == [("task_id", 1)] and indexes["task_id_type"]["unique"]
+    assert indexes["TTL"]["key"] == [("created_at", 1)]
+    assert indexes["TTL"]["expireAfterSeconds"] == 3600
     newest = [("created_at", -1), ("created_us", -1)]
     assert indexes["status_created"]["key"] == [("status", 1), *newest]
     assert indexes["name_created"]["key"] == [("name", 1), *newest]
@@ -172,7 +172,7 @@ def test_an_unreachable_server_never_fails_a_write_and_the_buffer_replays_it(cap
         assert backend.flush(30)
         stored = backend.get(rec.task_id)
         assert stored is not None and stored.status is Status.IN_PROGRESS
-        assert "task_id_unique" in backend.collection.index_information()
+        assert "task_id_type" in backend.collection.index_information()
     finally:
         backend.close()
 

@@ -1,9 +1,8 @@
 """MongoDB backend: one document per attempt, conditional single-document updates, no transactions.
 
-Every status change is one ``find_one_and_update`` whose filter only matches the statuses the status
-machine allows to move to the new one, so it works on a standalone server. Writes that cannot reach the
-server are buffered and replayed (:mod:`cogman.backends.outage`). MongoDB has no notifications on a
-standalone server, so ``wait`` polls with a growing interval. See docs/backends.md.
+Every status change is one ``find_one_and_update`` matching only the statuses the status machine lets
+move to the new one (no replica set needed); writes that cannot reach the server are buffered and
+replayed (:mod:`cogman.backends.outage`); ``wait`` polls, growing its interval. See docs/backends.md.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
 from cogman.backends.mongo import workers as mongo_workers
 from cogman.backends.mongo import workflows as mongo_workflows
+from cogman.backends.mongo.go_records import MongoGoRecords
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord
@@ -265,7 +265,10 @@ class MongoBackend:
         doc = self.buffer.call(
             lambda: self.collection.find_one({"task_id": task_id}, {"_id": False}), f"read task {task_id}"
         )
-        return None if doc is None else codec.from_document(doc, self.key(task_id))
+        return self.go_records().read_as_task(task_id) if doc is None else codec.from_document(doc, self.key(task_id))
+
+    def go_records(self) -> MongoGoRecords:  # issue 22: Go-format tasks' records (go_records.py)
+        return MongoGoRecords(self.collection, self.buffer, self.ttl_seconds)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Polls: a standalone MongoDB has no change streams. Every 20 ms at first, growing to 1 s."""

@@ -5,7 +5,10 @@ helpers must agree on without importing the backend: the fields every write stam
 named in errors, and which index sets exist already.
 
 Indexes are created if missing and never dropped (Cogman dropped and recreated its TTL index on every
-connect): ``task_id`` unique, and newest-first compound indexes for each filter of the queries.
+connect): ``task_id`` unique, and newest-first compound indexes for each filter of the queries. The two
+on the keys Go Cogman indexes too carry Go's names (``task_id_type``, ``TTL``), and an index that exists
+on the same keys under another name is left as it is: MongoDB refuses an index whose keys exist under
+another name, which would fail Go's ``Connect`` on a shared database (docs/go-interop.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ log = logging.getLogger("cogman.backends.mongo")
 
 #: How long a status that arrived before its record is kept, waiting for the record's create.
 EARLY_TTL_SECONDS = 3600
+#: Go Cogman's names of its indexes on ``task_id`` (unique) and ``created_at`` (TTL), used for ours on
+#: the same keys so that Go's ``Connect`` finds them as it names them.
+GO_TASK_ID_INDEX, GO_TTL_INDEX = "task_id_type", "TTL"
 
 
 @dataclass(slots=True)
@@ -55,22 +61,27 @@ def ensure_indexes(collection: Any, early: Any, ttl_seconds: int, where: str) ->
     allows it, else left as it is with a warning."""
     newest = [("created_at", pymongo.DESCENDING), ("created_us", pymongo.DESCENDING)]
     specs: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
-        ("task_id_unique", [("task_id", pymongo.ASCENDING)], {"unique": True}),
+        (GO_TASK_ID_INDEX, [("task_id", pymongo.ASCENDING)], {"unique": True}),
         ("primary_key_created", [("primary_key", pymongo.ASCENDING), *newest], {}),
         ("status_created", [("status", pymongo.ASCENDING), *newest], {}),
         ("name_created", [("name", pymongo.ASCENDING), *newest], {}),
         ("created", newest, {}),
-        ("created_at_ttl", [("created_at", pymongo.ASCENDING)], {"expireAfterSeconds": ttl_seconds}),
+        (GO_TTL_INDEX, [("created_at", pymongo.ASCENDING)], {"expireAfterSeconds": ttl_seconds}),
     ]
     if ttl_seconds <= 0:  # mongo_ttl=0: keep records for good
         specs.pop()
     early.create_index([("task_id", pymongo.ASCENDING)], name="task_id_unique", unique=True)
     early.create_index([("created_at", pymongo.ASCENDING)], name="created_at_ttl", expireAfterSeconds=EARLY_TTL_SECONDS)
+    existing = {tuple(tuple(k) for k in info["key"]): index for index, info in collection.index_information().items()}
     for name, keys, options in specs:
+        other = existing.get(tuple(keys))
+        if other is not None and other != name:
+            log.info("index %s on %s: the same keys are indexed as %s already; left as it is", name, where, other)
+            continue
         try:
             collection.create_index(keys, name=name, **options)
         except OperationFailure as exc:
-            if name == "created_at_ttl":
+            if name == GO_TTL_INDEX:
                 update_ttl(collection, ttl_seconds, where)
             else:
                 log.warning("index %s on %s left as it is: %s", name, where, exc)
@@ -79,7 +90,7 @@ def ensure_indexes(collection: Any, early: Any, ttl_seconds: int, where: str) ->
 def update_ttl(collection: Any, ttl_seconds: int, where: str) -> None:
     try:
         collection.database.command(
-            {"collMod": collection.name, "index": {"name": "created_at_ttl", "expireAfterSeconds": ttl_seconds}}
+            {"collMod": collection.name, "index": {"name": GO_TTL_INDEX, "expireAfterSeconds": ttl_seconds}}
         )
     except ConnectionFailure:
         raise

@@ -21,12 +21,14 @@ from redis.retry import Retry
 
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.go_query import with_go_records
 from cogman.backends.outage import WriteBuffer
 from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
 from cogman.backends.redis import scripts
 from cogman.backends.redis import workers as redis_workers
 from cogman.backends.redis import workflows as redis_workflows
+from cogman.backends.redis.go_records import RedisGoRecords
 from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
 from cogman.backends.redis.sentinel import client_factory
 from cogman.backends.redis.wire import Link, Replication, ScriptCaller, is_transient
@@ -67,6 +69,7 @@ class RedisBackend:
         self._scan = self.client.register_script(redis_queries.SCAN)
         self._records = self.client.register_script(redis_queries.RECORDS)
         self._scripts = ScriptCaller(self.client, self.replication)
+        self._go: RedisGoRecords | None = None
         self.buffer = WriteBuffer(where, is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
 
     def __repr__(self) -> str:
@@ -221,7 +224,7 @@ class RedisBackend:
                 raise CorruptRecord(key, f"a Redis {kind.decode()}, not a hash") from None  # type: ignore[union-attr]
 
         flat = self.buffer.call(read, f"read task {task_id}")
-        return codec.from_hash(flat, key) if flat else None
+        return codec.from_hash(flat, key) if flat else self.go_records().read_as_task(task_id)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Read, then BLPOP ``<prefix>:done:<id>`` (pushed by the script that makes the task final), then
@@ -250,9 +253,9 @@ class RedisBackend:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def query(self, query: TaskQuery) -> TaskPage:
-        return redis_queries.query(
-            self._link(), query, page_script=self._page, scan_script=self._scan, records_script=self._records
-        )
+        link, scripts_ = self._link(), {"page_script": self._page, "scan_script": self._scan}
+        page = lambda q: redis_queries.query(link, q, records_script=self._records, **scripts_)  # noqa: E731
+        return with_go_records(query, page, self.go_records())  # Go-format tasks beside (go_query.py)
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
         return redis_queries.count_by_status(self._link(), start, end, bucket_seconds)
@@ -290,6 +293,12 @@ class RedisBackend:
     def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
         replicate = script not in (self._page, self._scan, self._records)  # reads need no WAIT
         return lambda: self._scripts.evalsha(script, args, replicate)
+
+    def go_records(self) -> RedisGoRecords:
+        """Go-format task records under bare TaskIDs (issue 22, go_records.py)."""
+        if self._go is None:
+            self._go = RedisGoRecords(self._link())
+        return self._go
 
     # Operator actions and worker heartbeats (workers.py)
 

@@ -23,6 +23,8 @@ FRAME_OVERHEAD = 8
 BASIC_CLASS, PUBLISH_METHOD = 60, 40
 #: Property flags of content_type, content_encoding, headers, delivery_mode and message_id.
 FLAGS = (1 << 15) | (1 << 14) | (1 << 13) | (1 << 12) | (1 << 7)
+#: A Go-format message's (cogman/gowire): headers, delivery_mode and message_id only, as Go Cogman sends.
+GO_FLAGS = (1 << 13) | (1 << 12) | (1 << 7)
 PERSISTENT = 2
 
 _frame_head = struct.Struct(">BHI")
@@ -64,21 +66,19 @@ def publish_frames(
     frame_max: int,
     mandatory: bool = True,
 ) -> bytes:
-    """One persistent message's frames; the body split into frames of at most ``frame_max`` bytes."""
+    """One persistent message's frames; the body split into frames of at most ``frame_max`` bytes. An
+    empty ``content_type`` leaves out both it and ``content_encoding`` (a Go-format message)."""
     method = (
         _method_head.pack(BASIC_CLASS, PUBLISH_METHOD, 0)
         + _shortstr(exchange)
         + _shortstr(routing_key)
         + (b"\x01" if mandatory else b"\x00")
     )
-    properties = (
-        _shortstr(content_type)
-        + _shortstr(content_encoding)
-        + _headers_table(headers)
-        + bytes((PERSISTENT,))
-        + _shortstr(message_id)
-    )
-    content = _content_head.pack(BASIC_CLASS, 0, len(body), FLAGS) + properties
+    properties = _headers_table(headers) + bytes((PERSISTENT,)) + _shortstr(message_id)
+    if content_type:
+        properties = _shortstr(content_type) + _shortstr(content_encoding) + properties
+    flags = FLAGS if content_type else GO_FLAGS
+    content = _content_head.pack(BASIC_CLASS, 0, len(body), flags) + properties
     parts = [_frame(FRAME_METHOD, channel, method), _frame(FRAME_HEADER, channel, content)]
     chunk = frame_max - FRAME_OVERHEAD
     for start in range(0, len(body), chunk):

@@ -106,7 +106,7 @@ class PublishLink:
             entry.body,
             headers=message.headers,
             message_id=message.task_id,
-            content_type=CONTENT_TYPE,
+            content_type="" if message.raw_body is not None else CONTENT_TYPE,  # Go-format: none (gowire)
             content_encoding="utf-8",
             frame_max=amqp_connection.frame_max,
         )

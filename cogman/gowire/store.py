@@ -1,0 +1,87 @@
+"""What a backend keeps for Go-format tasks (``Backend.go_records()``): Go's records, Go's rules.
+
+Every method is one atomic step on the store: the Redis one is a Lua script per change
+(cogman/backends/redis/go_records.py), the in-process one runs under a lock
+(cogman/backends/go_memory.py), so two writers can never lose each other's change as Go's own
+read-modify-write cycles do (its retry-count decrement overwrote a ``failed`` 0.2 ms later in the
+captured retry run, leaving the original ``in_progress`` for good).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cogman.errors import CorruptRecord
+from cogman.gowire.record import GoRecord, go_allows, go_retry_id, go_time
+from cogman.record import TaskRecord
+from cogman.status import Status
+
+#: The longest retry chain ``read_as_task`` follows.
+MAX_CHAIN = 1000
+
+
+class GoRecords(Protocol):
+    """Go records: the JSON under the bare TaskID, as Go Cogman reads and writes it."""
+
+    def create(self, record: GoRecord) -> bool:
+        """Store ``record`` if no record has its id (a replayed create never resets one that moved on);
+        True when this call stored it."""
+
+    def update(
+        self, task_id: str, status: Status, *, fail_error: str | None = None, duration: float | None = None
+    ) -> GoRecord | None:
+        """Move the record to ``status`` if that outranks its status (Go's ranks), with its fields, in
+        one step; the record as it then stands (moved or not), None when unknown or the write was
+        parked (the store is unreachable)."""
+
+    def take_retry(self, original_task_id: str) -> int | None:
+        """Take one retry from the budget (``Retry``) of the chain's original if it is above 0, in one
+        step; the budget left, None when it is spent or the record unknown."""
+
+    def get(self, task_id: str) -> GoRecord | None:
+        """The record, None when there is none; CorruptRecord when the key holds something else."""
+
+    def recent(self) -> list[GoRecord]:
+        """The Go records this store lists (``Backend.query``, ``/list``, the dashboard): those a cogman
+        process created or started, within ``redis_ttl``; Go keeps no index of its own."""
+
+
+def updated(
+    record: GoRecord, status: Status, fail_error: str | None, duration: float | None, now: str | None = None
+) -> GoRecord | None:
+    """``record`` moved to ``status`` as Go moves it, or None when Go's ranks forbid it. ``success``
+    sets ``Duration``; ``failed`` sets ``FailError`` and clears ``Duration`` (as Go does)."""
+    if not go_allows(record.status, status):
+        return None
+    changes: dict[str, object] = {"status": status, "updated_at": now or go_time()}
+    if status is Status.SUCCESS:
+        changes["duration"] = duration
+    elif status is Status.FAILED:
+        changes["duration"] = None
+        changes["fail_error"] = fail_error or ""
+    elif fail_error is not None:
+        changes["fail_error"] = fail_error
+    return record.evolve(**changes)
+
+
+def read_as_task(records: GoRecords, task_id: str) -> TaskRecord | None:
+    """The Go record under ``task_id`` as cogman's readers show it (``Backend.get`` falls back to it),
+    None when there is none or the key holds anything else (a bare id is not ours to judge). A failed
+    original whose retries a cogman worker made points at the chain's latest attempt
+    (``latest_attempt_id``, as cogman's own records do), so ``AsyncResult`` follows the retries."""
+    try:
+        record = records.get(task_id)
+        if record is None:
+            return None
+        task = record.to_task_record()
+        if record.status is not Status.FAILED or record.task_id != record.original_task_id:
+            return task
+        latest = None
+        for _ in range(MAX_CHAIN):
+            attempt = records.get(go_retry_id(latest or task_id))
+            if attempt is None:
+                break
+            latest = attempt.task_id
+    except CorruptRecord:
+        return None
+    return task if latest is None else task.evolve(latest_attempt_id=latest)

@@ -1,0 +1,101 @@
+"""MongoDB beside a Go Cogman fleet (issue 22), on mongomock.
+
+Go's ``Connect`` drops its ``TTL`` index, then creates ``task_id_type``, ``primary_key_type``,
+``task_list_type`` and ``task_filter_type`` in ``cogman.tasks`` and fails when MongoDB refuses one: an
+index whose keys exist under another name, or whose name exists with other keys
+(cogman-go-behaviour.md, section 6). mongomock does not refuse either, so :func:`go_connect` checks
+MongoDB's rule itself before creating each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pymongo
+import pytest
+from pymongo.errors import OperationFailure
+
+from cogman import Config, Status
+from cogman.backends.mongo.backend import MongoBackend
+from cogman.gowire.record import GoRecord
+
+#: Go Cogman's indexes on ``cogman.tasks`` (besides TTL, dropped and recreated on every connect).
+GO_INDEXES: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
+    ("task_id_type", [("task_id", 1)], {"unique": True}),
+    ("primary_key_type", [("task_id", 1), ("primary_key", 1)], {"unique": True}),
+    ("task_list_type", [("status", 1), ("created_at", -1)], {}),
+    ("task_filter_type", [("task_id", 1), ("primary_key", 1), ("status", 1), ("created_at", -1)], {}),
+]
+
+
+def go_connect(collection: Any, ttl_seconds: int = 2_592_000) -> None:
+    """What Go Cogman's ``Connect`` does to the collection, with MongoDB's refusals."""
+    if "TTL" in collection.index_information():
+        collection.drop_index("TTL")
+    wanted = [("TTL", [("created_at", 1)], {"expireAfterSeconds": ttl_seconds}), *GO_INDEXES]
+    for name, keys, options in wanted:
+        for existing, info in collection.index_information().items():
+            same_keys = [tuple(k) for k in info["key"]] == keys
+            if same_keys and existing != name:
+                raise OperationFailure(f"Index already exists with a different name: {existing}", code=85)
+            if existing == name and not same_keys:
+                raise OperationFailure(f"An existing index has the same name as the requested index: {name}", 86)
+        collection.create_index(keys, name=name, **options)
+
+
+@pytest.fixture
+def make() -> Iterator[Any]:
+    database = f"cogman_go_{uuid.uuid4().hex[:8]}"
+    url = f"mongomock://{database}"
+    made: list[MongoBackend] = []
+
+    def build() -> MongoBackend:
+        backend = MongoBackend(url, Config(broker_url="memory://", backend_url=url, mongo_database=database))
+        made.append(backend)
+        return backend
+
+    yield build
+    for backend in made:
+        backend.close()
+
+
+def test_go_connects_to_a_database_cogman_indexed_first(make: Any):
+    backend = make()  # cogman's defaults: the collection is Go's, cogman.tasks
+    go_connect(backend.collection)
+    go_connect(backend.collection)  # and again, as every Go process does at start
+    names = set(backend.collection.index_information())
+    assert {"task_id_type", "TTL"} <= names and "task_id_unique" not in names
+
+
+def test_cogman_starts_on_a_database_go_indexed_first_and_go_still_connects(make: Any):
+    backend = make()
+    backend.collection.drop_indexes()
+    go_connect(backend.collection)
+    make()  # a cogman process starting on Go's indexes
+    go_connect(backend.collection)
+    keys = [tuple(tuple(k) for k in info["key"]) for info in backend.collection.index_information().values()]
+    assert len(keys) == len(set(keys)), "two indexes on the same keys: MongoDB would refuse Go's Connect"
+
+
+def test_old_index_names_would_break_gos_connect(make: Any):
+    """What go_connect checks is what the rename fixes: cogman's former name on task_id fails Go."""
+    backend = make()
+    backend.collection.drop_indexes()
+    backend.collection.create_index([("task_id", pymongo.ASCENDING)], name="task_id_unique", unique=True)
+    with pytest.raises(OperationFailure, match="different name"):
+        go_connect(backend.collection)
+
+
+def test_go_records_beside_the_collection_follow_gos_ranks(make: Any):
+    backend = make()
+    store = backend.go_records()
+    record = GoRecord.new("m-1", "gowire.fail", b"x", retry=1)
+    assert store.create(record) and not store.create(record)
+    assert store.update("m-1", Status.QUEUED).status is Status.QUEUED
+    assert store.take_retry("m-1") == 0 and store.take_retry("m-1") is None
+    assert store.update("m-1", Status.FAILED, fail_error="asked to fail").fail_error == "asked to fail"
+    assert store.update("m-1", Status.SUCCESS).status is Status.FAILED
+    assert backend.get("m-1").status is Status.FAILED  # readers see it beside cogman's records
+    assert backend.collection.find_one({"task_id": "m-1"}) is None  # Go's own collection is not written
