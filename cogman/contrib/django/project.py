@@ -68,6 +68,7 @@ class DjangoApp(App):
         retry_backoff: Backoff | None = None,
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
+        wire: str = "cogman",
     ) -> Callable[[Callable[P, R]], DjangoTask[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
