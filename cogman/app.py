@@ -315,11 +315,16 @@ class App:
 
     def _install_worker_middleware(self) -> None:
         """Workers write heartbeats by default (``cogman ping``), and serve metrics when ``metrics_port``
-        is set. Both only act once a worker boots, so a sending-only process pays nothing."""
+        is set. Both only act once a worker boots, so a sending-only process pays nothing. Sends and
+        attempts are traced when ``tracing`` is on and OpenTelemetry is installed."""
         from cogman.middleware.heartbeat import Heartbeat
 
         if not any(isinstance(m, Heartbeat) for m in self.middleware.middleware):
             self.middleware.middleware.append(Heartbeat())
+        if self.config.tracing:  # OpenTelemetry, when opentelemetry-api is installed (docs/tracing.md)
+            from cogman.middleware.tracing import install_tracing
+
+            install_tracing(self.middleware, self)
         if self.config.metrics_port is not None:
             from cogman.middleware.prometheus import install_prometheus
 
