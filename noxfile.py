@@ -1,5 +1,5 @@
 """Sessions: tests (whole suite, needs RabbitMQ and Redis on 127.0.0.1), cluster, django (Python 3.12), lint,
-typecheck, demo, bench, profile, soak."""
+typecheck, demo, bench, profile, tracing_cost, soak."""
 
 import os
 import subprocess
@@ -62,6 +62,14 @@ def profile(session: nox.Session) -> None:
     collapsed stacks in bench/results/profile-*.txt. ``nox -s profile -- --tasks 5000``."""
     session.install("-e", ".", "py-spy", "psutil")
     session.run("python", "bench/profile.py", *session.posargs)
+
+
+@nox.session
+def tracing_cost(session: nox.Session) -> None:
+    """What OpenTelemetry tracing costs a task, absent, off and on (memory://, no server); ``nox -s
+    tracing_cost -- -n 20000 --repeat 5``. See docs/tracing.md."""
+    session.install("-e", ".[otel]", "opentelemetry-sdk")
+    session.run("python", "bench/tracing_cost.py", *session.posargs)
 
 
 @nox.session

@@ -14,6 +14,7 @@ from cogman.backoff import Backoff
 from cogman.brokers import Broker, create_broker
 from cogman.config.settings import Config
 from cogman.middleware.base import Middleware, MiddlewareStack
+from cogman.middleware.defaults import install_defaults
 from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.result import AsyncResult
@@ -72,7 +73,7 @@ class App:
         self.unjoined = inprocess.Unjoined(self)
         self._eager: EagerRunner | None = None
         self._close_at_exit: Callable[[], None] | None = None
-        self._install_worker_middleware()
+        install_defaults(self)
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.config.broker_url} backend={self.config.backend_url}>"
@@ -324,18 +325,6 @@ class App:
         worker = self.worker(concurrency=concurrency, priorities=priorities)
         worker.start(block=False)
         return worker
-
-    def _install_worker_middleware(self) -> None:
-        """Workers write heartbeats by default (``cogman ping``), and serve metrics when ``metrics_port``
-        is set. Both only act once a worker boots, so a sending-only process pays nothing."""
-        from cogman.middleware.heartbeat import Heartbeat
-
-        if not any(isinstance(m, Heartbeat) for m in self.middleware.middleware):
-            self.middleware.middleware.append(Heartbeat())
-        if self.config.metrics_port is not None:
-            from cogman.middleware.prometheus import install_prometheus
-
-            install_prometheus(self, self.config.metrics_port)
 
 
 def _closer(app: weakref.ref[App]) -> Callable[[], None]:

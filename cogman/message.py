@@ -21,6 +21,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 HEADER_TASK_NAME = "TaskName"
 HEADER_TASK_ID = "TaskID"
+#: The W3C trace context headers (docs/tracing.md): set by the tracing middleware, kept by ``decode``.
+TRACE_HEADERS = ("traceparent", "tracestate")
 CONTENT_TYPE = "application/json"
 
 
@@ -48,10 +50,21 @@ class Message:
     raw_body: bytes | None = field(default=None, repr=False)
     #: The encoded body, made once: the size check at send time and the publisher use the same bytes.
     _encoded: bytes | None = field(default=None, compare=False, repr=False)
+    #: The trace context travelling beside the body (``TRACE_HEADERS``), None when there is none: set by a
+    #: ``before_send`` hook (:meth:`carry`), read back from a delivery's headers by ``decode``.
+    trace_context: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def headers(self) -> dict[str, str]:
+        if self.trace_context:
+            return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id, **self.trace_context}
         return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id}
+
+    def carry(self, trace_context: dict[str, str]) -> None:
+        """Have the message carry these trace headers (the body, encoded once, is unchanged); for a
+        ``before_send`` hook, before the publish. Only the ``TRACE_HEADERS`` names are kept."""
+        kept = {key: value for key, value in trace_context.items() if key in TRACE_HEADERS and isinstance(value, str)}
+        object.__setattr__(self, "trace_context", kept or None)
 
     def encode(self) -> bytes:
         """The JSON body (strict: NaN and infinities are refused, as JSON has none); encoded once."""
@@ -135,6 +148,7 @@ class Message:
                 workflow=workflow,
                 eta=_moment_or_none(data.get("eta")),
                 expires=_moment_or_none(data.get("expires")),
+                trace_context=_trace_context(headers),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
@@ -161,6 +175,12 @@ def header_task_id(headers: dict[str, Any]) -> str | None:
     """The ``TaskID`` header when it is a non-empty string (a foreign message may carry anything)."""
     value = headers.get(HEADER_TASK_ID)
     return value if isinstance(value, str) and value else None
+
+
+def _trace_context(headers: dict[str, Any]) -> dict[str, str] | None:
+    """The W3C trace headers of a delivery, when it has them (two lookups when it has none)."""
+    found = {name: value for name in TRACE_HEADERS if isinstance(value := headers.get(name), str)}
+    return found or None
 
 
 def _str_or_none(value: Any) -> str | None:

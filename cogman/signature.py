@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +41,15 @@ class RegisteredTask(Protocol):
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None: ...
 
 
+class SendScopes(Protocol):
+    """Where a workflow's send tells middleware it begins and ends (``cogman.middleware.MiddlewareStack``),
+    so its nested sends are one operation (one trace: docs/tracing.md)."""
+
+    def sending(
+        self, name: str, messages: Sequence[Any] = (), workflow: str | None = None
+    ) -> AbstractContextManager[Any]: ...
+
+
 class SendingApp(Protocol):
     """The app as the things it hands out (tasks, signatures, workflows, result handles) use it: the
     registry, the backend, and sending. ``cogman.App`` is one; declared here, below them all, so none of
@@ -49,6 +59,8 @@ class SendingApp(Protocol):
     def tasks(self) -> Mapping[str, RegisteredTask]: ...
     @property
     def backend(self) -> Backend: ...
+    @property
+    def middleware(self) -> SendScopes: ...
     def why_no_worker(self) -> str | None: ...
     def send_task(
         self,

@@ -109,9 +109,10 @@ def retry_task(app: App, task_id: str, *, retries: int = 1, force: bool = False)
     if left is None:
         raise RetryBudgetRace(f"the retries added to task {original_id} were spent by another retry; try again")
     message = Message.for_record(attempt, retries_left=left)
-    app.middleware.before("before_send", message)
-    app.broker.publish([message])
-    app.middleware.after("after_send", message)
+    with app.middleware.sending(message.name, [message]):
+        app.middleware.before("before_send", message)
+        app.broker.publish([message])
+        app.middleware.after("after_send", message)
     return attempt
 
 

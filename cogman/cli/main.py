@@ -19,6 +19,7 @@ from typing import Any
 
 from cogman import __version__
 from cogman.app import App
+from cogman.cli.logs import LOG_FORMAT_ENV, LOG_FORMATS, TaskLogContext, configure_logging
 from cogman.errors import CogmanError
 from cogman.priority import Priority
 
@@ -163,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-host", type=_address, metavar="ADDRESS", help=where)
     _log_level_option(worker, "-l", "--loglevel", "--log-level", default=argparse.SUPPRESS)
     worker.add_argument("--beat", action="store_true", help="also send the app's periodic tasks (cogman beat)")
+    worker.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text (default) or json: one object a line"
+    )
 
     status = commands.add_parser("status", help="print a task's record as JSON")
     status.add_argument("task_id")
@@ -184,9 +188,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level or DEFAULT_LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = getattr(args, "log_format", "text")
+    configure_logging(args.log_level or DEFAULT_LOG_LEVEL, log_format)
+    if log_format == "json":
+        os.environ[LOG_FORMAT_ENV] = log_format  # for --processes children
     try:
         if args.command == "demo":
             from cogman.cli.demo import run_demo
@@ -288,6 +293,8 @@ def _worker(app: App, args: argparse.Namespace, overrides: dict[str, Any]) -> in
         install_prometheus(app, port, args.metrics_host)
     if not any(isinstance(m, Announcer) for m in app.middleware.middleware):
         app.middleware.middleware.append(Announcer())
+    if args.log_format == "json":
+        app.middleware.middleware.append(TaskLogContext())
     try:
         app.worker(concurrency=args.concurrency, priorities=priorities).start()
     finally:

@@ -196,7 +196,10 @@ def _child_main(
     whole group, so a child hears SIGTERM directly *and* through its parent); only the parent's SIGUSR2
     stops it at once. A fatal broker error exits with code 2, which the parent reports.
     """
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    from cogman.cli.logs import TaskLogContext, configure_logging, log_format_of_environment
+
+    log_format = log_format_of_environment()
+    configure_logging(level, log_format, "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     from cogman.cli.banner import Announcer
     from cogman.cli.main import load_app
     from cogman.config.environment import variable
@@ -220,6 +223,8 @@ def _child_main(
 
         Reporter(app, reports).install()
     app.middleware.middleware.append(Announcer(f"worker process {index} (pid {os.getpid()}): "))
+    if log_format == "json":
+        app.middleware.middleware.append(TaskLogContext())
     worker = app.worker(concurrency=concurrency, priorities=queues)
     try:
         worker.start(block=True, signals=(signal.SIGTERM, signal.SIGUSR1), immediate=(signal.SIGUSR2,))

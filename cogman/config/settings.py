@@ -117,6 +117,9 @@ class Config:
     #: Address the Prometheus endpoint listens on: loopback, so only this machine can read it, unless
     #: set to ``0.0.0.0`` (every interface) or the pod's address for a scraper elsewhere.
     metrics_host: str = "127.0.0.1"
+    #: Trace sends and attempts with OpenTelemetry when ``opentelemetry-api`` is installed (``pip install
+    #: cogman[otel]``) and the program configured a tracer provider (docs/tracing.md); False: never.
+    tracing: bool = True
     #: How often a worker writes its heartbeat to the backend (``cogman ping``, ``cogman workers``); 0: never.
     heartbeat_interval: float = 5.0
     #: Bearer token the REST API asks for (env ``COGMAN_API_TOKEN``), visible ASCII only; None: no token,

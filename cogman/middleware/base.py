@@ -53,6 +53,15 @@ class WorkerView(Protocol):
 
 
 class Middleware:
+    def before_sending(self, sending: Sending) -> None:
+        """A send begins (before its messages' ``before_send``): one ``send``/``send_many`` call, a retry
+        attempt, a workflow step, a periodic tick, or a whole workflow's send, inside which its own sends
+        nest (``sending.workflow`` names it: ``chain``, ``group``, ``chord``)."""
+
+    def after_sending(self, sending: Sending) -> None:
+        """The send ended (after its messages' ``after_send``), or failed with ``sending.exception``: then
+        nothing was sent, or what was recorded waits for the re-enqueue sweep."""
+
     def before_send(self, message: Message) -> None:
         """A task is about to be recorded and published (also each retry attempt)."""
 
@@ -76,11 +85,45 @@ class Middleware:
         """A worker has stopped."""
 
 
+class Sending:
+    """One send, as ``before_sending`` / ``after_sending`` see it: ``with stack.sending(name, messages):``.
+    A failure the code inside handles (a publish left to re-enqueue) is told with :meth:`failed`."""
+
+    __slots__ = ("exception", "messages", "name", "stack", "workflow")
+
+    def __init__(
+        self, stack: MiddlewareStack, name: str, messages: Sequence[Message] = (), workflow: str | None = None
+    ) -> None:
+        self.stack = stack
+        #: The task's name (for a workflow: its first task's).
+        self.name = name
+        #: What this send publishes; empty for a workflow's send (its nested sends publish).
+        self.messages = messages
+        self.workflow = workflow
+        self.exception: BaseException | None = None
+
+    def failed(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def __enter__(self) -> Sending:
+        self.stack.before("before_sending", self)
+        return self
+
+    def __exit__(self, kind: object, exception: BaseException | None, traceback: object) -> None:
+        if exception is not None and self.exception is None:
+            self.exception = exception
+        self.stack.after("after_sending", self)
+
+
 class MiddlewareStack:
     """Calls one hook on every middleware, isolating their failures."""
 
     def __init__(self, middleware: Sequence[Middleware] = ()) -> None:
         self.middleware = list(middleware)
+
+    def sending(self, name: str, messages: Sequence[Message] = (), workflow: str | None = None) -> Sending:
+        """``with stack.sending(...):`` around one send: its ``before_sending`` and ``after_sending``."""
+        return Sending(self, name, messages, workflow)
 
     def before(self, hook: str, *args: Any, **kwargs: Any) -> None:
         for middleware in self.middleware:

@@ -114,16 +114,18 @@ def publish_recorded(app: SendingHost, record: TaskRecord) -> Receipt | None:
     """Publish the message of a record that exists. None when the broker cannot take it now: the record
     stays unconfirmed and the re-enqueue sweep publishes it."""
     message = Message.for_record(record, retries_left=record.retry)
-    app.middleware.before("before_send", message)
-    # A message parked in the outbox during an outage keeps its record's lease, so no sweep sends it too.
-    app.client._keep_leases()
-    try:
-        receipt = app.broker.publish([message])
-    except (BrokerUnavailable, PublishError) as exc:
-        log.warning("task %s (%s) recorded but not published (%s); re-enqueue will publish it",
-                    record.task_id, record.name, exc)  # fmt: skip
-        return None
-    app.middleware.after("after_send", message)
+    with app.middleware.sending(message.name, [message]) as sending:
+        app.middleware.before("before_send", message)
+        # A message parked in the outbox during an outage keeps its record's lease, so no sweep sends it too.
+        app.client._keep_leases()
+        try:
+            receipt = app.broker.publish([message])
+        except (BrokerUnavailable, PublishError) as exc:
+            sending.failed(exc)
+            log.warning("task %s (%s) recorded but not published (%s); re-enqueue will publish it",
+                        record.task_id, record.name, exc)  # fmt: skip
+            return None
+        app.middleware.after("after_send", message)
     if app.config.broker_url.startswith("memory://") and not app.config.eager:
         app.unjoined.append(record.task_id)
     return receipt

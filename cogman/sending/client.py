@@ -103,19 +103,20 @@ class Client:
         (parked in memory while the backend is away): the broker is then what keeps the task."""
         if messages is None:
             messages = [Message.for_record(record, retries_left=record.retry) for record in records]
-        for message in messages:
-            self.middleware.before("before_send", message)
-        if self._leases is None:
-            self._keep_leases()
-        if wait_confirmed is None:
-            wait_confirmed = self.config.send_mode == "confirmed"
-        if wait_confirmed:
-            self.backend.create(records)
-            receipt = self.broker.publish(messages, wait=True)
-        else:
-            receipt = self._send_recorded(records, messages)
-        for message in messages:
-            self.middleware.after("after_send", message)
+        with self.middleware.sending(messages[0].name if messages else "", messages):
+            for message in messages:
+                self.middleware.before("before_send", message)
+            if self._leases is None:
+                self._keep_leases()
+            if wait_confirmed is None:
+                wait_confirmed = self.config.send_mode == "confirmed"
+            if wait_confirmed:
+                self.backend.create(records)
+                receipt = self.broker.publish(messages, wait=True)
+            else:
+                receipt = self._send_recorded(records, messages)
+            for message in messages:
+                self.middleware.after("after_send", message)
         return receipt
 
     def _send_recorded(self, records: Sequence[TaskRecord], messages: Sequence[Message]) -> Receipt:
@@ -162,19 +163,21 @@ class Client:
         if left is None:
             return None
         message = Message.for_record(attempt, retries_left=left)
-        self.middleware.before("before_send", message)
-        self._keep_leases()
-        try:
-            receipt = self.broker.publish([message])
-        except (BrokerUnavailable, PublishError) as exc:
-            log.warning(
-                "retry %s of task %s recorded but not published (%s); re-enqueue will publish it",
-                message.task_id,
-                failed.task_id,
-                exc,
-            )
-            return message, None
-        self.middleware.after("after_send", message)
+        with self.middleware.sending(message.name, [message]) as sending:
+            self.middleware.before("before_send", message)
+            self._keep_leases()
+            try:
+                receipt = self.broker.publish([message])
+            except (BrokerUnavailable, PublishError) as exc:
+                sending.failed(exc)
+                log.warning(
+                    "retry %s of task %s recorded but not published (%s); re-enqueue will publish it",
+                    message.task_id,
+                    failed.task_id,
+                    exc,
+                )
+                return message, None
+            self.middleware.after("after_send", message)
         return message, receipt
 
     # PublishListener

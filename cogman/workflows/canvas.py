@@ -61,7 +61,8 @@ class chain:  # lower case: Celery's name
         ids = chain_ids(task_id or new_task_id(), total)
         first, rest = self.steps[0], tuple(self.steps[1:])
         extra = {"workflow": ChainStep(1, total, rest).to_dict()} if rest else None
-        _send(sender, [first], [ids[0]], [extra])
+        with sender.middleware.sending(first.name, workflow="chain"):
+            _send(sender, [first], [ids[0]], [extra])
         return ChainResult(sender, ids, [step.name for step in self.steps])
 
 
@@ -89,7 +90,9 @@ class group:  # lower case: Celery's name
         sender = _app_of(self.members, app)
         self._check(sender)
         ids = [new_task_id() for _ in self.members]
-        return GroupResult(sender, _send(sender, self.members, ids, None), [m.name for m in self.members])
+        with sender.middleware.sending(self.members[0].name if self.members else "", workflow="group"):
+            results = _send(sender, self.members, ids, None)
+        return GroupResult(sender, results, [m.name for m in self.members])
 
     def _check(self, sender: SendingApp) -> None:
         for index, member in enumerate(self.members, 1):
@@ -125,11 +128,13 @@ class chord:  # lower case: Celery's name
         names = [m.name for m in members]
         if not members:  # nothing to wait for: the callback runs now, on an empty list
             empty = Signature(self.body.name, ([], *self.body.args), self.body.kwargs, self.body.options, sender)
-            _send(sender, [empty], [final_id], None)
+            with sender.middleware.sending(empty.name, workflow="chord"):
+                _send(sender, [empty], [final_id], None)
             return ChordResult(sender, final_id, self.body.name, GroupResult(sender, [], []))
         size = len(members)
         extras = [{"workflow": ChordMember(chord_id, i, size, self.body, self.partial).to_dict()} for i in range(size)]
-        results = _send(sender, members, [new_task_id() for _ in members], extras)
+        with sender.middleware.sending(members[0].name, workflow="chord"):
+            results = _send(sender, members, [new_task_id() for _ in members], extras)
         return ChordResult(sender, final_id, self.body.name, GroupResult(sender, results, names))
 
 
