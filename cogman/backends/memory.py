@@ -41,6 +41,8 @@ class MemoryBackend:
         #: Changes that arrived before their record, applied by its create (the reference behaviour).
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
+        #: task id -> what ``on_final`` calls when its record turns final.
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
         #: chord id -> (its callback's id, member index -> outcome).
         self._chords: dict[str, tuple[str, dict[int, str]]] = {}
@@ -74,6 +76,7 @@ class MemoryBackend:
                     self._chord_ttl.discard(chord_id)
                 if record.status.is_final:
                     self._changed.notify_all()
+                    self._tell_watchers(record.task_id)
 
     def _put(self, record: TaskRecord) -> None:
         """Lock held. Each write keeps the record ``ttl`` longer, as Redis's ``PEXPIRE`` on each change."""
@@ -144,6 +147,7 @@ class MemoryBackend:
             if status.is_final:
                 self._starts.pop(task_id, None)
                 self._changed.notify_all()
+                self._tell_watchers(task_id)
             return record
 
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
@@ -215,6 +219,27 @@ class MemoryBackend:
                 if (record is not None and record.status.is_final) or remaining <= 0:
                     return None if record is None else handed_out(record)
                 self._changed.wait(remaining)
+
+    def on_final(self, task_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` once ``task_id``'s record is final (at once if it is), from the writing
+        thread with the lock held (short, never raising); returns what stops it. For ``get_async``."""
+        with self._changed:
+            record = self._records.get(task_id)
+            if record is not None and record.status.is_final:
+                callback()
+            self._watchers.setdefault(task_id, []).append(callback)
+
+        def stop() -> None:
+            with self._changed:
+                left = [w for w in self._watchers.pop(task_id, []) if w is not callback]
+                if left:
+                    self._watchers[task_id] = left
+
+        return stop
+
+    def _tell_watchers(self, task_id: str) -> None:
+        for callback in self._watchers.get(task_id, ()):
+            callback()
 
     def query(self, query: TaskQuery) -> TaskPage:
         with self._changed:
