@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from cogman.aio.bridge import AsyncBridge, in_thread
 from cogman.backends import Backend, create_backend
 from cogman.backoff import Backoff
 from cogman.brokers import Broker, create_broker
@@ -66,6 +67,8 @@ class App:
         self.schedules: dict[str, Schedule] = {}
         self.middleware = MiddlewareStack(list(middleware))
         self._client: Client | None = None
+        #: The thread pool of the ``*_async`` methods (cogman/aio/), started on first use.
+        self.aio = AsyncBridge()
         self._lock = threading.Lock()
         #: Workers running in this process (``start_background`` or a blocking ``worker().start()``).
         self.running_workers: set[Worker] = set()
@@ -215,6 +218,7 @@ class App:
             close_at_exit, self._close_at_exit = self._close_at_exit, None
         if close_at_exit is not None:
             atexit.unregister(close_at_exit)
+        self.aio.shutdown()
         if eager is not None:
             eager.close()
         if client is not None:
@@ -256,6 +260,12 @@ class App:
             expires=expires,
             wait_confirmed=wait_confirmed,
         )[0]
+
+    send_task_async = in_thread(send_task)
+
+    async def aclose(self) -> None:
+        """``close`` for asyncio code: waits for the async sends in flight, closes in a thread."""
+        await self.aio.aclose(then=self.close)
 
     def send_many(
         self,

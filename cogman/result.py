@@ -161,21 +161,55 @@ class AsyncResult(Generic[R]):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            latest, original = self._latest()
-            # When the original is the latest, its status and pointer came from one read: a retry is
-            # spawned before the failure is written, so a final original without a pointer is the end.
-            if latest.status.is_final and (latest is original or self._pointer(original) == latest.task_id):
-                if latest.status is Status.SUCCESS:
-                    return cast(R, latest.result)
-                raise TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
-            if self._app is not None:
-                trap = self._app.why_no_worker()
-                if trap is not None:
-                    raise NoWorker(f"task {self.id} is {latest.status.value} and will never finish here: {trap}")
-            remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"task {self.id} not finished after {timeout} s (status {latest.status.value})")
-            self._backend.wait(latest.task_id, min(remaining, _WAIT_SLICE))
+            latest, finished = self._look()
+            if finished:
+                return self._outcome(latest)
+            self._backend.wait(latest.task_id, self._next_wait(latest, deadline, timeout))
+
+    async def get_async(self, timeout: float | None = None) -> R:
+        """``get`` for asyncio code: the same outcomes and exceptions, while the event loop runs on (reads
+        in the app's thread pool, the wait on the backend's asyncio wake-up: docs/async.md). Cancelling
+        it leaves no thread or connection waiting."""
+        from cogman.aio import waiting
+
+        bridge = waiting.bridge_for(self._app)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            latest, finished = await bridge.run(self._look)
+            if finished:
+                return self._outcome(latest)
+            wait = self._next_wait(latest, deadline, timeout)
+            await waiting.until_final(bridge, self._backend, latest.task_id, wait)
+
+    async def status_async(self) -> Status:
+        """``status`` for asyncio code (read in the app's thread pool)."""
+        from cogman.aio import waiting
+
+        return (await waiting.bridge_for(self._app).run(self.latest)).status
+
+    def _look(self) -> tuple[TaskRecord, bool]:
+        """(latest attempt, whether the chain is finished). When the original is the latest, its status
+        and pointer came from one read: a retry is spawned before the failure is written, so a final
+        original without a pointer is the end."""
+        latest, original = self._latest()
+        return latest, latest.status.is_final and (latest is original or self._pointer(original) == latest.task_id)
+
+    def _outcome(self, latest: TaskRecord) -> R:
+        if latest.status is Status.SUCCESS:
+            return cast(R, latest.result)
+        raise TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
+
+    def _next_wait(self, latest: TaskRecord, deadline: float | None, timeout: float | None) -> float:
+        """Seconds the next wait may last; raises NoWorker when it would never end, TimeoutError past
+        the deadline."""
+        if self._app is not None:
+            trap = self._app.why_no_worker()
+            if trap is not None:
+                raise NoWorker(f"task {self.id} is {latest.status.value} and will never finish here: {trap}")
+        remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"task {self.id} not finished after {timeout} s (status {latest.status.value})")
+        return min(remaining, _WAIT_SLICE)
 
     def _latest(self) -> tuple[TaskRecord, TaskRecord]:
         """(latest attempt, original attempt)."""

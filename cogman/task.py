@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from cogman.aio.bridge import AsyncBridge, bridge_for, in_thread
 from cogman.backoff import Backoff, RetryPolicy
 from cogman.errors import PoisonMessage
 from cogman.priority import Priority
@@ -117,6 +118,17 @@ class Task(Generic[P, R]):
             expires=expires,
             wait_confirmed=wait_confirmed,
         )
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay`` for asyncio code: the same send, in the app's thread pool (docs/async.md)."""
+        return await self.send_async(args=args, kwargs=kwargs)
+
+    send_async = in_thread(send)
+
+    @property
+    def aio(self) -> AsyncBridge:
+        """The app's thread pool for the ``*_async`` methods."""
+        return bridge_for(self.app)
 
     def apply_async(
         self,

@@ -21,6 +21,7 @@ from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.go_memory import MemoryGoRecords
 from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
+from cogman.backends.memory_workers import Heartbeats
 from cogman.backends.redis.scripts import EARLY_TTL_MS
 from cogman.record import TaskRecord, utcnow
 from cogman.status import UNCONFIRMED, Status, allows
@@ -42,7 +43,9 @@ class MemoryBackend:
         #: Changes that arrived before their record, applied by its create (the reference behaviour).
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
-        self._heartbeats: dict[str, tuple[dict[str, Any], float]] = {}
+        #: task id -> what ``on_final`` calls when its record turns final.
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._heartbeats = Heartbeats()
         #: chord id -> (its callback's id, member index -> outcome).
         self._chords: dict[str, tuple[str, dict[int, str]]] = {}
         #: callback id -> chord id: the chord's set is dropped once its callback is sent.
@@ -76,6 +79,7 @@ class MemoryBackend:
                     self._chord_ttl.discard(chord_id)
                 if record.status.is_final:
                     self._changed.notify_all()
+                    self._tell_watchers(record.task_id)
 
     def _put(self, record: TaskRecord) -> None:
         """Lock held. Each write keeps the record ``ttl`` longer, as Redis's ``PEXPIRE`` on each change."""
@@ -146,6 +150,7 @@ class MemoryBackend:
             if status.is_final:
                 self._starts.pop(task_id, None)
                 self._changed.notify_all()
+                self._tell_watchers(task_id)
             return record
 
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
@@ -222,6 +227,27 @@ class MemoryBackend:
         """Go-format task records (issue 22, cogman/backends/go_memory.py)."""
         return self._go
 
+    def on_final(self, task_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` once ``task_id``'s record is final (at once if it is), from the writing
+        thread with the lock held (short, never raising); returns what stops it. For ``get_async``."""
+        with self._changed:
+            record = self._records.get(task_id)
+            if record is not None and record.status.is_final:
+                callback()
+            self._watchers.setdefault(task_id, []).append(callback)
+
+        def stop() -> None:
+            with self._changed:
+                left = [w for w in self._watchers.pop(task_id, []) if w is not callback]
+                if left:
+                    self._watchers[task_id] = left
+
+        return stop
+
+    def _tell_watchers(self, task_id: str) -> None:
+        for callback in self._watchers.get(task_id, ()):
+            callback()
+
     def query(self, query: TaskQuery) -> TaskPage:
         with self._changed:
             self._expire()
@@ -271,24 +297,13 @@ class MemoryBackend:
             return record.retry
 
     def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
-        copy = json.loads(codec.dumps(info))  # as Redis keeps it: JSON
-        with self._changed:
-            self._drop_dead_workers()
-            self._heartbeats[worker_id] = (copy, time.monotonic() + ttl)
+        self._heartbeats.record(worker_id, info, ttl)
 
     def live_workers(self) -> list[dict[str, Any]]:
-        with self._changed:
-            self._drop_dead_workers()
-            return [json.loads(codec.dumps(info)) for info, _ in self._heartbeats.values()]
-
-    def _drop_dead_workers(self) -> None:
-        now = time.monotonic()
-        for worker_id in [w for w, (_, expires) in self._heartbeats.items() if expires <= now]:
-            del self._heartbeats[worker_id]
+        return self._heartbeats.live()
 
     def forget_worker(self, worker_id: str) -> None:
-        with self._changed:
-            self._heartbeats.pop(worker_id, None)
+        self._heartbeats.forget(worker_id)
 
     # Forgetting
 

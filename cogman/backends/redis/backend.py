@@ -37,6 +37,7 @@ from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
 if TYPE_CHECKING:
+    from cogman.backends.redis.aio import AsyncWakeUp
     from cogman.config.settings import Config
 
 log = logging.getLogger("cogman.backends.redis")
@@ -52,6 +53,7 @@ class RedisBackend:
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
         self.keys = KeyLayout(config.redis_prefix, int(config.redis_ttl * 1000))
+        self.url = url
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
         connect, where = client_factory(url)  # redis:// or, following failovers, redis+sentinel://
         replicas, wait_timeout = config.redis_wait_replicas, config.redis_wait_timeout
@@ -251,6 +253,14 @@ class RedisBackend:
                     pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError):
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def async_waker(self) -> AsyncWakeUp | None:
+        """``wait``'s wake-up for a coroutine (``get_async``; backends/redis/aio.py), or None behind
+        Sentinel, where ``get_async`` waits in short slices in a thread instead."""
+        from cogman.backends.redis.aio import AsyncWakeUp
+        from cogman.backends.redis.sentinel import is_sentinel_url
+
+        return None if is_sentinel_url(self.url) else AsyncWakeUp(self, self.url, self.keys, WAIT_SLICE)
 
     def query(self, query: TaskQuery) -> TaskPage:
         link, scripts_ = self._link(), {"page_script": self._page, "scan_script": self._scan}
