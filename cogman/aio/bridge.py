@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import threading
@@ -73,8 +74,10 @@ class AsyncBridge:
     async def run(self, fn: Callable[[], T]) -> T:
         """``fn()`` in a pool thread; its result or its exception. Cancelling the await cancels a call
         not started yet; one already running finishes in its thread, and an exception it then raises,
-        which nobody awaits any more, is logged."""
-        future = self._submit(fn)
+        which nobody awaits any more, is logged. The call runs in a copy of the caller's context (as
+        ``asyncio.to_thread``), so a tracing span current in the coroutine is the parent of the send."""
+        context = contextvars.copy_context()
+        future = self._submit(lambda: context.run(fn))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:

@@ -135,6 +135,25 @@ def test_a_task_sent_inside_a_web_requests_span_is_its_child(
     assert {send.context.trace_id, process.context.trace_id} == {request.get_span_context().trace_id}
 
 
+def test_a_task_sent_with_send_async_inside_an_async_requests_span_is_its_child(
+    traced: App, provider: TracerProvider, exporter: InMemorySpanExporter
+):
+    """The async client sends from a pool thread: the request's context must travel there with the call."""
+    import asyncio
+
+    tracer = provider.get_tracer("web")
+
+    async def handler() -> tuple[Any, int]:
+        with tracer.start_as_current_span("GET /orders", kind=SpanKind.SERVER) as request:
+            result = await traced.send_task_async("t.add", args=(2, 1))
+        return await result.get_async(timeout=10), request.get_span_context().span_id
+
+    value, request_span = asyncio.run(handler())
+    assert value == 3
+    settle(traced)
+    assert parent_of(one(exporter, "send t.add")) == request_span
+
+
 def test_a_task_sent_from_inside_a_task_is_in_its_parents_trace(traced: App, exporter: InMemorySpanExporter):
     child_id = traced.send_task("t.parent").get(timeout=10)
     assert traced.result(child_id).get(timeout=10) == 3
