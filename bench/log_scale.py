@@ -127,10 +127,10 @@ def write(backend: RedisBackend, first: int, count: int, start_us: int, step_us:
     backend.transition_many(moving[Status.FAILED], Status.FAILED)
     now = codec.dumps(utcnow().isoformat())
     fields = ["updated_at", now, codec.AT + "success", now, "duration", "0.042", "result", '{"ok": true}']
-    ids = moving[Status.SUCCESS]
-    for start in range(0, len(ids), 500):  # the TRANSITION script a worker's transition() runs, batched
-        args = [*backend._common(), scripts.encoded(Status.SUCCESS), "0", 4, *fields, *ids[start : start + 500]]
-        backend.buffer.write(backend._run(backend._transition, args), "move to success")
+    link = backend._link()
+    for layout, chunk in backend._chunks(moving[Status.SUCCESS]):  # the TRANSITION script, batched per shard
+        args = [*layout.common(), scripts.encoded(Status.SUCCESS), "0", 4, *fields, *chunk]
+        backend.buffer.write(link.script(backend._transition, args, layout), "move to success")
 
 
 def _backend(url: str, ttl: float) -> RedisBackend:

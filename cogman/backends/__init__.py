@@ -33,7 +33,7 @@ def _one(url: str, config: Config) -> Backend:
         from cogman.backends.memory import MemoryBackend
 
         return MemoryBackend(config.redis_ttl)
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         from cogman.backends.redis.backend import RedisBackend
 
         return RedisBackend(url, config)
@@ -43,5 +43,5 @@ def _one(url: str, config: Config) -> Backend:
         return MongoBackend(url, config)
     raise ConfigError(
         f"unsupported backend URL {url!r}; use memory://, redis://host:6379/0, "
-        "redis+sentinel://host:26379,host:26380/service/0 or mongodb://host:27017"
+        "redis+sentinel://host:26379,host:26380/service/0, redis+cluster://host:7001,host:7002 or mongodb://host:27017"
     )

@@ -86,6 +86,10 @@ class Config:
     redis_ttl: float = 7 * DAY
     #: Namespace of every Redis key (``<prefix>:task:<id>``...), so apps can share a database.
     redis_prefix: str = "cogman"
+    #: Shards of the Redis task log (``<prefix>:{<tag>}:...``): on a Redis Cluster each script touches one
+    #: shard's slot. None: 16 on a Redis Cluster, 1 elsewhere (the unsharded layout). Every process of an
+    #: app must use the same value (docs/scaling.md).
+    redis_shards: int | None = None
     #: Replicas that must hold each write to Redis (``WAIT``) before it counts as stored: a worker acks a
     #: message, and ``.delay()`` returns, only then. 0: the primary's reply is enough (docs/scaling.md).
     redis_wait_replicas: int = 0
@@ -163,6 +167,8 @@ class Config:
                 f"redis_wait_replicas must be >= 0 and redis_wait_timeout > 0 seconds (0 would make WAIT block "
                 f"for ever), got {self.redis_wait_replicas!r}, {self.redis_wait_timeout!r}"
             )
+        if self.redis_shards is not None and not 1 <= self.redis_shards <= 16384:
+            raise ConfigError(f"redis_shards must be between 1 and 16384, got {self.redis_shards!r}")
         if self.redis_ttl < 1:
             raise ConfigError(f"redis_ttl must be at least 1 second, got {self.redis_ttl!r}")
         if self.prefetch is not None and self.prefetch < 1:

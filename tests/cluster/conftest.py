@@ -1,4 +1,5 @@
-"""Fixtures of the RabbitMQ cluster tests: three local nodes for the session (rabbit_cluster.py).
+"""Fixtures of the cluster tests: three local RabbitMQ nodes (rabbit_cluster.py) and a six-node Redis
+Cluster (redis_cluster_nodes.py), each started once for the session, when a test asks for it.
 
 Opt-in: the default ``pytest`` (``nox -s tests``) does not collect this folder, as the cluster costs
 about 15 s to start and 500 MiB; ``COGMAN_CLUSTER_TESTS=1`` (``nox -s cluster``) does.
@@ -10,11 +11,15 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from kombu import Connection
 
 from tests.cluster.rabbit_cluster import Cluster, Node
+from tests.cluster.redis_cluster_nodes import RedisClusterNodes, redis_cluster
+from tests.conftest import RABBITMQ_URL
+from tests.integration.rabbit_helpers import ALL_QUEUES, VHOST
 
 if os.environ.get("COGMAN_CLUSTER_TESTS") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -73,3 +78,37 @@ def prefix(redis_url: str) -> Iterator[str]:
     name = f"cogman-cluster-{uuid.uuid4().hex[:8]}"
     yield name
     drop_prefix(redis_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[RedisClusterNodes]:
+    """Three primaries and three replicas, started once and stopped by pid at the end."""
+    with redis_cluster() as started:
+        yield started
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_nodes: RedisClusterNodes) -> str:
+    """The ``redis+cluster://`` URL of the session's Redis Cluster, all six nodes running."""
+    redis_cluster_nodes.restart_dead()
+    return redis_cluster_nodes.url
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    """The test vhost (created beforehand: ``rabbitmqctl -n <node> add_vhost``), without cogman's queues."""
+    parts = urlsplit(RABBITMQ_URL)
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{VHOST}", "", ""))
+
+    def reset() -> None:
+        with Connection(url, connect_timeout=5) as connection:
+            channel = connection.channel()
+            for name in ALL_QUEUES:
+                channel.queue_delete(name)
+
+    try:
+        reset()
+    except Exception as exc:
+        pytest.fail(f"cannot use vhost {VHOST!r} on {RABBITMQ_URL} ({exc}); create it with rabbitmqctl add_vhost")
+    yield url
+    reset()

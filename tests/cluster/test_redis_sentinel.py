@@ -21,16 +21,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from kombu import Connection
 
 from cogman import App
 from tests.cluster.redis_nodes import SentinelSet, sentinel_set, wait_for
-from tests.conftest import RABBITMQ_URL, REDIS_URL
-from tests.integration.rabbit_helpers import ALL_QUEUES, VHOST, figures, worker_process
+from tests.conftest import REDIS_URL
+from tests.integration.rabbit_helpers import figures, worker_process
 
 TASKS = int(os.environ.get("COGMAN_SENTINEL_TASKS", "5000"))
 STABLE = 20.0
@@ -41,26 +39,6 @@ DRAIN_LIMIT = 300.0
 def nodes() -> Iterator[SentinelSet]:
     with sentinel_set() as started:
         yield started
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    """The test vhost (created beforehand: ``rabbitmqctl -n <node> add_vhost``), without cogman's queues."""
-    parts = urlsplit(RABBITMQ_URL)
-    url = urlunsplit((parts.scheme, parts.netloc, f"/{VHOST}", "", ""))
-
-    def reset() -> None:
-        with Connection(url, connect_timeout=5) as connection:
-            channel = connection.channel()
-            for name in ALL_QUEUES:
-                channel.queue_delete(name)
-
-    try:
-        reset()
-    except Exception as exc:
-        pytest.fail(f"cannot use vhost {VHOST!r} on {RABBITMQ_URL} ({exc}); create it with rabbitmqctl add_vhost")
-    yield url
-    reset()
 
 
 def healthy(nodes: SentinelSet) -> bool:

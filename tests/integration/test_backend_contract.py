@@ -1,5 +1,6 @@
 """The Backend contract, run against every implementation: memory (the reference), Redis (the real server
-on 127.0.0.1, db 15) and MongoDB (mongomock; also a real server when COGMAN_TEST_MONGO_URI is set).
+on 127.0.0.1, db 15; also its log cut into 4 shards, the layout of a Redis Cluster, and a real Redis
+Cluster in tests/cluster) and MongoDB (mongomock; also a real server when COGMAN_TEST_MONGO_URI is set).
 
 Whatever stores the records, the same calls must give the same answers. Also here: the write buffer
 that carries the Redis and MongoDB backends through an outage.
@@ -30,7 +31,7 @@ from cogman.status import allows
 
 CONFIG = Config(broker_url="memory://", backend_url="memory://")
 MONGO_URI = os.environ.get("COGMAN_TEST_MONGO_URI")
-KINDS = ["memory", "redis", "mongomock", *(["mongodb"] if MONGO_URI else [])]
+KINDS = ["memory", "redis", "redis-sharded", "mongomock", *(["mongodb"] if MONGO_URI else [])]
 
 
 def real_mongo_uri() -> str:
@@ -44,14 +45,21 @@ def real_mongo_uri() -> str:
 
 @pytest.fixture(params=KINDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    kind = request.param
+    yield from made_backend(request, request.param)
+
+
+def made_backend(request: pytest.FixtureRequest, kind: str) -> Iterator[Backend]:
+    """A fresh backend of ``kind``; "redis-cluster" needs tests/cluster's ``redis_cluster_url`` fixture."""
     made: Backend
     if kind == "memory":
         made = MemoryBackend()
-    elif kind == "redis":
+    elif kind in ("redis", "redis-sharded"):
         url = request.getfixturevalue("redis_url")
         redis.Redis.from_url(url).flushdb()
-        made = RedisBackend(url, CONFIG)
+        made = RedisBackend(url, CONFIG.with_options(redis_shards=4 if kind == "redis-sharded" else None))
+    elif kind == "redis-cluster":  # a prefix of its own instead of a flush: the cluster is shared
+        url = request.getfixturevalue("redis_cluster_url")
+        made = RedisBackend(url, CONFIG.with_options(redis_prefix=f"contract-{uuid.uuid4().hex[:8]}"))
     else:
         database = f"cogman_contract_{uuid.uuid4().hex[:8]}"
         url = f"mongomock://{database}" if kind == "mongomock" else real_mongo_uri()

@@ -12,11 +12,12 @@ task re-reads after its slice (the sync wait's safety net for lost tokens).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import redis
 import redis.asyncio
 
-from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
+from cogman.backends.redis.keys import DONE_TTL_MS
 
 #: Connections one event loop's waker opens at most.
 MAX_CONNECTIONS = 32
@@ -25,10 +26,11 @@ CLIENT_NAME = "cogman-aio-wait"
 
 
 class AsyncWakeUp:
-    def __init__(self, backend: object, url: str, keys: KeyLayout, slice: float) -> None:
+    def __init__(self, backend: object, url: str, done_key: Callable[[str], str], slice: float) -> None:
         #: The backend this waker serves: a reconfigured app gets a new one (cogman/aio/waiting.py).
         self.backend = backend
-        self.keys = keys
+        #: A task's wake-up key, in its shard (backends/redis/shards.py).
+        self.done_key = done_key
         self.slice = slice
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
@@ -41,7 +43,7 @@ class AsyncWakeUp:
         self.client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=pool)
 
     async def wait(self, task_id: str, timeout: float) -> None:
-        done = self.keys.done(task_id)
+        done = self.done_key(task_id)
         try:
             token = await self.client.blpop([done], timeout=max(0.01, min(timeout, self.slice)))
             if token is not None:

@@ -8,7 +8,6 @@ reach Redis are buffered and replayed in order (:mod:`cogman.backends.outage`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,16 +22,17 @@ from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.go_query import with_go_records
 from cogman.backends.outage import WriteBuffer
+from cogman.backends.redis import cluster, fanout, scripts, spawn
 from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
-from cogman.backends.redis import scripts
 from cogman.backends.redis import workers as redis_workers
 from cogman.backends.redis import workflows as redis_workflows
 from cogman.backends.redis.go_records import RedisGoRecords
 from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
 from cogman.backends.redis.sentinel import client_factory
+from cogman.backends.redis.shards import CLUSTER_DEFAULT_SHARDS, Shards
 from cogman.backends.redis.wire import Link, Replication, ScriptCaller, is_transient
-from cogman.errors import BackendUnavailable, CorruptRecord
+from cogman.errors import BackendUnavailable, ConfigError, CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
@@ -52,10 +52,14 @@ class RedisBackend:
     """The Redis task log; thread-safe, one connection pool per instance."""
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
-        self.keys = KeyLayout(config.redis_prefix, int(config.redis_ttl * 1000))
-        self.url = url
+        on_cluster = cluster.is_cluster_url(url)
+        shards = config.redis_shards or (CLUSTER_DEFAULT_SHARDS if on_cluster else 1)
+        self.shards = Shards(config.redis_prefix, int(config.redis_ttl * 1000), shards, cluster=on_cluster)
+        self.keys = self.shards.single  # the unsharded layout, or shard 0's
+        self.url, self.on_cluster = url, on_cluster
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
-        connect, where = client_factory(url)  # redis:// or, following failovers, redis+sentinel://
+        # redis://, redis+sentinel:// (following failovers) or redis+cluster:// (following the slot map)
+        connect, where = cluster.client_factory(url) if on_cluster else client_factory(url)
         replicas, wait_timeout = config.redis_wait_replicas, config.redis_wait_timeout
         self.replication = Replication(replicas, int(wait_timeout * 1000), self.keys.wait_mark()) if replicas else None
         socket_timeout = 5.0 + (wait_timeout if replicas else 0.0)  # a WAIT must time out before its socket
@@ -70,7 +74,8 @@ class RedisBackend:
         self._page = self.client.register_script(redis_queries.PAGE)
         self._scan = self.client.register_script(redis_queries.SCAN)
         self._records = self.client.register_script(redis_queries.RECORDS)
-        self._scripts = ScriptCaller(self.client, self.replication)
+        caller = cluster.ClusterScriptCaller if on_cluster else ScriptCaller
+        self._scripts = caller(self.client, self.replication)
         self._go: RedisGoRecords | None = None
         self.buffer = WriteBuffer(where, is_transient, retry_seconds=retry_seconds, max_pending=max_buffered)
 
@@ -82,9 +87,10 @@ class RedisBackend:
         return self.keys.prefix
 
     def key(self, task_id: str) -> str:
-        return self.keys.task(task_id)
+        return self.shards.of(task_id).task(task_id)
 
     def index_key(self, kind: str, value: str | None = None) -> str:
+        """An index of the unsharded layout (of shard 0 when sharded)."""
         return self.keys.index(kind, value)
 
     # Writes
@@ -94,9 +100,11 @@ class RedisBackend:
         if meanwhile is not None and overlap and len(records) <= CHUNK and not self.buffer.pending:
             return redis_create.create_overlapped(self._link(), self._scripts, self._create, records, meanwhile)
         durable = True
-        for start in range(0, len(records), CHUNK):
-            args, what = scripts.create_args(self._common(), records[start : start + CHUNK])
-            durable &= self.buffer.write(self._run(self._create, args), what) is not None
+        link = self._link()
+        for layout, members in self.shards.group(records, lambda record: record.task_id):
+            for start in range(0, len(members), CHUNK):
+                args, what = scripts.create_args(layout.common(), members[start : start + CHUNK])
+                durable &= self.buffer.write(link.script(self._create, args, layout), what) is not None
         if meanwhile is not None:
             meanwhile()
         return durable
@@ -123,8 +131,9 @@ class RedisBackend:
         if result is not UNSET:
             fields += ["result", codec.dumps(result)]
         want = "1" if returning else "0"
-        args = [*self._common(), scripts.encoded(status), want, len(fields) // 2, *fields, task_id]
-        out = self._committed(self._transition, args, f"move task {task_id} to {status}")
+        layout = self.shards.of(task_id)
+        args = [*layout.common(), scripts.encoded(status), want, len(fields) // 2, *fields, task_id]
+        out = self._committed(self._transition, args, f"move task {task_id} to {status}", layout)
         if not out or not returning:
             return None
         outcome = out[0].decode()
@@ -144,10 +153,11 @@ class RedisBackend:
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         now = codec.dumps(utcnow().isoformat())
         fields = ["updated_at", now, codec.AT + status.value, now]
-        for start in range(0, len(task_ids), CHUNK):
-            chunk = list(task_ids[start : start + CHUNK])
-            args = [*self._common(), scripts.encoded(status), "0", len(fields) // 2, *fields, *chunk]
-            out = self.buffer.write(self._run(self._transition, args), f"move {len(chunk)} task(s) to {status}")
+        link = self._link()
+        for layout, chunk in self._chunks(task_ids):
+            args = [*layout.common(), scripts.encoded(status), "0", len(fields) // 2, *fields, *chunk]
+            thunk = link.script(self._transition, args, layout)
+            out = self.buffer.write(thunk, f"move {len(chunk)} task(s) to {status}")
             for task_id, outcome in zip(chunk, out or [], strict=False):
                 if outcome.startswith(b"corrupt"):
                     log.error(
@@ -159,62 +169,38 @@ class RedisBackend:
                     )
 
     def start(self, task_id: str) -> Started | None:
-        args = [*self._common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
-        out = self._committed(self._start, args, f"move task {task_id} to in_progress")
-        if not out:
-            return None
-        outcome = out[0].decode()
-        if outcome.startswith("corrupt"):
-            log.error("not starting task %s: corrupt record at %s (%s)", task_id, self.key(task_id), outcome)
-            return None
-        if outcome == "unknown":
-            return None
-        try:
-            status, original, attempt, budget = (json.loads(value) for value in out[1:5])
-            starts = int(out[5]) if len(out) > 5 else 1
-            return Started(Status(status), str(original), int(attempt), max(0, int(budget or 0)), max(1, starts))
-        except (TypeError, ValueError) as exc:
-            log.error("task %s started over an unreadable record at %s: %s", task_id, self.key(task_id), exc)
-            return None
+        layout = self.shards.of(task_id)
+        args = [*layout.common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
+        if self.shards.tagged:
+            args.append("1")  # the original may be in another shard's slot: its budget is read apart
+        out = self._committed(self._start, args, f"move task {task_id} to in_progress", layout)
+        return spawn.started(self._link(), task_id, out)
 
     def durable(self, callback: Callable[[str | None], None]) -> None:
         self.buffer.durable(callback)
 
     def claim_stale(self, task_ids: Sequence[str], lease_seconds: float) -> list[str]:
         claimed: list[str] = []
-        for start in range(0, len(task_ids), CHUNK):
-            args = [*self._common(), int(lease_seconds * 1000), *task_ids[start : start + CHUNK]]
-            out = self.buffer.call(self._run(self._claim, args), "claim stale records for re-enqueue")
+        link = self._link()
+        for layout, chunk in self._chunks(task_ids):
+            args = [*layout.common(), int(lease_seconds * 1000), *chunk]
+            out = self.buffer.call(link.script(self._claim, args, layout), "claim stale records for re-enqueue")
             claimed += [task_id.decode() for task_id in out]
         return claimed
 
     def renew_leases(self, task_ids: Sequence[str], lease_seconds: float) -> None:
-        for start in range(0, len(task_ids), CHUNK):
-            args = [*self._common(), int(lease_seconds * 1000), *task_ids[start : start + CHUNK]]
-            self.buffer.call(self._run(self._renew, args), "renew re-enqueue leases")
+        link = self._link()
+        for layout, chunk in self._chunks(task_ids):
+            args = [*layout.common(), int(lease_seconds * 1000), *chunk]
+            self.buffer.call(link.script(self._renew, args, layout), "renew re-enqueue leases")
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
-        args = [
-            *self._common(),
-            original_task_id,
-            codec.dumps(attempt.task_id),
-            codec.dumps(utcnow().isoformat()),
-            *scripts.record_args(attempt),
-        ]
-        out = self.buffer.call(self._run(self._spawn, args), f"spawn a retry of task {original_task_id}")
-        kind = out[0].decode()
-        if kind in ("spawned", "again"):
-            return int(out[1])
-        if kind.startswith("corrupt"):
-            log.error(
-                "no retry for task %s: corrupt record at %s (%s)", original_task_id, self.key(original_task_id), kind
-            )
-        return None
+        return spawn.spawn_retry(self._link(), self._spawn, self._create, original_task_id, attempt)
 
     # Reads
 
     def get(self, task_id: str) -> TaskRecord | None:
-        key = self.key(task_id)
+        key = self.shards.of(task_id).task(task_id)
 
         def read() -> dict[bytes, bytes]:
             try:
@@ -226,13 +212,15 @@ class RedisBackend:
                 raise CorruptRecord(key, f"a Redis {kind.decode()}, not a hash") from None  # type: ignore[union-attr]
 
         flat = self.buffer.call(read, f"read task {task_id}")
-        return codec.from_hash(flat, key) if flat else self.go_records().read_as_task(task_id)
+        if flat:
+            return codec.from_hash(flat, key)
+        return None if self.on_cluster else self.go_records().read_as_task(task_id)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Read, then BLPOP ``<prefix>:done:<id>`` (pushed by the script that makes the task final), then
         put the token back for the other waiters; re-read after each wake-up or WAIT_SLICE."""
         deadline = time.monotonic() + timeout
-        done = self.keys.done(task_id)
+        done = self.shards.of(task_id).done(task_id)
         while True:
             try:
                 record = self.get(task_id)
@@ -256,18 +244,30 @@ class RedisBackend:
 
     def async_waker(self) -> AsyncWakeUp | None:
         """``wait``'s wake-up for a coroutine (``get_async``; backends/redis/aio.py), or None behind
-        Sentinel, where ``get_async`` waits in short slices in a thread instead."""
+        Sentinel or on a Redis Cluster, where ``get_async`` waits in short slices in a thread instead."""
         from cogman.backends.redis.aio import AsyncWakeUp
         from cogman.backends.redis.sentinel import is_sentinel_url
 
-        return None if is_sentinel_url(self.url) else AsyncWakeUp(self, self.url, self.keys, WAIT_SLICE)
+        if self.on_cluster or is_sentinel_url(self.url):
+            return None
+        return AsyncWakeUp(self, self.url, lambda task_id: self.shards.of(task_id).done(task_id), WAIT_SLICE)
 
     def query(self, query: TaskQuery) -> TaskPage:
-        link, scripts_ = self._link(), {"page_script": self._page, "scan_script": self._scan}
-        page = lambda q: redis_queries.query(link, q, records_script=self._records, **scripts_)  # noqa: E731
-        return with_go_records(query, page, self.go_records())  # Go-format tasks beside (go_query.py)
+        if self.on_cluster:  # no Go-format tasks on a Redis Cluster (go_records)
+            return self._query(query)
+        return with_go_records(query, self._query, self.go_records())  # Go-format tasks beside (go_query.py)
+
+    def _query(self, query: TaskQuery) -> TaskPage:
+        link = self._link()
+        if self.shards.count > 1:
+            return fanout.query(link, query, scan_script=self._scan, records_script=self._records)
+        return redis_queries.query(
+            link, query, page_script=self._page, scan_script=self._scan, records_script=self._records
+        )
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
+        if self.shards.count > 1:
+            return fanout.count_by_status(self._link(), start, end, bucket_seconds)
         return redis_queries.count_by_status(self._link(), start, end, bucket_seconds)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -288,24 +288,36 @@ class RedisBackend:
     def _window_floor(self) -> int:
         return self.keys.window_floor()
 
+    def _chunks(self, task_ids: Sequence[str]) -> list[tuple[KeyLayout, list[str]]]:
+        """``task_ids`` by shard, in chunks of at most CHUNK."""
+        return [
+            (layout, members[start : start + CHUNK])
+            for layout, members in self.shards.group(task_ids)
+            for start in range(0, len(members), CHUNK)
+        ]
+
     def _link(self) -> Link:
         """What a helper module is given instead of this class; built per call, so a ``_run`` replaced on
         the instance (the tests' and benchmarks' spies) is the one the helpers use."""
-        return Link(self.client, self.buffer, self._run, self.keys)
+        return Link(self.client, self.buffer, self._run, self.keys, self.shards)
 
-    def _committed(self, script: Any, args: list[Any], what: str) -> Any:
+    def _committed(self, script: Any, args: list[Any], what: str, layout: KeyLayout | None = None) -> Any:
         """One script call on this thread's own connection; its reply, or None when the store is
         unreachable and the write was parked for replay. Each handler thread writes its own: sending
         the writes of threads that met in one pipeline (a group commit) never batched in practice and
         measured slower (bench/group_commit.py, docs/performance.md)."""
-        return self.buffer.write(self._run(script, args), what)
+        run = self._run(script, args, layout.route) if layout and layout.route else self._run(script, args)
+        return self.buffer.write(run, what)
 
-    def _run(self, script: Any, args: list[Any]) -> Callable[[], Any]:
+    def _run(self, script: Any, args: list[Any], keys: tuple[str, ...] = ()) -> Callable[[], Any]:
         replicate = script not in (self._page, self._scan, self._records)  # reads need no WAIT
-        return lambda: self._scripts.evalsha(script, args, replicate)
+        return lambda: self._scripts.evalsha(script, args, replicate, keys)
 
     def go_records(self) -> RedisGoRecords:
-        """Go-format task records under bare TaskIDs (issue 22, go_records.py)."""
+        """Go-format task records under bare TaskIDs (issue 22, go_records.py). Not on a Redis Cluster: Go
+        Cogman has no Cluster support, and a bare TaskID's slot is no shard's (docs/go-interop.md)."""
+        if self.on_cluster:
+            raise ConfigError("Go-format tasks (wire='go') need one Redis or Sentinel, not a Redis Cluster")
         if self._go is None:
             self._go = RedisGoRecords(self._link())
         return self._go

@@ -29,6 +29,7 @@ from cogman.backends.redis import scripts
 from cogman.backends.redis.wire import is_transient
 
 if TYPE_CHECKING:
+    from cogman.backends.redis.keys import KeyLayout
     from cogman.backends.redis.wire import Link, ScriptCaller
     from cogman.record import TaskRecord
 
@@ -37,10 +38,10 @@ SLICE = 100
 
 
 class _Slice:
-    __slots__ = ("args", "reply", "what")
+    __slots__ = ("args", "layout", "reply", "what")
 
-    def __init__(self, args: list[Any], what: str, reply: Callable[[], Any] | None) -> None:
-        self.args, self.what, self.reply = args, what, reply
+    def __init__(self, args: list[Any], what: str, reply: Callable[[], Any] | None, layout: KeyLayout) -> None:
+        self.args, self.what, self.reply, self.layout = args, what, reply, layout
 
 
 def create_overlapped(
@@ -52,19 +53,24 @@ def create_overlapped(
     slices: list[_Slice] = []
     mistake: Exception | None = None
     sending = True  # a failed send closed the connection: the slices after it are not sent
-    for start in range(0, len(records), SLICE):
-        args, what = scripts.create_args(link.keys.common(), records[start : start + SLICE])
+    pieces = [
+        (layout, members[start : start + SLICE])
+        for layout, members in link.shards.group(records, _task_id)
+        for start in range(0, len(members), SLICE)
+    ]
+    for layout, piece in pieces:  # one shard's records per slice (sharded log: one slot per script)
+        args, what = scripts.create_args(layout.common(), piece)
         reply: Callable[[], Any] | None = None
         if sending:
             try:
-                reply = caller.send(create, args)
+                reply = caller.send(create, args, layout.route) if layout.route else caller.send(create, args)
             except Exception as exc:
                 sending = False
                 if not is_transient(exc):
                     if not slices:
                         raise
                     mistake = exc
-        slices.append(_Slice(args, what, reply))
+        slices.append(_Slice(args, what, reply, layout))
     try:
         meanwhile()
     finally:
@@ -93,9 +99,13 @@ def _finish(link: Link, caller: ScriptCaller, create: Any, slices: list[_Slice],
                     mistake = mistake or exc
                     continue
         try:
-            durable &= link.buffer.write(link.run(create, piece.args), piece.what) is not None
+            durable &= link.buffer.write(link.script(create, piece.args, piece.layout), piece.what) is not None
         except Exception as exc:  # a mistake, or the buffer full: raised once every slice was tried
             mistake = mistake or exc
     if mistake is not None:
         raise mistake
     return durable
+
+
+def _task_id(record: TaskRecord) -> str:
+    return record.task_id

@@ -20,10 +20,13 @@ DONE_TTL_MS = 300_000
 
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
-    """The key names under one prefix, and the TTL of a record and its index entries."""
+    """The key names under one prefix, and the TTL of a record and its index entries. ``route``: the
+    KEYS a script call on this layout passes, so that a Redis Cluster runs it on the node owning the
+    layout's slot (shards.py); empty for the unsharded layout of one Redis."""
 
     prefix: str
     ttl_ms: int
+    route: tuple[str, ...] = ()
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"

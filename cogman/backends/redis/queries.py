@@ -176,27 +176,45 @@ def _page(
 def _scan(
     link: Link, scan_script: Any, records_script: Any, indexes: list[str], query: TaskQuery, low: int, high: int | None
 ) -> TaskPage:
-    """Several calls of SCAN_BUDGET entries each; not one snapshot: an entry that moves between indexes
-    meanwhile may be counted in neither or both, as records listed page by page may."""
+    total, ids = walk(link, link.keys, scan_script, indexes, (query.skip, query.limit), low, high)
+    return TaskPage(records=_read(link, records_script, ids), total=total)
+
+
+def walk(
+    link: Link,
+    keys: KeyLayout,
+    scan_script: Any,
+    indexes: list[str],
+    window: tuple[int, int],
+    low: int,
+    high: int | None,
+) -> tuple[int, list[bytes]]:
+    """How many entries of ``indexes[0]`` are in all the others, and the ids of those numbered
+    ``skip..skip+limit-1`` (``window``) newest first. Several calls of SCAN_BUDGET entries each; not one
+    snapshot: an entry that moves between indexes meanwhile may be counted in neither or both, as
+    records listed page by page may."""
+    skip, limit = window
     total, cursor, cursor_score, ids = 0, b"", b"", []
     while True:
-        start = max(0, query.skip - total)
-        want = max(0, query.skip + query.limit - max(total, query.skip))
-        args = [link.keys.prefix, low, "+inf" if high is None else high, SCAN_BUDGET, cursor, cursor_score, start, want]
-        out = link.buffer.call(link.run(scan_script, [*args, *indexes]), "query task records")
+        start = max(0, skip - total)
+        want = max(0, skip + limit - max(total, skip))
+        args = [keys.prefix, low, "+inf" if high is None else high, SCAN_BUDGET, cursor, cursor_score, start, want]
+        out = link.buffer.call(link.script(scan_script, [*args, *indexes], keys), "query task records")
         total += int(out[0])
         ids += out[4:]
         if int(out[1]):
             break
         cursor, cursor_score = out[2], out[3]
-    return TaskPage(records=_read(link, records_script, ids), total=total)
+    return total, ids
 
 
-def _read(link: Link, records_script: Any, ids: Sequence[bytes]) -> list[TaskRecord]:
+def _read(link: Link, records_script: Any, ids: Sequence[bytes], keys: KeyLayout | None = None) -> list[TaskRecord]:
+    """The records of ``ids``, all of one shard (``keys``; the unsharded layout by default)."""
+    keys = keys or link.keys
     records: list[TaskRecord] = []
     for start in range(0, len(ids), READ_CHUNK):
-        args = [link.keys.prefix, *ids[start : start + READ_CHUNK]]
-        records += _records(link.keys, link.buffer.call(link.run(records_script, args), "read task records"))
+        args = [keys.prefix, *ids[start : start + READ_CHUNK]]
+        records += _records(keys, link.buffer.call(link.script(records_script, args, keys), "read task records"))
     return records
 
 
@@ -223,6 +241,18 @@ def count_by_status(link: Link, start: datetime, end: datetime, bucket_seconds: 
     origin, low, high = to_us(start), max(to_us(start), link.keys.window_floor()), to_us(end)
     if low > high:
         return []
+    found = link.buffer.call(
+        lambda: bucket_counts(link, link.keys, (origin, low, high), bucket_seconds), "count task records"
+    )
+    return buckets_from_counts(start, bucket_seconds, found)
+
+
+def bucket_counts(
+    link: Link, keys: KeyLayout, span: tuple[int, int, int], bucket_seconds: float
+) -> dict[int, dict[Status, int]]:
+    """The count of each status in each bucket of one shard (``keys``): ``span`` is the buckets' origin
+    and the scores counted (``low..high``, inclusive), in microseconds."""
+    origin, low, high = span
 
     def bucket(score: int) -> int:
         return int(((score - origin) / 1_000_000) // bucket_seconds)
@@ -230,38 +260,34 @@ def count_by_status(link: Link, start: datetime, end: datetime, bucket_seconds: 
     def edge(index: int) -> int:
         return origin + math.ceil(index * bucket_seconds * 1_000_000)
 
-    def read() -> dict[int, dict[Status, int]]:
-        pipe = link.client.pipeline(transaction=False)
-        for status in Status:
-            pipe.zcount(link.keys.index("status", status.value), low, high)
-        totals = dict(zip(Status, pipe.execute(), strict=True))
-        first, last = bucket(low), bucket(high)
-        plan: list[tuple[Status, list[int] | None]] = []
-        indexes: list[int] | None
-        pipe = link.client.pipeline(transaction=False)
-        for status, total in totals.items():
-            key = link.keys.index("status", status.value)
-            if 0 < total <= max(2000, last - first + 1):
-                pipe.zrange(key, low, high, byscore=True, withscores=True)
-                plan.append((status, None))
-            elif total:
-                indexes = list(range(first, last + 1))
-                for i in indexes:
-                    pipe.zcount(key, max(low, edge(i)), f"({min(high + 1, edge(i + 1))}")
-                plan.append((status, indexes))
-        replies = iter(pipe.execute())
-        buckets: dict[int, dict[Status, int]] = {}
-        for status, indexes in plan:
-            if indexes is None:
-                for _, score in next(replies):
-                    counts = buckets.setdefault(bucket(int(score)), {})
-                    counts[status] = counts.get(status, 0) + 1
-                continue
+    pipe = link.client.pipeline(transaction=False)
+    for status in Status:
+        pipe.zcount(keys.index("status", status.value), low, high)
+    totals = dict(zip(Status, pipe.execute(), strict=True))
+    first, last = bucket(low), bucket(high)
+    plan: list[tuple[Status, list[int] | None]] = []
+    indexes: list[int] | None
+    pipe = link.client.pipeline(transaction=False)
+    for status, total in totals.items():
+        key = keys.index("status", status.value)
+        if 0 < total <= max(2000, last - first + 1):
+            pipe.zrange(key, low, high, byscore=True, withscores=True)
+            plan.append((status, None))
+        elif total:
+            indexes = list(range(first, last + 1))
             for i in indexes:
-                count = next(replies)
-                if count:
-                    buckets.setdefault(i, {})[status] = count
-        return buckets
-
-    found = link.buffer.call(read, "count task records")
-    return buckets_from_counts(start, bucket_seconds, found)
+                pipe.zcount(key, max(low, edge(i)), f"({min(high + 1, edge(i + 1))}")
+            plan.append((status, indexes))
+    replies = iter(pipe.execute())
+    buckets: dict[int, dict[Status, int]] = {}
+    for status, indexes in plan:
+        if indexes is None:
+            for _, score in next(replies):
+                counts = buckets.setdefault(bucket(int(score)), {})
+                counts[status] = counts.get(status, 0) + 1
+            continue
+        for i in indexes:
+            count = next(replies)
+            if count:
+                buckets.setdefault(i, {})[status] = count
+    return buckets

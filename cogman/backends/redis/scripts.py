@@ -169,7 +169,8 @@ end
 return out
 """
 
-# ARGV: common(4), status (JSON), updated_at (JSON), id. Moves the record to the status (in_progress) if
+# ARGV: common(4), status (JSON), updated_at (JSON), id, and '1' when sharded: the original's budget is
+# then not read here (it may live in another slot) but returned as '?'. Moves the record to the status (in_progress) if
 # allowed and returns {outcome, status, original_task_id, attempt, budget, starts}: the fields as stored
 # (JSON), the budget read from the original's record, and the starts counted in ``_starts`` (one more
 # each time unless the record is final); or {'unknown'} / {'corrupt: <why>'}.
@@ -185,7 +186,7 @@ local budget = f[4]
 if f[2] then
   local ok, original = pcall(cjson.decode, f[2])
   if ok and type(original) == 'string' and original ~= id then
-    budget = redis.call('HGET', P .. ':task:' .. original, 'retry')
+    if ARGV[8] == '1' then budget = '?' else budget = redis.call('HGET', P .. ':task:' .. original, 'retry') end
   end
 end
 return {outcome, f[1] or 'null', f[2] or 'null', f[3] or '1', budget or '0', tostring(starts)}

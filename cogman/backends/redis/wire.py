@@ -29,6 +29,7 @@ from redis.sentinel import SentinelManagedConnection
 if TYPE_CHECKING:
     from cogman.backends.outage import WriteBuffer
     from cogman.backends.redis.keys import KeyLayout
+    from cogman.backends.redis.shards import Shards
 
 
 class NotReplicated(redis.RedisError):
@@ -44,6 +45,9 @@ TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.AskError,  # and MOVED: a Redis Cluster slot that moved (the slot map is refreshed)
+    redis.exceptions.SlotNotCoveredError,  # a Redis Cluster slot whose primary is gone, until a failover
     NotReplicated,
 )
 #: A wrong password is a ConnectionError for redis-py, but waiting will not fix it.
@@ -56,7 +60,9 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TRANSIENT_CLASSES):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    return str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES or "cluster is down" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +70,19 @@ class Link:
     """What a helper module (create, queries, workers, workflows) needs of Redis, so that it depends on
     neither the backend class nor a second pool: the backend's client, its write buffer (an outage is
     retried, parked or raised the same way for every call), ``run`` (a script call on this thread's own
-    connection, as a thunk the buffer can retry or replay) and the key layout."""
+    connection, as a thunk the buffer can retry or replay), the key layout of the unsharded log or of
+    shard 0, and the shards (shards.py)."""
 
     client: redis.Redis
     buffer: WriteBuffer
-    run: Callable[[Any, list[Any]], Callable[[], Any]]
+    run: Callable[..., Callable[[], Any]]
     keys: KeyLayout
+    shards: Shards
+
+    def script(self, script: Any, args: list[Any], layout: KeyLayout) -> Callable[[], Any]:
+        """``run`` on ``layout``'s shard: with its routing KEYS when it has any (a spy replacing the
+        backend's ``_run`` keeps its two-argument form on one Redis)."""
+        return self.run(script, args, layout.route) if layout.route else self.run(script, args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +93,9 @@ class Replication:
     timeout_ms: int
     mark: str
 
-    def commands(self) -> list[bytes]:
-        mark: tuple[Any, ...] = ("SET", self.mark, "1", "PX", 60_000)
+    def commands(self, mark_key: str | None = None) -> list[bytes]:
+        """SET of the mark (``mark_key``: one in the script's slot on a Redis Cluster) and WAIT, packed."""
+        mark: tuple[Any, ...] = ("SET", mark_key or self.mark, "1", "PX", 60_000)
         wait: tuple[Any, ...] = ("WAIT", self.replicas, self.timeout_ms)
         return [pack_command(mark), pack_command(wait)]
 
@@ -105,34 +119,44 @@ class ScriptCaller:
         self._connections: list[tuple[threading.Thread, Any]] = []
         self._lock = threading.Lock()
 
-    def evalsha(self, script: Any, args: list[Any], replicate: bool = True) -> Any:
-        """The script's reply; ``replicate=False`` for the read-only scripts (queries), which need no WAIT."""
-        connection = self._connection("connection")
+    def evalsha(self, script: Any, args: list[Any], replicate: bool = True, keys: tuple[str, ...] = ()) -> Any:
+        """The script's reply; ``replicate=False`` for the read-only scripts (queries), which need no WAIT.
+        ``keys``: the KEYS of the call, which route it on a Redis Cluster (shards.py); none on one Redis."""
+        connection = self._connection("connection", keys)
         try:
             _connected(connection)
             if self.replication is not None and replicate:
-                return self._replicated(connection, self.replication, script, args)
+                return self._replicated(connection, self.replication, script, args, keys)
             try:
                 # hiredis packs in C; redis-py's send_command first re-checks every argument in Python
-                connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args))])
+                connection.send_packed_command([pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))])
                 return connection.read_response()
             except redis.exceptions.NoScriptError:
                 connection.send_command("SCRIPT", "LOAD", script.script)
                 connection.read_response()
-                connection.send_command("EVALSHA", script.sha, 0, *args)
+                connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 return connection.read_response()
-        except redis.exceptions.ReadOnlyError:
+        except redis.exceptions.ReadOnlyError as exc:
             connection.disconnect()  # a demoted primary: the next call asks the sentinels again
+            self._failed(exc)
             raise
-        except redis.ResponseError:
+        except redis.ResponseError as exc:
+            self._failed(exc)
             raise  # the connection is fine: the server answered (every reply of the packet was read)
-        except BaseException:
+        except BaseException as exc:
             connection.disconnect()  # a reply may be half read: never reuse this socket as it is
+            self._failed(exc)
             raise
 
-    def _replicated(self, connection: Any, replication: Replication, script: Any, args: list[Any]) -> Any:
+    def _failed(self, exc: BaseException) -> None:
+        """Called with the error of a call before it is raised; a Redis Cluster refreshes its slot map."""
+
+    def _replicated(
+        self, connection: Any, replication: Replication, script: Any, args: list[Any], keys: tuple[str, ...]
+    ) -> Any:
         """The script, the mark and WAIT in one packet; every reply read (errors too) to stay in step."""
-        connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args)), *replication.commands()])
+        call = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        connection.send_packed_command([call, *replication.commands(keys[0] if keys else None)])
         replies: list[Any] = []
         for _ in range(3):
             try:
@@ -142,35 +166,38 @@ class ScriptCaller:
         if isinstance(replies[0], redis.exceptions.NoScriptError):  # nothing ran: load it, call again
             connection.send_command("SCRIPT", "LOAD", script.script)
             connection.read_response()
-            return self._replicated(connection, replication, script, args)
+            return self._replicated(connection, replication, script, args, keys)
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
         replication.check(int(replies[2]))
         return replies[0]
 
-    def send(self, script: Any, args: list[Any]) -> Callable[[], Any]:
+    def send(self, script: Any, args: list[Any], keys: tuple[str, ...] = ()) -> Callable[[], Any]:
         """Write one EVALSHA without waiting; the returned function reads its reply (call it once).
 
         The caller does other I/O in between (the client publishes while Redis runs the create), so the
         call goes on this thread's second connection, which nothing else uses meanwhile."""
-        connection = self._connection("pending")
+        connection = self._connection("pending", keys)
         try:
             _connected(connection)
-            connection.send_packed_command([pack_command(("EVALSHA", script.sha, 0, *args))])
-        except BaseException:
+            connection.send_packed_command([pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))])
+        except BaseException as exc:
             connection.disconnect()
+            self._failed(exc)
             raise
 
         def reply() -> Any:
             try:
                 return connection.read_response()
             except redis.exceptions.NoScriptError:
-                return self.evalsha(script, args)  # the server lost it: load it and run the call again
-            except redis.ResponseError:
+                return self.evalsha(script, args, keys=keys)  # the server lost it: load it, run the call again
+            except redis.ResponseError as exc:
+                self._failed(exc)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 connection.disconnect()
+                self._failed(exc)
                 raise
 
         return reply
@@ -182,18 +209,21 @@ class ScriptCaller:
             connection.disconnect()
 
     def abandon_replies(self) -> None:
-        """Close this thread's :meth:`send` connection: replies still due on it are never read, so the
-        next call on it cannot take one of them for its own."""
-        connection = getattr(self._local, "pending", None)
-        if connection is not None:
-            connection.disconnect()
+        """Close this thread's :meth:`send` connection(s): replies still due on them are never read, so
+        the next call on one cannot take one of them for its own."""
+        for name, connection in list(vars(self._local).items()):
+            if name.startswith("pending"):
+                connection.disconnect()
 
-    def _connection(self, slot: str) -> Any:
-        connection = getattr(self._local, slot, None)
+    def _connection(self, kind: str, keys: tuple[str, ...] = ()) -> Any:
+        """This thread's connection of ``kind`` ("connection" or "pending"); ``keys`` matter on a cluster."""
+        return self._own(kind, self.client.connection_pool)
+
+    def _own(self, name: str, pool: Any) -> Any:
+        connection = getattr(self._local, name, None)
         if connection is None:
-            pool = self.client.connection_pool
             connection = pool.connection_class(**pool.connection_kwargs)
-            setattr(self._local, slot, connection)
+            setattr(self._local, name, connection)
             with self._lock:
                 ended = [c for thread, c in self._connections if not thread.is_alive()]
                 self._connections = [(t, c) for t, c in self._connections if t.is_alive()]

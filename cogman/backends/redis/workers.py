@@ -77,18 +77,21 @@ def add_retries(link: Link, task_id: str, count: int) -> int | None:
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     script = link.client.register_script(ADD_RETRIES)
-    args: list[Any] = [link.keys.prefix, task_id, count, codec.dumps(utcnow().isoformat())]
-    budget = link.buffer.call(lambda: script(args=args), f"add {count} retries to task {task_id}")
+    layout = link.shards.of(task_id)
+    args: list[Any] = [layout.prefix, task_id, count, codec.dumps(utcnow().isoformat())]
+    keys = list(layout.route)  # routes the call on a Redis Cluster (shards.py); none on one Redis
+    budget = link.buffer.call(lambda: script(keys=keys, args=args), f"add {count} retries to task {task_id}")
     return None if budget is None else int(budget)
 
 
 def record_heartbeat(link: Link, worker_id: str, info: dict[str, Any], ttl: float) -> None:
-    index = link.keys.workers()
+    keys = link.shards.workers()  # one fixed shard: one slot on a Redis Cluster
+    index = keys.workers()
 
     def write() -> None:
         now = time.time()
         pipe = link.client.pipeline(transaction=True)
-        pipe.set(link.keys.worker(worker_id), codec.dumps(info), px=max(1, int(ttl * 1000)))
+        pipe.set(keys.worker(worker_id), codec.dumps(info), px=max(1, int(ttl * 1000)))
         pipe.zadd(index, {worker_id: now})
         pipe.zremrangebyscore(index, "-inf", now - WORKERS_INDEX_TTL)
         pipe.expire(index, WORKERS_INDEX_TTL)
@@ -98,13 +101,14 @@ def record_heartbeat(link: Link, worker_id: str, info: dict[str, Any], ttl: floa
 
 
 def live_workers(link: Link) -> list[dict[str, Any]]:
-    index = link.keys.workers()
+    keys = link.shards.workers()
+    index = keys.workers()
 
     def read() -> list[tuple[bytes, bytes | None]]:
         ids: list[bytes] = link.client.zrange(index, 0, -1)  # type: ignore[assignment]
         if not ids:
             return []
-        values: list[bytes | None] = link.client.mget([link.keys.worker(i.decode()) for i in ids])  # type: ignore[assignment]
+        values: list[bytes | None] = link.client.mget([keys.worker(i.decode()) for i in ids])  # type: ignore[assignment]
         expired = [i for i, value in zip(ids, values, strict=True) if value is None]
         if expired:
             link.client.zrem(index, *expired)
@@ -125,10 +129,12 @@ def live_workers(link: Link) -> list[dict[str, Any]]:
 
 
 def forget_worker(link: Link, worker_id: str) -> None:
+    keys = link.shards.workers()
+
     def forget() -> None:
         pipe = link.client.pipeline(transaction=True)
-        pipe.delete(link.keys.worker(worker_id))
-        pipe.zrem(link.keys.workers(), worker_id)
+        pipe.delete(keys.worker(worker_id))
+        pipe.zrem(keys.workers(), worker_id)
         pipe.execute()
 
     link.buffer.call(forget, f"forget worker {worker_id}")
@@ -137,9 +143,10 @@ def forget_worker(link: Link, worker_id: str) -> None:
 def delete(link: Link, task_ids: Sequence[str]) -> None:
     script = link.client.register_script(DELETE)
 
-    def run(args: list[str]) -> Callable[[], Any]:
-        return lambda: script(args=args)
+    def run(keys: list[str], args: list[str]) -> Callable[[], Any]:
+        return lambda: script(keys=keys, args=args)
 
-    for start in range(0, len(task_ids), DELETE_CHUNK):
-        chunk = list(task_ids[start : start + DELETE_CHUNK])
-        link.buffer.write(run([link.keys.prefix, *chunk]), f"delete {len(chunk)} record(s)")
+    for layout, members in link.shards.group(task_ids):  # one shard's ids per call: one slot per script
+        for start in range(0, len(members), DELETE_CHUNK):
+            chunk = list(members[start : start + DELETE_CHUNK])
+            link.buffer.write(run(list(layout.route), [layout.prefix, *chunk]), f"delete {len(chunk)} record(s)")

@@ -40,8 +40,10 @@ _JOIN_CHORD = scripts.source(JOIN_CHORD)
 
 def create_new(link: Link, record: TaskRecord) -> bool:
     script = link.client.register_script(_CREATE_NEW)
-    args: list[Any] = [*link.keys.common(), *scripts.record_args(record)]
-    outcome = link.buffer.call(lambda: script(args=args), f"create task {record.task_id} if new")
+    layout = link.shards.of(record.task_id)
+    args: list[Any] = [*layout.common(), *scripts.record_args(record)]
+    keys = list(layout.route)  # routes the call on a Redis Cluster (shards.py); none on one Redis
+    outcome = link.buffer.call(lambda: script(keys=keys, args=args), f"create task {record.task_id} if new")
     return bytes(outcome) == b"created"
 
 
@@ -49,8 +51,10 @@ def join_chord(link: Link, chord_id: str, index: int, size: int, outcome: str) -
     if not 0 <= index < size:
         raise ValueError(f"chord member index {index} is outside 0..{size - 1}")
     script = link.client.register_script(_JOIN_CHORD)
-    args: list[Any] = [*link.keys.common(), chord_id, index, size, outcome]
-    flat = link.buffer.call(lambda: script(args=args), f"join member {index} to chord {chord_id}")
+    layout = link.shards.of(chord_id)  # the chord's set lives in the chord id's shard
+    args: list[Any] = [*layout.common(), chord_id, index, size, outcome]
+    keys = list(layout.route)
+    flat = link.buffer.call(lambda: script(keys=keys, args=args), f"join member {index} to chord {chord_id}")
     if flat is None:
         return None
     outcomes = {int(flat[i]): flat[i + 1].decode() for i in range(0, len(flat), 2)}
