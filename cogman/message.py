@@ -62,7 +62,10 @@ class Message:
 
     def carry(self, trace_context: dict[str, str]) -> None:
         """Have the message carry these trace headers (the body, encoded once, is unchanged); for a
-        ``before_send`` hook, before the publish. Only the ``TRACE_HEADERS`` names are kept."""
+        ``before_send`` hook, before the publish. Only the ``TRACE_HEADERS`` names are kept. A Go-format
+        message carries none: it keeps exactly the two headers Go Cogman sends (docs/go-interop.md)."""
+        if self.raw_body is not None:
+            return
         kept = {key: value for key, value in trace_context.items() if key in TRACE_HEADERS and isinstance(value, str)}
         object.__setattr__(self, "trace_context", kept or None)
 

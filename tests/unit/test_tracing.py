@@ -317,3 +317,9 @@ def test_the_trace_headers_travel_beside_the_body_and_come_back_from_a_delivery(
     decoded = Message.decode(body, {**message.headers, "x-death": [{"count": 1}]})
     assert decoded.trace_context == {"traceparent": parent, "tracestate": "a=1"}
     assert Message.decode(body, {"TaskName": "t.add", "TaskID": "id-1", "traceparent": 7}).trace_context is None
+
+
+def test_a_go_format_message_keeps_exactly_gos_two_headers_when_traced():
+    message = Message("id-2", "go.task", "id-2", Priority.HIGH, args=(b"raw",), raw_body=b"raw")
+    message.carry({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    assert message.headers == {"TaskName": "go.task", "TaskID": "id-2"} and message.encode() == b"raw"
