@@ -23,6 +23,8 @@ class MemoryGoRecords:
         self, ttl: float, clock: Callable[[], float] = time.monotonic, changed: threading.Condition | None = None
     ) -> None:
         self._records: dict[str, str] = {}
+        #: Starts of tasks not final yet (``count_start``), dropped when their record turns final.
+        self._starts: dict[str, int] = {}
         self._ttl = Deadlines(ttl, clock)
         #: The memory backend's condition (re-entrant), notified when a record becomes final, so its
         #: ``wait`` wakes for Go records too.
@@ -48,8 +50,14 @@ class MemoryGoRecords:
                 return current
             self._put(moved)
             if moved.status.is_final:
+                self._starts.pop(task_id, None)
                 self._lock.notify_all()
             return moved
+
+    def count_start(self, task_id: str) -> int:
+        with self._lock:
+            self._starts[task_id] = self._starts.get(task_id, 0) + 1
+            return self._starts[task_id]
 
     def take_retry(self, original_task_id: str) -> int | None:
         with self._lock:

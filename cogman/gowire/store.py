@@ -38,6 +38,11 @@ class GoRecords(Protocol):
         """Take one retry from the budget (``Retry``) of the chain's original if it is above 0, in one
         step; the budget left, None when it is spent or the record unknown."""
 
+    def count_start(self, task_id: str) -> int:
+        """Count one start of ``task_id`` and return how many there were, kept beside Go's record (which
+        has no field for it) for ``redis_ttl``: a Go task that kills its worker each time is dead-lettered
+        past ``max_redeliveries`` (cogman/worker/delivery_limits.py) instead of looping."""
+
     def get(self, task_id: str) -> GoRecord | None:
         """The record, None when there is none; CorruptRecord when the key holds something else."""
 

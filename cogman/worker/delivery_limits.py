@@ -25,10 +25,16 @@ if TYPE_CHECKING:
 
 def looping_reason(delivery: Delivery, started: Started | None, config: Config) -> str | None:
     """Why this delivery must not run (its earlier runs or deliveries ended without an outcome), or None."""
+    return looping_after(delivery, None if started is None else started.starts, config)
+
+
+def looping_after(delivery: Delivery, starts: int | None, config: Config) -> str | None:
+    """``looping_reason`` from the count of starts (with this one) alone: a Go-format task's, kept beside
+    Go's record (``GoRecords.count_start``)."""
     limit = config.max_redeliveries
-    if started is not None and started.starts > limit + 1:
+    if starts is not None and starts > limit + 1:
         return (
-            f"started {started.starts - 1} times without an outcome: its worker died each time "
+            f"started {starts - 1} times without an outcome: its worker died each time "
             f"(redelivery limit max_redeliveries={limit})"
         )
     if config.queue_type == "quorum" and delivery.returns > limit:

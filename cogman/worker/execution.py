@@ -108,7 +108,10 @@ class Executor:
 
     def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Outcome:
         if message.raw_body is not None:  # Go Cogman's format: cogman/worker/go_execution.py
-            return Outcome(self._go.run(delivery, message, task))
+            try:
+                return Outcome(self._go.run(delivery, message, task))
+            except PoisonMessage as poison:  # it killed its worker each time (delivery_limits.py)
+                return self._dead_letter(delivery, poison, message)
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
             return untimely

@@ -29,6 +29,7 @@ from cogman.priority import Priority
 from cogman.record import clip
 from cogman.sending.go_send import message_for_record, message_from_delivery
 from cogman.status import Status
+from cogman.worker.delivery_limits import looping_after
 from cogman.worker.handlers import Chain, EventLoopThread, run_handler
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ class GoRunner:
             log.info("Go task %s already %s; acking its redelivery without running it", task_id, record.status)
             self.ack_when_durable(delivery, after=self._resend_retry(records, record))
             return "skipped"
+        starts = self.until_recorded(lambda: records.count_start(task_id), f"count a start of Go task {task_id}")
+        looping = looping_after(delivery, starts, self.app.config)
+        if looping is not None:  # it killed its worker each time: dead-lettered by the executor
+            raise PoisonMessage(looping, task_id)
         original = record.original_task_id if record is not None else task_id
         is_original = original == task_id
         chain = Chain(original, 1 if is_original else 2, record.retry if record is not None and is_original else 0)

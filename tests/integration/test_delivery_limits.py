@@ -108,6 +108,28 @@ def test_a_task_that_kills_its_worker_each_time_ends_failed_and_dead_lettered_on
     print(f"\n[figures] {queue_type}: {deaths} worker deaths, then failed and dead-lettered, in {took:.1f} s")
 
 
+def test_a_go_format_task_that_kills_its_worker_each_time_ends_failed_and_dead_lettered_once(
+    env: dict[str, str], tmp_path: Path
+):
+    """Go's record has no field to count starts in: they are counted beside it (``count_start``)."""
+    client = client_for(env, "classic")
+    try:
+        task = client.task(name="limits.go_kills_worker", wire="go")(lambda payload: None)
+        result = task.delay(b"\x00go payload")
+        deaths = run_until_final(client, env, result.id, tmp_path, most=LIMIT + 4)
+        go_record = client.backend.go_records().get(result.id)
+        dead = client.broker.dead_letters()
+    finally:
+        client.close()
+    assert (deaths, run_count(tmp_path / "runs.log")) == (LIMIT + 1, LIMIT + 1)
+    assert go_record is not None and go_record.status is Status.FAILED
+    assert go_record.fail_error.startswith(REASON)
+    assert [(d.headers[HEADER_TASK_ID], d.headers[HEADER_DEAD_LETTER_REASON]) for d in dead] == [
+        (result.id, go_record.fail_error)
+    ]
+    assert depth(env["COGMAN_BROKER_URL"], DEAD_LETTER_QUEUE) == 1
+
+
 def test_quorum_task_queues_carry_the_delivery_limit_and_dead_letter_into_cogmans_place(env: dict[str, str]):
     """Past ``x-delivery-limit`` RabbitMQ drops a message unless the queue dead-letters it."""
     client = client_for(env, "quorum")

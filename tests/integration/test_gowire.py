@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,28 @@ def test_rest_get_and_cogman_status_show_a_go_task_beside_cogmans(
     assert main(["-A", "tests.integration.gowire_app", "--backend", redis_url, "status", result.id]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["task_id"], printed["status"], printed["payload"]["wire"]) == (result.id, "queued", "go")
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_go_tasks_starts_are_counted_beside_its_record(kind: str, redis_url: str):
+    """``count_start`` (the delivery limit of a Go-format task): per task, with or without a Go record,
+    forgotten after ``redis_ttl`` in Redis and once the record is final in memory."""
+    from cogman.backends.memory import MemoryBackend
+    from cogman.backends.redis.backend import RedisBackend
+    from cogman.config.settings import Config
+
+    backend = MemoryBackend(ttl=3600) if kind == "memory" else RedisBackend(redis_url, Config(redis_ttl=3600))
+    try:
+        store = backend.go_records()
+        record = GoRecord.new(f"starts-{uuid.uuid4().hex}", "gowire.echo", b"")
+        store.create(record)
+        assert [store.count_start(record.task_id) for _ in range(3)] == [1, 2, 3]
+        assert store.count_start(f"no-record-{uuid.uuid4().hex}") == 1
+        if isinstance(backend, RedisBackend):
+            assert 3500 < backend.client.ttl(f"{backend.keys.prefix}:go-starts:{record.task_id}") <= 3600
+        else:
+            store.update(record.task_id, Status.IN_PROGRESS)
+            store.update(record.task_id, Status.SUCCESS, duration=0.5)
+            assert store.count_start(record.task_id) == 1
+    finally:
+        backend.close()

@@ -99,3 +99,10 @@ def test_go_records_beside_the_collection_follow_gos_ranks(make: Any):
     assert store.update("m-1", Status.SUCCESS).status is Status.FAILED
     assert backend.get("m-1").status is Status.FAILED  # readers see it beside cogman's records
     assert backend.collection.find_one({"task_id": "m-1"}) is None  # Go's own collection is not written
+
+
+def test_a_go_tasks_starts_are_counted_beside_its_record(make: Any):
+    store = make().go_records()
+    assert [store.count_start("go-starts-1") for _ in range(3)] == [1, 2, 3]
+    assert store.count_start("go-starts-2") == 1
+    assert "TTL" in store.starts.index_information()

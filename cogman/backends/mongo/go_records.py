@@ -36,6 +36,8 @@ class MongoGoRecords:
 
     def __init__(self, records: Any, buffer: WriteBuffer, ttl_seconds: int) -> None:
         self.collection = records.database[f"{records.name}_go"]
+        #: Starts of Go tasks (``count_start``), by task id: Go's record has no field for them.
+        self.starts = records.database[f"{records.name}_go_starts"]
         self.buffer = buffer
         self.ttl_seconds = ttl_seconds
 
@@ -82,6 +84,20 @@ class MongoGoRecords:
         left: int | None = self.buffer.call(take, f"take a retry of Go task {original_task_id}")
         return left
 
+    def count_start(self, task_id: str) -> int:
+        def count() -> int:
+            self._indexes()
+            doc = self.starts.find_one_and_update(
+                {"_id": task_id},
+                {"$inc": {"n": 1}, "$setOnInsert": {"created_at": utcnow()}},
+                upsert=True,
+                return_document=pymongo.ReturnDocument.AFTER,
+            )
+            return int(doc["n"])
+
+        starts: int = self.buffer.call(count, f"count a start of Go task {task_id}")
+        return starts
+
     def get(self, task_id: str) -> GoRecord | None:
         record: GoRecord | None = self.buffer.call(lambda: self._read(task_id)[0], f"read Go task {task_id}")
         return record
@@ -114,4 +130,5 @@ class MongoGoRecords:
             if self.ttl_seconds > 0:
                 ttl = self.ttl_seconds
                 self.collection.create_index([("created_at", pymongo.ASCENDING)], name="TTL", expireAfterSeconds=ttl)
+                self.starts.create_index([("created_at", pymongo.ASCENDING)], name="TTL", expireAfterSeconds=ttl)
             _INDEXED.add(hash(key))

@@ -195,6 +195,18 @@ class RedisGoRecords:
             log.error("no retry for Go task %s: its key holds no Go task record", original_task_id)
         return int(left) if left >= 0 else None
 
+    def count_start(self, task_id: str) -> int:
+        client, key, ttl = self.link.client, f"{self.link.keys.prefix}:go-starts:{task_id}", self.ttl_seconds
+
+        def count() -> int:
+            pipe = client.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, ttl)
+            return int(pipe.execute()[0])
+
+        starts: int = self.link.buffer.call(count, f"count a start of Go task {task_id}")
+        return starts
+
     def get(self, task_id: str) -> GoRecord | None:
         client = self.link.client
         raw = self.link.buffer.call(lambda: _get_string(client, task_id), f"read Go task {task_id}")
