@@ -3,8 +3,10 @@
 As Go's ``SendTask``: the payload bytes are the body (no JSON envelope, no ``content_type``), the
 headers ``TaskName`` and ``TaskID``, ``message_id`` the TaskID, persistent; the record is Go's, written
 ``initiated`` before the publish and moved to ``queued`` when the broker confirms it
-(``Client.confirmed``). The publish goes through the same broker as cogman's own messages: outbox,
-confirms and reconnection are unchanged. What is not Go's is refused before anything is written:
+(``Client.confirmed``), and ``.delay()`` returns only then, whatever ``send_mode`` says: no re-enqueue
+sweep reads Go records, so a message still in a dead client's outbox would be lost. The publish goes
+through the same broker as cogman's own messages: outbox, confirms and reconnection are unchanged. What
+is not Go's is refused before anything is written:
 ``countdown``/``eta``/``expires`` (Go has no delays), ``extras``, and a call that is not one payload.
 """
 
@@ -81,8 +83,8 @@ def send_go(
     store = client.backend.go_records()
     for record in records:
         store.create(record)
-    if wait_confirmed is None:
-        wait_confirmed = config.send_mode == "confirmed"
+    if wait_confirmed is None:  # whatever send_mode says: no re-enqueue sweep reads Go records (go-interop.md)
+        wait_confirmed = True
     receipt = client.broker.publish(messages, wait=wait_confirmed)
     for message in messages:
         client.middleware.after("after_send", message)

@@ -328,3 +328,19 @@ def test_a_go_tasks_starts_are_counted_beside_its_record(kind: str, redis_url: s
             assert store.count_start(record.task_id) == 1
     finally:
         backend.close()
+
+
+def test_a_go_wire_send_returns_only_once_rabbitmq_confirmed_it_whatever_the_send_mode(
+    rabbit: str, redis_url: str, go_redis: redis.Redis
+):
+    """No re-enqueue sweep reads Go records: a message left in the outbox of a client that dies would be
+    lost, so ``.delay()`` of a ``wire="go"`` task waits for the confirm even with ``send_mode="recorded"``."""
+    app = App("gowire-recorded", broker=rabbit, backend=redis_url)
+    assert app.config.send_mode == "recorded"
+    task = app.task(name="gowire.echo", wire="go")(lambda payload: None)
+    try:
+        results = [task.delay(b"%d" % n) for n in range(20)]
+        assert all(result.wait_sent(0) for result in results)  # confirmed before each .delay() returned
+        assert {GoRecord.from_json(go_redis.get(r.id), r.id).status for r in results} == {Status.QUEUED}
+    finally:
+        app.close()
