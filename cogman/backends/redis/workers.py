@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cogman.backends import codec
@@ -80,7 +80,7 @@ def add_retries(link: Link, task_id: str, count: int) -> int | None:
     layout = link.shards.of(task_id)
     args: list[Any] = [layout.prefix, task_id, count, codec.dumps(utcnow().isoformat())]
     keys = list(layout.route)  # routes the call on a Redis Cluster (shards.py); none on one Redis
-    budget = link.buffer.call(lambda: script(keys=keys, args=args), f"add {count} retries to task {task_id}")
+    budget = link.buffer.call(link.run(script, args, tuple(keys)), f"add {count} retries to task {task_id}")
     return None if budget is None else int(budget)
 
 
@@ -143,10 +143,7 @@ def forget_worker(link: Link, worker_id: str) -> None:
 def delete(link: Link, task_ids: Sequence[str]) -> None:
     script = link.client.register_script(DELETE)
 
-    def run(keys: list[str], args: list[str]) -> Callable[[], Any]:
-        return lambda: script(keys=keys, args=args)
-
     for layout, members in link.shards.group(task_ids):  # one shard's ids per call: one slot per script
         for start in range(0, len(members), DELETE_CHUNK):
             chunk = list(members[start : start + DELETE_CHUNK])
-            link.buffer.write(run(list(layout.route), [layout.prefix, *chunk]), f"delete {len(chunk)} record(s)")
+            link.buffer.write(link.run(script, [layout.prefix, *chunk], layout.route), f"delete {len(chunk)} record(s)")
