@@ -28,6 +28,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
+from cogman.backends.redis.urls import host_port, without_password
 from cogman.backends.redis.wire import Replication, ScriptCaller
 from cogman.errors import BackendUnavailable, ConfigError
 
@@ -57,7 +58,7 @@ class ClusterTarget:
 
 def parse(url: str) -> ClusterTarget:
     """The parts of a ``redis+cluster://`` URL; ConfigError naming what is wrong (passwords never shown)."""
-    shown = _without_password(url)
+    shown = without_password(url)
     if not is_cluster_url(url):
         raise ConfigError(f"not a Redis Cluster URL: {shown!r}; expected {_FORM}")
     netloc, _, path_and_query = url.split("://", 1)[1].partition("/")
@@ -69,7 +70,7 @@ def parse(url: str) -> ClusterTarget:
         userinfo, hosts = "", netloc
     if not hosts:
         raise ConfigError(f"{shown!r} names no node; expected {_FORM}")
-    nodes = [_host_port(part, shown) for part in hosts.split(",")]
+    nodes = [host_port(part, shown, DEFAULT_PORT, "a node") for part in hosts.split(",")]
     if path.strip("/") not in ("", "0"):
         raise ConfigError(f"{shown!r}: a Redis Cluster has only database 0, got {path!r}; expected {_FORM}")
     options = parse_qs(query, keep_blank_values=True)
@@ -148,21 +149,3 @@ class ClusterScriptCaller(ScriptCaller):
             raise redis.ConnectionError(f"refreshing the Redis Cluster slot map: {exc}") from exc
         finally:
             self._refreshing.release()
-
-
-def _host_port(part: str, shown: str) -> tuple[str, int]:
-    host, colon, port = part.strip().rpartition(":")
-    if not colon:
-        host, port = part.strip(), str(DEFAULT_PORT)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{shown!r}: {part!r} is not a node's host:port")
-    return host, int(port)
-
-
-def _without_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    return f"{scheme}{sep}{netloc}{slash}{tail.split('?', 1)[0]}"

@@ -192,28 +192,40 @@ end
 return {outcome, f[1] or 'null', f[2] or 'null', f[3] or '1', budget or '0', tostring(starts)}
 """
 
-# ARGV: common(4), original id, attempt id (JSON), updated_at (JSON), then one record (the attempt).
-# Returns {'spawned', left}, {'again', left} (this attempt was already spawned), {'spent'}, {'unknown'}
-# or {'corrupt: <why>'}.
-SPAWN_RETRY = """
-local okey = P .. ':task:' .. ARGV[5]
-local kind = redis.call('TYPE', okey)['ok']
-if kind == 'none' then return {'unknown'} end
-if kind ~= 'hash' then return {'corrupt: a Redis ' .. kind .. ', not a hash'} end
-local flat = redis.call('HMGET', okey, 'retry', 'latest_attempt_id')
-if flat[2] == ARGV[6] or redis.call('EXISTS', P .. ':task:' .. ARGV[8]) == 1 then
-  return {'again', flat[1] or '0'}
+# The original's side of a retry spawn, shared with the sharded spawn (spawn.py). ARGV: common(4), original
+# id, attempt id (JSON), updated_at (JSON). ``already()`` tells whether the attempt exists. Returns
+# {'spawned', left}, {'again', left} (this attempt was already spawned), {'spent'}, {'unknown'} or
+# {'corrupt: <why>'}.
+MARK_RETRY = """
+local function mark_retry(already)
+  local okey = P .. ':task:' .. ARGV[5]
+  local kind = redis.call('TYPE', okey)['ok']
+  if kind == 'none' then return {'unknown'} end
+  if kind ~= 'hash' then return {'corrupt: a Redis ' .. kind .. ', not a hash'} end
+  local flat = redis.call('HMGET', okey, 'retry', 'latest_attempt_id')
+  if flat[2] == ARGV[6] or already() then return {'again', flat[1] or '0'} end
+  local left = tonumber(flat[1])
+  if not left then return {'corrupt: bad retry field ' .. tostring(flat[1])} end
+  if left <= 0 then return {'spent'} end
+  left = left - 1
+  redis.call('HSET', okey, 'retry', tostring(left), 'latest_attempt_id', ARGV[6], 'updated_at', ARGV[7])
+  redis.call('PEXPIRE', okey, TTL)
+  return {'spawned', tostring(left)}
 end
-local left = tonumber(flat[1])
-if not left then return {'corrupt: bad retry field ' .. tostring(flat[1])} end
-if left <= 0 then return {'spent'} end
-left = left - 1
-redis.call('HSET', okey, 'retry', tostring(left), 'latest_attempt_id', ARGV[6], 'updated_at', ARGV[7])
-redis.call('PEXPIRE', okey, TTL)
-local id, name, pk, fields = read_record(8)
-create(id, name, pk, fields)
-return {'spawned', tostring(left)}
 """
+
+# ARGV: MARK_RETRY's, then one record (the attempt), in the original's shard. Returns MARK_RETRY's reply.
+SPAWN_RETRY = (
+    MARK_RETRY
+    + """
+local out = mark_retry(function() return redis.call('EXISTS', P .. ':task:' .. ARGV[8]) == 1 end)
+if out[1] == 'spawned' then
+  local id, name, pk, fields = read_record(8)
+  create(id, name, pk, fields)
+end
+return out
+"""
+)
 
 # ARGV: common(4), lease_ms, then task ids. Takes a lease (field _lease, server time in ms) on each record
 # still unconfirmed whose lease is free or expired; returns the ids taken.

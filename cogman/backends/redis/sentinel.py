@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote
 import redis
 from redis.sentinel import Sentinel
 
+from cogman.backends.redis.urls import host_port, without_password
 from cogman.errors import ConfigError
 
 SCHEMES = ("redis+sentinel",)
@@ -52,7 +53,7 @@ class SentinelTarget:
 
 def parse(url: str) -> SentinelTarget:
     """The parts of a ``redis+sentinel://`` URL; ConfigError naming what is wrong (passwords never shown)."""
-    shown = _without_password(url)
+    shown = without_password(url)
     form = "redis+sentinel://host:26379,host:26380/service[/db]"
     if not is_sentinel_url(url):
         raise ConfigError(f"not a Sentinel URL: {shown!r}; expected {form}")
@@ -64,7 +65,7 @@ def parse(url: str) -> SentinelTarget:
         userinfo, hosts = "", netloc
     if not hosts:
         raise ConfigError(f"{shown!r} names no sentinel; expected {form}")
-    sentinels = [_host_port(part, shown) for part in hosts.split(",")]
+    sentinels = [host_port(part, shown, DEFAULT_PORT, "a sentinel") for part in hosts.split(",")]
     parts = [unquote(piece) for piece in path.split("/")] if path else []
     if not parts or not parts[0]:
         raise ConfigError(f"{shown!r} names no service (the name the sentinels monitor the primary under); "
@@ -107,22 +108,3 @@ def client_factory(url: str) -> tuple[ClientFactory, str]:
         return client
 
     return make, target.describe()
-
-
-def _host_port(part: str, shown: str) -> tuple[str, int]:
-    host, colon, port = part.strip().rpartition(":")
-    if not colon:
-        host, port = part.strip(), str(DEFAULT_PORT)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{shown!r}: {part!r} is not a sentinel's host:port")
-    return host, int(port)
-
-
-def _without_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    tail = tail.split("?", 1)[0] + ("?..." if "?" in tail else "")
-    return f"{scheme}{sep}{netloc}{slash}{tail}"

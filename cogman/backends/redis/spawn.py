@@ -38,23 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cogman.backends.redis")
 
-# ARGV: common(4), original id, attempt id (JSON), updated_at (JSON). Returns {'spawned', left},
-# {'again', left} (this attempt's retry was spent already), {'spent'}, {'unknown'} or {'corrupt: <why>'}.
-MARK = """
-local okey = P .. ':task:' .. ARGV[5]
-local kind = redis.call('TYPE', okey)['ok']
-if kind == 'none' then return {'unknown'} end
-if kind ~= 'hash' then return {'corrupt: a Redis ' .. kind .. ', not a hash'} end
-local flat = redis.call('HMGET', okey, 'retry', 'latest_attempt_id')
-if flat[2] == ARGV[6] then return {'again', flat[1] or '0'} end
-local left = tonumber(flat[1])
-if not left then return {'corrupt: bad retry field ' .. tostring(flat[1])} end
-if left <= 0 then return {'spent'} end
-left = left - 1
-redis.call('HSET', okey, 'retry', tostring(left), 'latest_attempt_id', ARGV[6], 'updated_at', ARGV[7])
-redis.call('PEXPIRE', okey, TTL)
-return {'spawned', tostring(left)}
-"""
+# scripts.MARK_RETRY alone: the attempt is created in its own shard, by another call.
+MARK = scripts.MARK_RETRY + "\nreturn mark_retry(function() return false end)\n"
 
 _MARK = scripts.source(MARK)
 
