@@ -8,11 +8,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from cogman.backends.memory_fidelity import Deadlines
-from cogman.gowire.record import GoRecord, go_time
-from cogman.gowire.store import read_as_task, updated
-from cogman.record import TaskRecord
+from cogman.gowire.record import GoRecord, go_time, parse_go_time
+from cogman.gowire.store import MAX_LISTED, read_as_task, updated
+from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
 
@@ -74,7 +75,8 @@ class MemoryGoRecords:
     def recent(self) -> list[GoRecord]:
         with self._lock:
             self._expire()
-            return [GoRecord.from_json(raw, key) for key, raw in self._records.items()]
+            records = [GoRecord.from_json(raw, key) for key, raw in self._records.items()]
+        return sorted(records, key=_created, reverse=True)[:MAX_LISTED]
 
     def read_as_task(self, task_id: str) -> TaskRecord | None:
         """The Go record as cogman's readers show it (the memory backend's ``get`` falls back to it)."""
@@ -98,3 +100,8 @@ class MemoryGoRecords:
     def _expire(self) -> None:
         for task_id in self._ttl.expired():
             self._records.pop(task_id, None)
+
+
+def _created(record: GoRecord) -> datetime:
+    """When the record was created, for listing newest first (a record Go wrote with no time: now)."""
+    return parse_go_time(record.created_at) if record.created_at else utcnow()

@@ -18,6 +18,9 @@ from cogman.status import Status
 
 #: The longest retry chain ``read_as_task`` follows.
 MAX_CHAIN = 1000
+#: The most Go records ``recent`` returns, the newest: listing filters them in process, so a call's work
+#: stays bounded however many Go-format tasks the window holds.
+MAX_LISTED = 1000
 
 
 class GoRecords(Protocol):
@@ -47,8 +50,8 @@ class GoRecords(Protocol):
         """The record, None when there is none; CorruptRecord when the key holds something else."""
 
     def recent(self) -> list[GoRecord]:
-        """The Go records this store lists (``Backend.query``, ``/list``, the dashboard): those a cogman
-        process created or started, within ``redis_ttl``; Go keeps no index of its own."""
+        """The Go records this store lists (``Backend.query``, ``/list``, the dashboard): of those a cogman
+        process created or started within ``redis_ttl``, the ``MAX_LISTED`` newest; Go keeps no index."""
 
 
 def updated(

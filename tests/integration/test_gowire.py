@@ -344,3 +344,28 @@ def test_a_go_wire_send_returns_only_once_rabbitmq_confirmed_it_whatever_the_sen
         assert {GoRecord.from_json(go_redis.get(r.id), r.id).status for r in results} == {Status.QUEUED}
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_go_listing_reads_only_the_newest_records(kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Listing filters the Go records in process: each call reads at most MAX_LISTED of them, the newest."""
+    from cogman.backends.memory import MemoryBackend
+    from cogman.backends.redis.backend import RedisBackend
+    from cogman.config.settings import Config
+
+    prefix = f"golist-{uuid.uuid4().hex[:8]}"
+    config = Config(redis_ttl=3600, redis_prefix=prefix)
+    backend = MemoryBackend(ttl=3600) if kind == "memory" else RedisBackend(redis_url, config)
+    monkeypatch.setattr(f"cogman.backends.{'go_memory' if kind == 'memory' else 'redis.go_records'}.MAX_LISTED", 2)
+    import time
+
+    now = time.time_ns()
+    try:
+        for index in range(4):
+            record = GoRecord.new(f"{prefix}-{index}", "gowire.echo", b"x")
+            backend.go_records().create(record.evolve(created_at=go_time(now - (4 - index) * 1_000_000_000)))
+        assert [r.task_id for r in backend.go_records().recent()] == [f"{prefix}-3", f"{prefix}-2"]
+    finally:
+        if isinstance(backend, RedisBackend):
+            backend.client.delete(*[f"{prefix}-{index}" for index in range(4)])
+        backend.close()

@@ -106,3 +106,18 @@ def test_a_go_tasks_starts_are_counted_beside_its_record(make: Any):
     assert [store.count_start("go-starts-1") for _ in range(3)] == [1, 2, 3]
     assert store.count_start("go-starts-2") == 1
     assert "TTL" in store.starts.index_information()
+
+
+def test_listing_on_mongodb_shows_go_tasks_beside_cogmans_the_newest_first(make: Any, monkeypatch: Any):
+    from cogman.backends.base import TaskQuery
+    from cogman.gowire import store as go_store
+
+    backend = make()
+    for index in range(4):
+        record = GoRecord.new(f"list-{index}", "gowire.echo", b"x")
+        backend.go_records().create(record.evolve(created_at=f"2026-12-05T10:00:0{index}.5Z"))
+    page = backend.query(TaskQuery(name="gowire.echo"))
+    assert ([r.task_id for r in page.records], page.total) == (["list-3", "list-2", "list-1", "list-0"], 4)
+    monkeypatch.setattr(go_store, "MAX_LISTED", 2)
+    monkeypatch.setattr("cogman.backends.mongo.go_records.MAX_LISTED", 2)
+    assert [r.task_id for r in backend.go_records().recent()] == ["list-3", "list-2"]  # bounded: the newest

@@ -8,22 +8,24 @@ replayed (:mod:`cogman.backends.outage`); ``wait`` polls, growing its interval. 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError
 
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.go_query import with_go_records
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
 from cogman.backends.mongo import workers as mongo_workers
 from cogman.backends.mongo import workflows as mongo_workflows
+from cogman.backends.mongo.connect import is_transient, mock_client
 from cogman.backends.mongo.go_records import MongoGoRecords
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import CorruptRecord
@@ -36,34 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogman.backends.mongo")
 
 
-def is_transient(exc: BaseException) -> bool:
-    """An unreachable server, a failover (not primary), or a write the driver labels retryable."""
-    if isinstance(exc, ConnectionFailure):
-        return True
-    return isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError")
-
-
-#: ``mongomock://NAME`` clients, shared per URL so two backends on one URL see the same data.
-_MOCKS: dict[str, Any] = {}
-_MOCKS_LOCK = threading.Lock()
-
-
-def _mock_client(url: str) -> Any:
-    import mongomock
-
-    with _MOCKS_LOCK:
-        if url not in _MOCKS:
-            _MOCKS[url] = mongomock.MongoClient(tz_aware=True)
-        return _MOCKS[url]
-
-
 class MongoBackend:
     """The MongoDB task log in ``config.mongo_database``.``config.mongo_collection``."""
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
         self.ttl_seconds = int(config.mongo_ttl)
         if url.startswith("mongomock://"):
-            self.client = _mock_client(url)
+            self.client = mock_client(url)
         else:
             defaults = {"serverSelectionTimeoutMS": 2000, "connectTimeoutMS": 2000, "socketTimeoutMS": 10_000}
             chosen: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in url.lower()}
@@ -283,7 +264,8 @@ class MongoBackend:
             interval = min(interval * 1.5, 1.0)
 
     def query(self, query: TaskQuery) -> TaskPage:
-        return mongo_queries.query(self.collection, self.buffer, self.where, query)
+        page = partial(mongo_queries.query, self.collection, self.buffer, self.where)
+        return with_go_records(query, page, self.go_records())  # Go-format tasks beside (go_query.py)
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
         return mongo_queries.count_by_status(self.collection, self.buffer, start, end, bucket_seconds)

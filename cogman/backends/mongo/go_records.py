@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pymongo
 from pymongo.errors import DuplicateKeyError
 
-from cogman.gowire.record import GoRecord, go_time
-from cogman.gowire.store import read_as_task, updated
+from cogman.gowire.record import GoRecord, go_time, parse_go_time
+from cogman.gowire.store import MAX_LISTED, read_as_task, updated
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
@@ -46,7 +46,8 @@ class MongoGoRecords:
             self._indexes()
             doc = {"task_id": record.task_id, "status": record.status.value, "record": record.to_json()}
             try:
-                self.collection.insert_one({**doc, "created_at": utcnow()})
+                created = parse_go_time(record.created_at) if record.created_at else utcnow()  # TTL and listing
+                self.collection.insert_one({**doc, "created_at": created})
             except DuplicateKeyError:
                 return False
             return True
@@ -103,7 +104,12 @@ class MongoGoRecords:
         return record
 
     def recent(self) -> list[GoRecord]:
-        docs = self.buffer.call(lambda: list(self.collection.find({}, {"_id": False})), "list Go records")
+        def newest() -> list[Any]:
+            return list(
+                self.collection.find({}, {"_id": False}).sort("created_at", pymongo.DESCENDING).limit(MAX_LISTED)
+            )
+
+        docs = self.buffer.call(newest, "list Go records")
         return [GoRecord.from_json(doc["record"], str(doc.get("task_id"))) for doc in docs]
 
     def read_as_task(self, task_id: str) -> TaskRecord | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cogman.backends.codec import to_us
 from cogman.errors import CorruptRecord
 from cogman.gowire.record import GO_RANK, GoRecord, go_float, go_time, parse_go_time
-from cogman.gowire.store import read_as_task
+from cogman.gowire.store import MAX_LISTED, read_as_task
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
@@ -122,7 +122,8 @@ class RedisGoRecords:
 
     def recent(self) -> list[GoRecord]:
         client, index, floor = self.link.client, self.index, self.link.keys.window_floor()
-        listed = self.link.buffer.call(lambda: client.zrangebyscore(index, floor, "+inf"), "list Go records")
+        newest = lambda: client.zrevrangebyscore(index, "+inf", floor, start=0, num=MAX_LISTED)  # noqa: E731
+        listed = self.link.buffer.call(newest, "list Go records")
         ids = [task_id.decode() if isinstance(task_id, bytes) else str(task_id) for task_id in listed]
         if not ids:
             return []
