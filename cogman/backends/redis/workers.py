@@ -79,8 +79,7 @@ def add_retries(link: Link, task_id: str, count: int) -> int | None:
     script = link.client.register_script(ADD_RETRIES)
     layout = link.shards.of(task_id)
     args: list[Any] = [layout.prefix, task_id, count, codec.dumps(utcnow().isoformat())]
-    keys = list(layout.route)  # routes the call on a Redis Cluster (shards.py); none on one Redis
-    budget = link.buffer.call(link.run(script, args, tuple(keys)), f"add {count} retries to task {task_id}")
+    budget = link.buffer.call(link.script(script, args, layout), f"add {count} retries to task {task_id}")
     return None if budget is None else int(budget)
 
 
@@ -146,4 +145,4 @@ def delete(link: Link, task_ids: Sequence[str]) -> None:
     for layout, members in link.shards.group(task_ids):  # one shard's ids per call: one slot per script
         for start in range(0, len(members), DELETE_CHUNK):
             chunk = list(members[start : start + DELETE_CHUNK])
-            link.buffer.write(link.run(script, [layout.prefix, *chunk], layout.route), f"delete {len(chunk)} record(s)")
+            link.buffer.write(link.script(script, [layout.prefix, *chunk], layout), f"delete {len(chunk)} record(s)")

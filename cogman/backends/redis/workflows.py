@@ -42,8 +42,7 @@ def create_new(link: Link, record: TaskRecord) -> bool:
     script = link.client.register_script(_CREATE_NEW)
     layout = link.shards.of(record.task_id)
     args: list[Any] = [*layout.common(), *scripts.record_args(record)]
-    keys = list(layout.route)  # routes the call on a Redis Cluster (shards.py); none on one Redis
-    outcome = link.buffer.call(link.run(script, args, tuple(keys)), f"create task {record.task_id} if new")
+    outcome = link.buffer.call(link.script(script, args, layout), f"create task {record.task_id} if new")
     return bytes(outcome) == b"created"
 
 
@@ -53,8 +52,7 @@ def join_chord(link: Link, chord_id: str, index: int, size: int, outcome: str) -
     script = link.client.register_script(_JOIN_CHORD)
     layout = link.shards.of(chord_id)  # the chord's set lives in the chord id's shard
     args: list[Any] = [*layout.common(), chord_id, index, size, outcome]
-    keys = list(layout.route)
-    flat = link.buffer.call(link.run(script, args, tuple(keys)), f"join member {index} to chord {chord_id}")
+    flat = link.buffer.call(link.script(script, args, layout), f"join member {index} to chord {chord_id}")
     if flat is None:
         return None
     outcomes = {int(flat[i]): flat[i + 1].decode() for i in range(0, len(flat), 2)}
