@@ -122,11 +122,13 @@ class Backend(Protocol):
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         """The same move for many records in one round trip, for batch sends (no fields, no result)."""
 
-    def start(self, task_id: str) -> Started | None:
+    def start(self, task_id: str, token: str = "") -> Started | None:
         """Move the record to ``in_progress`` if allowed, in one round trip, and return what the worker
         needs; None when the record is unknown or the write had to be parked (store unreachable). Each
-        call on a record that is not final counts one start (``Started.starts``), a redelivery of a
-        task whose worker died mid-run included."""
+        delivery of a record that is not final counts one start (``Started.starts``), a redelivery of a
+        task whose worker died mid-run included: ``token`` names the delivery, so the calls made again
+        for it (retries and replays through an outage or a WAIT shortfall) count once. "" counts each
+        call."""
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         """If the original's budget is above 0: decrement it, point the original's ``latest_attempt_id``

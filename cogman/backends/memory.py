@@ -39,7 +39,7 @@ class MemoryBackend:
         self._records: dict[str, TaskRecord] = {}
         self._leases: dict[str, float] = {}
         #: Starts of records not final yet (``Started.starts``), forgotten with their record.
-        self._starts: dict[str, int] = {}
+        self._starts: dict[str, tuple[int, str]] = {}  # and the delivery (``start``'s token) last counted
         #: Changes that arrived before their record, applied by its create (the reference behaviour).
         self._early: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
@@ -157,7 +157,7 @@ class MemoryBackend:
         for task_id in task_ids:
             self._transition(task_id, status)
 
-    def start(self, task_id: str) -> Started | None:
+    def start(self, task_id: str, token: str = "") -> Started | None:
         with self._changed:
             record = self._transition(task_id, Status.IN_PROGRESS)
             if record is None:
@@ -165,7 +165,9 @@ class MemoryBackend:
             original = self._records.get(record.original_task_id, record)
             starts = 1
             if not record.status.is_final:
-                starts = self._starts[task_id] = self._starts.get(task_id, 0) + 1
+                counted, last = self._starts.get(task_id, (0, ""))
+                starts = counted if token and token == last else counted + 1
+                self._starts[task_id] = (starts, token)
             return Started(record.status, record.original_task_id, record.attempt, original.retry, starts)
 
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:

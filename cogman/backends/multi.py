@@ -70,8 +70,8 @@ class MultiBackend:
         self.primary.transition_many(task_ids, status)
         self._mirror(lambda b: b.transition_many(task_ids, status), f"move {len(task_ids)} task(s) to {status}")
 
-    def start(self, task_id: str) -> Started | None:
-        started = self.primary.start(task_id)
+    def start(self, task_id: str, token: str = "") -> Started | None:
+        started = self.primary.start(task_id, token)
         self._mirror(lambda b: b.transition(task_id, Status.IN_PROGRESS), f"move task {task_id} to in_progress")
         return started
 

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import traceback
+import uuid
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -115,8 +116,8 @@ class Executor:
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
             return untimely
-
-        started = self._until_recorded(lambda: self.backend.start(message.task_id), f"start task {message.task_id}")
+        token = uuid.uuid4().hex  # names this delivery: its start counts once however often it is written
+        started = self._until_recorded(lambda: self.backend.start(message.task_id, token), f"start {message.task_id}")
         if started is not None and started.status.is_final:
             log.info("task %s already %s; acking its redelivery without running it", message.task_id, started.status)
             redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))

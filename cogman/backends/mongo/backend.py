@@ -162,21 +162,26 @@ class MongoBackend:
 
         self.buffer.write(move, f"move {len(ids)} task(s) to {status}")
 
-    def start(self, task_id: str) -> Started | None:
+    def start(self, task_id: str, token: str = "") -> Started | None:
         record = self.transition(task_id, Status.IN_PROGRESS)
         if record is None:
             return None
         starts = 1
         if not record.status.is_final:
+            again = {"_start_token": {"$ne": token}} if token else {}  # a call made again for one delivery
             counted = self.buffer.call(
                 lambda: self.collection.find_one_and_update(
-                    {"task_id": task_id, "status": Status.IN_PROGRESS.value},
-                    {"$inc": {"starts": 1}},
+                    {"task_id": task_id, "status": Status.IN_PROGRESS.value, **again},
+                    {"$inc": {"starts": 1}, "$set": {"_start_token": token}},
                     projection={"starts": True},  # mongomock loses a new field's $inc with "_id": False
                     return_document=ReturnDocument.AFTER,
                 ),
                 f"count a start of task {task_id}",
             )
+            if counted is None and token:  # this delivery's start was counted already
+                counted = self.buffer.call(
+                    lambda: self.collection.find_one({"task_id": task_id}, {"starts": True}), f"read task {task_id}"
+                )
             starts = int((counted or {}).get("starts") or 1)
         budget = record.retry
         if not record.is_original:

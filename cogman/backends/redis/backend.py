@@ -168,11 +168,10 @@ class RedisBackend:
                         outcome.decode(),
                     )
 
-    def start(self, task_id: str) -> Started | None:
+    def start(self, task_id: str, token: str = "") -> Started | None:
         layout = self.shards.of(task_id)
         args = [*layout.common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
-        if self.shards.tagged:
-            args.append("1")  # the original may be in another shard's slot: its budget is read apart
+        args += ["1" if self.shards.tagged else "0", token]  # tagged: the original's budget is read apart
         out = self._committed(self._start, args, f"move task {task_id} to in_progress", layout)
         return spawn.started(self._link(), task_id, out)
 

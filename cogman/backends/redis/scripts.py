@@ -169,11 +169,13 @@ end
 return out
 """
 
-# ARGV: common(4), status (JSON), updated_at (JSON), id, and '1' when sharded: the original's budget is
-# then not read here (it may live in another slot) but returned as '?'. Moves the record to the status (in_progress) if
-# allowed and returns {outcome, status, original_task_id, attempt, budget, starts}: the fields as stored
-# (JSON), the budget read from the original's record, and the starts counted in ``_starts`` (one more
-# each time unless the record is final); or {'unknown'} / {'corrupt: <why>'}.
+# ARGV: common(4), status (JSON), updated_at (JSON), id, '1' when sharded (the original's budget is
+# then not read here: it may live in another slot; returned as '?') else '0', and the delivery's token
+# ('' for none). Moves the record to the status (in_progress) if allowed and returns {outcome, status,
+# original_task_id, attempt, budget, starts}: the fields as stored (JSON), the budget read from the
+# original's record, and the starts counted in ``_starts``: one more for each delivery (``_start_token``)
+# unless the record is final, so a call made again for one delivery (a retry, a replay) counts once;
+# or {'unknown'} / {'corrupt: <why>'}.
 START = """
 local id = ARGV[7]
 local outcome = transition(id, ARGV[5], {'updated_at', ARGV[6], 'at:in_progress', ARGV[6]})
@@ -181,7 +183,14 @@ if outcome == 'unknown' or string.sub(outcome, 1, 7) == 'corrupt' then return {o
 local key = P .. ':task:' .. id
 local f = redis.call('HMGET', key, 'status', 'original_task_id', 'attempt', 'retry')
 local starts = 0
-if f[1] and not FINAL[f[1]] then starts = redis.call('HINCRBY', key, '_starts', 1) end
+if f[1] and not FINAL[f[1]] then
+  if ARGV[9] ~= '' and redis.call('HGET', key, '_start_token') == ARGV[9] then
+    starts = tonumber(redis.call('HGET', key, '_starts')) or 1  -- this delivery's call, made again
+  else
+    starts = redis.call('HINCRBY', key, '_starts', 1)
+    redis.call('HSET', key, '_start_token', ARGV[9])
+  end
+end
 local budget = f[4]
 if f[2] then
   local ok, original = pcall(cjson.decode, f[2])
