@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from cogman.backoff import Retry, RetryDecision, decide
 from cogman.delays import expired_error, seconds_until
-from cogman.errors import BackendUnavailable, BrokerUnavailable, PoisonMessage, PublishError, ResultRejected
+from cogman.errors import BrokerUnavailable, PoisonMessage, PublishError, ResultRejected
 from cogman.message import Message, header_task_id
 from cogman.record import clip
 from cogman.status import Status
 from cogman.worker.delivery_limits import looping_reason
 from cogman.worker.go_execution import GoRunner, decode, record_failed, task_of
 from cogman.worker.handlers import EventLoopThread, chain_of, check_result, run_handler
+from cogman.worker.settling import GiveBack, Settler
 from cogman.workflows import steps as workflow
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cogman.worker")
 
-#: Longest pause between two tries of a write the backend cannot take right now.
-MAX_BACKEND_PAUSE = 5.0
 #: How much of a result the success log line shows.
 RESULT_SHOWN = 200
 
@@ -59,10 +58,6 @@ class Outcome(StrEnum):
     REQUEUED = "requeued"  #: given back to the broker unfinished (a stopping worker, an unexpected error)
 
 
-class GiveBack(Exception):
-    """The worker is stopping while the backend is away: the delivery goes back unacked."""
-
-
 class Executor:
     """Runs deliveries for one worker and settles them; counts the acks it holds back."""
 
@@ -74,15 +69,16 @@ class Executor:
         self.consumer = consumer
         self.loop = loop
         self.stopping = stopping
-        self._held = 0
-        self._held_lock = threading.Condition()
+        self._settler = Settler(self.backend, consumer, stopping)
+        self._until_recorded = self._settler.until_recorded
+        self._ack_when_durable = self._settler.ack_when_durable
+        self.wait_for_room = self._settler.wait_for_room
         self._go = GoRunner(app, loop, self._until_recorded, self._ack_when_durable)  # Go-format deliveries
 
     @property
     def held(self) -> int:
         """Deliveries whose outcome is decided but not yet durable (or whose retry is unconfirmed)."""
-        with self._held_lock:
-            return self._held
+        return self._settler.held
 
     def execute(self, delivery: Delivery) -> Outcome:
         """Settle one delivery; ``after_outcome`` always follows, with the message once decoded, so a
@@ -289,62 +285,3 @@ class Executor:
             return None
         receipt: Receipt | None = self._until_recorded(step_ended, f"continue the workflow of task {message.task_id}")
         return receipt
-
-    # Settling
-
-    def _ack_when_durable(self, delivery: Delivery, after: Receipt | None = None) -> None:
-        """Ack once every outcome write is in the backend (and ``after``, the retry's receipt, settled).
-        A write that failed for good gives the message back instead, counted."""
-        with self._held_lock:
-            self._held += 1
-
-        def durable(failure: str | None) -> None:
-            try:
-                if failure is None:
-                    self.consumer.ack(delivery)
-                else:
-                    self.consumer.redeliver(delivery, f"outcome not recorded: {failure}")
-            finally:
-                with self._held_lock:
-                    self._held -= 1
-                    self._held_lock.notify_all()
-
-        def sent(failure: str | None) -> None:
-            if failure is None:
-                self.backend.durable(durable)
-                return
-            # The retry was not confirmed (the publisher closed, or gave it up and recorded why): give
-            # this attempt back rather than ack it. Its record is final, so the redelivery is skipped;
-            # the retry's record waits for re-enqueue, or says why it failed.
-            log.warning("retry of a failed attempt not confirmed (%s); its message goes back", failure)
-            try:
-                self.consumer.redeliver(delivery, f"retry not confirmed: {failure}")
-            finally:
-                with self._held_lock:
-                    self._held -= 1
-                    self._held_lock.notify_all()
-
-        if after is None:
-            self.backend.durable(durable)
-        else:
-            after.add_done_callback(sent)
-
-    def wait_for_room(self, limit: int, timeout: float) -> None:
-        """Block (up to ``timeout``) while ``limit`` or more acks are held: a worker whose backend is
-        away stops fetching instead of piling up outcomes that live only in its memory."""
-        with self._held_lock:
-            self._held_lock.wait_for(lambda: self._held < limit or self.stopping.is_set(), timeout)
-
-    def _until_recorded(self, write: Any, what: str) -> Any:
-        """Run a backend call, waiting out an outage (the handler is not run again for it); a stopping
-        worker gives the delivery back instead of waiting."""
-        pause = 0.2
-        while True:
-            try:
-                return write()
-            except BackendUnavailable as exc:
-                if self.stopping.is_set():
-                    raise GiveBack(what) from exc
-                log.warning("cannot %s yet (%s); trying again in %.1f s", what, exc, pause)
-                self.stopping.wait(pause)
-                pause = min(pause * 2, MAX_BACKEND_PAUSE)

@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cogman.worker")
 
-#: Runs a backend call, waiting out an outage (``Executor._until_recorded``).
+#: Runs a backend call, waiting out an outage (``Settler.until_recorded``).
 UntilRecorded = Callable[[Callable[[], Any], str], Any]
-#: Acks once the backend holds the outcome and ``after`` settled (``Executor._ack_when_durable``).
+#: Acks once the backend holds the outcome and ``after`` settled (``Settler.ack_when_durable``).
 AckWhenDurable = Callable[..., None]
 
 
