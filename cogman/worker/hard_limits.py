@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cogman.backoff import decide
-from cogman.errors import BackendUnavailable, HardTimeLimitExceeded
+from cogman.errors import HardTimeLimitExceeded
 from cogman.message import Message
 from cogman.middleware.base import Middleware
 from cogman.status import Status
 from cogman.worker import limits
+from cogman.worker.settling import through_outage
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -43,8 +44,6 @@ log = logging.getLogger("cogman.processes")
 
 #: Longest the overseer sleeps before it looks at new children.
 POLL = 0.5
-#: Longest pause between two tries of a write the backend cannot take right now.
-MAX_PAUSE = 5.0
 
 
 class Reporter(Middleware):
@@ -281,16 +280,7 @@ class Overseer:
             log.warning("%s failed (%s); ending the process anyway: its message comes back", what, failures[0])
 
     def _until_recorded(self, call: Any) -> Any:
-        pause = 0.2
-        while True:
-            try:
-                return call()
-            except BackendUnavailable as exc:
-                if self.stop.is_set():
-                    raise GiveUp(str(exc)) from exc
-                log.warning("cannot record a hard time limit yet (%s); trying again in %.1f s", exc, pause)
-                self.stop.wait(pause)
-                pause = min(pause * 2, MAX_PAUSE)
+        return through_outage(call, "record a hard time limit", self.stop, GiveUp)
 
 
 def _signal(pid: int, signum: int) -> bool:

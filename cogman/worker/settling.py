@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from cogman.errors import BackendUnavailable
 
@@ -23,6 +24,8 @@ log = logging.getLogger("cogman.worker")
 
 #: Longest pause between two tries of a write the backend cannot take right now.
 MAX_BACKEND_PAUSE = 5.0
+
+T = TypeVar("T")
 
 
 class GiveBack(Exception):
@@ -58,9 +61,7 @@ class Settler:
                 else:
                     self.consumer.redeliver(delivery, f"outcome not recorded: {failure}")
             finally:
-                with self._held_lock:
-                    self._held -= 1
-                    self._held_lock.notify_all()
+                self._release()
 
         def sent(failure: str | None) -> None:
             if failure is None:
@@ -73,14 +74,17 @@ class Settler:
             try:
                 self.consumer.redeliver(delivery, f"retry not confirmed: {failure}")
             finally:
-                with self._held_lock:
-                    self._held -= 1
-                    self._held_lock.notify_all()
+                self._release()
 
         if after is None:
             self.backend.durable(durable)
         else:
             after.add_done_callback(sent)
+
+    def _release(self) -> None:
+        with self._held_lock:
+            self._held -= 1
+            self._held_lock.notify_all()
 
     def wait_for_room(self, limit: int, timeout: float) -> None:
         """Block (up to ``timeout``) while ``limit`` or more acks are held: a worker whose backend is
@@ -88,16 +92,25 @@ class Settler:
         with self._held_lock:
             self._held_lock.wait_for(lambda: self._held < limit or self.stopping.is_set(), timeout)
 
-    def until_recorded(self, write: Any, what: str) -> Any:
+    def until_recorded(self, write: Callable[[], T], what: str) -> T:
         """Run a backend call, waiting out an outage (the handler is not run again for it); a stopping
         worker gives the delivery back instead of waiting."""
-        pause = 0.2
-        while True:
-            try:
-                return write()
-            except BackendUnavailable as exc:
-                if self.stopping.is_set():
-                    raise GiveBack(what) from exc
-                log.warning("cannot %s yet (%s); trying again in %.1f s", what, exc, pause)
-                self.stopping.wait(pause)
-                pause = min(pause * 2, MAX_BACKEND_PAUSE)
+        return through_outage(write, what, self.stopping, GiveBack)
+
+
+def through_outage(
+    call: Callable[[], T], what: str, stopping: threading.Event, give_up: Callable[[str], BaseException]
+) -> T:
+    """``call()``, tried again with a growing pause (up to :data:`MAX_BACKEND_PAUSE`) while the backend is
+    unavailable; once ``stopping`` is set, raise ``give_up(what)`` instead of waiting on: the caller
+    gives its delivery back unacked, and its redelivery finds the work to do."""
+    pause = 0.2
+    while True:
+        try:
+            return call()
+        except BackendUnavailable as exc:
+            if stopping.is_set():
+                raise give_up(what) from exc
+            log.warning("cannot %s yet (%s); trying again in %.1f s", what, exc, pause)
+            stopping.wait(pause)
+            pause = min(pause * 2, MAX_BACKEND_PAUSE)
