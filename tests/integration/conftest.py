@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import redis
 
 from cogman import App
 from tests.integration.rabbit_helpers import broker_up, rabbitmqctl, require_rabbitmqctl, reset_queues, vhost_url
+from tests.integration.redis_helpers import drop_prefix
 from tests.integration.tcp_proxy import TcpProxy
 from tests.ports import free_ports
 
@@ -50,6 +53,20 @@ def rabbit_app(rabbit: str) -> Iterator[Callable[..., App]]:
     yield make
     for app in reversed(apps):
         app.close()
+
+
+@pytest.fixture
+def worker_env(rabbit: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a worker process started by a test: the test vhost, the test Redis under a prefix
+    of its own (dropped afterwards), and a file where the test apps log each run of a task body."""
+    prefix = f"cogman-test-{uuid.uuid4().hex[:8]}"
+    yield {
+        "COGMAN_BROKER_URL": rabbit,
+        "COGMAN_BACKEND_URL": redis_url,
+        "COGMAN_TEST_PREFIX": prefix,
+        "COGMAN_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+    }
+    drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture

@@ -40,16 +40,8 @@ def run_count(path: Path) -> int:
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    prefix = f"cogman-test-{uuid.uuid4().hex[:8]}"
-    yield {
-        "COGMAN_BROKER_URL": rabbit,
-        "COGMAN_BACKEND_URL": redis_url,
-        "COGMAN_TEST_PREFIX": prefix,
-        "COGMAN_TEST_RUN_LOG": str(tmp_path / "runs.log"),
-        "COGMAN_MAX_REDELIVERIES": str(LIMIT),
-    }
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return {**worker_env, "COGMAN_MAX_REDELIVERIES": str(LIMIT)}
 
 
 def client_for(env: dict[str, str], queue_type: str) -> App:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.integration.rabbit_helpers import (
     wait_for,
     worker_process,
 )
-from tests.integration.redis_helpers import drop_prefix
 from tests.integration.reliability_app import read_runs
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -37,15 +35,8 @@ APP = "tests.integration.reliability_app"
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    prefix = f"cogman-test-{uuid.uuid4().hex[:8]}"
-    yield {
-        "COGMAN_BROKER_URL": rabbit,
-        "COGMAN_BACKEND_URL": redis_url,
-        "COGMAN_TEST_PREFIX": prefix,
-        "COGMAN_TEST_RUN_LOG": str(tmp_path / "runs.log"),
-    }
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return worker_env
 
 
 @pytest.fixture
