@@ -7,11 +7,10 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 from cogman.aio.bridge import AsyncBridge, in_thread
 from cogman.backends import Backend, create_backend
-from cogman.backoff import Backoff
 from cogman.brokers import Broker, create_broker
 from cogman.config.settings import Config
 from cogman.middleware.base import Middleware, MiddlewareStack
@@ -22,7 +21,7 @@ from cogman.result import AsyncResult
 from cogman.sending.client import Client
 from cogman.sending.go_send import send_go
 from cogman.sending.prepare import SendOptions, prepare
-from cogman.task import Task, default_task_name
+from cogman.task import Task, TaskOptions, default_task_name
 from cogman.worker import inprocess
 
 if TYPE_CHECKING:
@@ -88,56 +87,24 @@ class App:
 
     @overload
     def task(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        priority: Priority | str = Priority.HIGH,
-        retry: int = 0,
-        bind: bool = False,
-        retry_backoff: Backoff | None = None,
-        retry_for: tuple[type[BaseException], ...] | None = None,
-        time_limit: float | None = None,
-        wire: str = "cogman",
+        self, /, *, name: str | None = None, **options: Unpack[TaskOptions]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        priority: Priority | str = Priority.HIGH,
-        retry: int = 0,
-        bind: bool = False,
-        retry_backoff: Backoff | None = None,
-        retry_for: tuple[type[BaseException], ...] | None = None,
-        time_limit: float | None = None,
-        wire: str = "cogman",
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Unpack[TaskOptions]
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``.
 
         ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
         tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
         runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md)."""
-        parsed_priority = Priority.parse(priority)
+        Priority.parse(options.get("priority", Priority.HIGH))  # a bad one fails here, not at first use
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or default_task_name(function)
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
-            task: Task[Any, Any] = self.task_class(
-                self,
-                function,
-                name=task_name,
-                priority=parsed_priority,
-                retry=retry,
-                bind=bind,
-                retry_backoff=retry_backoff,
-                retry_for=retry_for,
-                time_limit=time_limit,
-                wire=wire,
-            )
+            task: Task[Any, Any] = self.task_class(self, function, name=task_name, **options)
             self.tasks[task_name] = task
             return task
 

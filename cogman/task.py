@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 from cogman.aio.bridge import AsyncBridge, bridge_for, in_thread
 from cogman.backoff import Backoff, RetryPolicy
@@ -22,6 +22,20 @@ P = ParamSpec("P")
 #: The message formats a task may speak: cogman's JSON envelope, or Go Cogman's raw payload.
 WIRES = ("cogman", "go")
 R = TypeVar("R")
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of ``@app.task(...)`` beside ``name``, declared once for ``App.task``, its subclasses'
+    and :class:`Task`: ``retry_backoff``/``retry_for`` in cogman/backoff.py, ``time_limit`` in
+    cogman/worker/limits.py, ``wire`` in docs/go-interop.md."""
+
+    priority: Priority | str
+    retry: int
+    bind: bool
+    retry_backoff: Backoff | None
+    retry_for: tuple[type[BaseException], ...] | None
+    time_limit: float | None
+    wire: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +59,9 @@ class Task(Generic[P, R]):
         fn: Callable[..., Any],
         *,
         name: str,
-        priority: Priority,
-        retry: int,
-        bind: bool,
+        priority: Priority | str = Priority.HIGH,
+        retry: int = 0,
+        bind: bool = False,
         retry_backoff: Backoff | None = None,
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
@@ -67,7 +81,7 @@ class Task(Generic[P, R]):
         self.app = app
         self.fn = fn
         self.name = name
-        self.priority = priority
+        self.priority = Priority.parse(priority)
         self.retry = retry
         self.bind = bind
         self.is_async = inspect.iscoroutinefunction(fn)

@@ -4,8 +4,7 @@ A Sentinel set (redis_nodes.py) holds the task log; a worker process (``-c 8``) 
 its ``redis+sentinel://`` URL. Once a third of the tasks are accepted, the primary is killed with SIGKILL;
 the sentinels promote the replica, and the killed server is started again (empty: no persistence), so
 the set has a replica again once the sentinels turn it into one. Every task counts its runs from its body
-in the suite's own Redis. After the sender is done, the test waits for the run to drain (every accepted
-task ran and its record is final), or for nothing to change for STABLE seconds.
+in the suite's own Redis; the run and its checks are tests/cluster/redis_failover.py's.
 
 With ``redis_wait_replicas=1``: 0 accepted tasks lost, 0 records missing or left in a non-final state.
 Without it the same run is measured, not asserted: what an asynchronous replica loses (docs/scaling.md).
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,13 +24,8 @@ import pytest
 import redis
 
 from cogman import App
+from tests.cluster.redis_failover import run_through_a_kill
 from tests.cluster.redis_nodes import SentinelSet, sentinel_set, wait_for
-from tests.conftest import REDIS_URL
-from tests.integration.rabbit_helpers import figures, worker_process
-
-TASKS = int(os.environ.get("COGMAN_SENTINEL_TASKS", "5000"))
-STABLE = 20.0
-DRAIN_LIMIT = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -52,92 +45,18 @@ def healthy(nodes: SentinelSet) -> bool:
 @pytest.mark.parametrize("wait_replicas", [1, 0], ids=["wait1", "nowait"])
 def test_kill_9_of_the_primary_mid_run(nodes: SentinelSet, broker: str, wait_replicas: int, tmp_path: Path):
     wait_for(lambda: healthy(nodes), 60, "the Sentinel set to have its primary and an online replica")
-    prefix = f"c3-{uuid.uuid4().hex[:8]}"
-    counts = redis.Redis.from_url(REDIS_URL)
-    env = {
-        "COGMAN_BROKER_URL": broker,
-        "COGMAN_BACKEND_URL": nodes.url,
-        "COGMAN_REDIS_WAIT_REPLICAS": str(wait_replicas),
-        "COGMAN_TEST_PREFIX": prefix,
-        "COGMAN_TEST_COUNT_URL": REDIS_URL,
-    }
-    worker = worker_process("tests.cluster.sentinel_app", env, "-c", "8", log=tmp_path / "worker.log")
-    sender = App("sentinel-sender", broker=broker, backend=nodes.url, redis_prefix=prefix,
-                 redis_wait_replicas=wait_replicas)  # fmt: skip
-    accepted: list[tuple[int, str]] = []
-    refused: list[str] = []
 
-    def send() -> None:
-        for index in range(TASKS):
-            try:
-                accepted.append((index, sender.send_task("sentinel.count", args=(index,)).id))
-            except Exception as exc:  # counted and reported: a send that raised is not an accepted task
-                refused.append(f"{type(exc).__name__}: {exc}")
-
-    try:
-        thread = threading.Thread(target=send, name="sentinel-sender")
-        thread.start()
-        wait_for(lambda: len(accepted) >= TASKS // 3 or not thread.is_alive(), 120, "a third of the sends")
+    def kill(sender: App, accepted: list[tuple[int, str]]) -> float:
         old = nodes.node(nodes.primary_port())
         killed_at = time.monotonic()
         old.stop(signal.SIGKILL)
         wait_for(lambda: nodes.primary_port() != old.port, 60, "the sentinels to promote the replica")
         promoted = time.monotonic() - killed_at
         old.start()  # back empty; the sentinels make it a replica of the new primary
-        thread.join(600)
-        assert not thread.is_alive(), "the sender did not finish"
-        sent_done = time.monotonic()
-        state = drain(sender, counts, prefix, accepted)
-        drained = time.monotonic() - sent_done
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
-        sender.close()
-        keys = list(counts.scan_iter(f"{prefix}:*"))
-        if keys:
-            counts.delete(*keys)
-        counts.close()
+        return promoted
 
-    figures(
-        "sentinel-failover",
-        redis_wait_replicas=wait_replicas,
-        tasks=TASKS,
-        accepted=len(accepted),
-        send_raised=len(refused),
-        promoted_after_s=round(promoted, 1),
-        lost=len(state["lost"]),
-        missing_records=len(state["missing"]),
-        not_final=len(state["not_final"]),
-        ran_twice=state["twice"],
-        drained_after_send_s=round(drained, 1),
-    )
-    if wait_replicas:
-        assert refused == []
-        assert state["lost"] == [] and state["missing"] == [] and state["not_final"] == []
-
-
-def drain(app: App, counts: redis.Redis, prefix: str, accepted: list[tuple[int, str]]) -> dict[str, object]:
-    """Poll until every accepted task ran and is recorded final, or nothing changed for STABLE seconds."""
-    deadline = time.monotonic() + DRAIN_LIMIT
-    last, changed = None, time.monotonic()
-    while True:
-        runs = {int(k): int(v) for k, v in counts.hgetall(f"{prefix}:runs").items()}  # type: ignore[union-attr]
-        lost = [task_id for index, task_id in accepted if not runs.get(index)]
-        missing, not_final = [], []
-        for _, task_id in accepted:
-            record = app.backend.get(task_id)
-            if record is None:
-                missing.append(task_id)
-            elif not record.status.is_final:
-                not_final.append(task_id)
-        now = time.monotonic()
-        snapshot = (len(lost), len(missing), len(not_final))
-        if snapshot != last:
-            last, changed = snapshot, now
-        if snapshot == (0, 0, 0) or now - changed > STABLE or now > deadline:
-            twice = sum(1 for index, _ in accepted if runs.get(index, 0) > 1)
-            return {"lost": lost, "missing": missing, "not_final": not_final, "twice": twice}
-        time.sleep(1.0)
+    run_through_a_kill("sentinel-failover", broker=broker, backend_url=nodes.url, wait_replicas=wait_replicas,
+                       worker_args=["-c", "8"], tmp_path=tmp_path, kill=kill)  # fmt: skip
 
 
 @pytest.mark.parametrize("wait_replicas", [1, 0], ids=["wait1", "nowait"])

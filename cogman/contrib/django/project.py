@@ -9,18 +9,16 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 from cogman.app import App
 from cogman.contrib.django.config import options_from_settings
 from cogman.errors import ConfigError
 from cogman.middleware.base import Middleware
-from cogman.task import Task
+from cogman.task import Task, TaskOptions
 
 if TYPE_CHECKING:
-    from cogman.backoff import Backoff
     from cogman.message import Message
-    from cogman.priority import Priority
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,21 +56,13 @@ class DjangoApp(App):
 
     @overload
     def task(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        priority: Priority | str = ...,
-        retry: int = 0,
-        bind: bool = False,
-        retry_backoff: Backoff | None = None,
-        retry_for: tuple[type[BaseException], ...] | None = None,
-        time_limit: float | None = None,
-        wire: str = "cogman",
+        self, /, *, name: str | None = None, **options: Unpack[TaskOptions]
     ) -> Callable[[Callable[P, R]], DjangoTask[P, R]]: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-        return super().task(fn) if fn is not None else super().task(**options)
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Unpack[TaskOptions]
+    ) -> Any:
+        return super().task(fn) if fn is not None else super().task(name=name, **options)
 
 
 class CloseOldConnections(Middleware):
