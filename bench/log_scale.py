@@ -231,13 +231,19 @@ def expiry(server: redis.Redis, url: str, ttl: float, bulk_end: int, baseline: i
     return samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=10_000_000)
+def arguments(description: str, records: int) -> argparse.ArgumentParser:
+    """The options this script shares with bench/log_scale_cluster.py."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=records)
     parser.add_argument("--ttl", type=float, default=Config.redis_ttl, help="redis_ttl in seconds")
     parser.add_argument("--spread-days", type=float, default=6.0, help="created_at spread over the past days")
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=200)
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__, 10_000_000)
     parser.add_argument("--no-settle", action="store_true", help="skip waiting for the done tokens to expire")
     args = parser.parse_args()
     if args.records <= 0 or args.writers <= 0 or args.calls <= 0 or args.ttl < 1:

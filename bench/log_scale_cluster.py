@@ -13,7 +13,6 @@ Results: a table, and JSON in bench/results/log-scale-cluster-*.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.log_scale import BOUND_PER_RECORD, HEADROOM, PREFIX, insert, latencies, per_record  # noqa: E402
+from bench.log_scale import BOUND_PER_RECORD, HEADROOM, PREFIX, arguments, insert, latencies, per_record  # noqa: E402
 from bench.log_scale_server import available  # noqa: E402
 from cogman import Config  # noqa: E402
 from cogman.backends.redis.backend import RedisBackend  # noqa: E402
@@ -43,12 +42,7 @@ def primaries_memory(nodes: RedisClusterNodes) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--ttl", type=float, default=Config.redis_ttl, help="redis_ttl in seconds")
-    parser.add_argument("--spread-days", type=float, default=6.0, help="created_at spread over the past days")
-    parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=200)
+    parser = arguments(__doc__, 1_000_000)
     args = parser.parse_args()
     if args.records <= 0 or args.writers <= 0 or args.calls <= 0 or args.spread_days * 86400 >= args.ttl:
         parser.error("--records, --writers and --calls must be positive, --spread-days inside --ttl")

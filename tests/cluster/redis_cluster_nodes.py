@@ -15,17 +15,13 @@ within a few seconds.
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from tests.cluster.redis_nodes import Server, wait_for
-from tests.ports import free_ports
+from tests.cluster.redis_nodes import Server, serve, started, wait_for
 
 NODE_TIMEOUT_MS = 2000
 
@@ -128,20 +124,10 @@ class RedisClusterNodes:
                 server.stop()
 
 
-@contextlib.contextmanager
-def redis_cluster() -> Iterator[RedisClusterNodes]:
-    """A started cluster, stopped by pid at the end whatever happens."""
-    with tempfile.TemporaryDirectory(prefix="cogman-rediscluster-") as folder:
-        nodes = RedisClusterNodes(Path(folder), free_ports(12))  # six client ports, six bus ports
-        try:
-            nodes.start()
-            yield nodes
-        finally:
-            nodes.stop()
+def redis_cluster() -> contextlib.AbstractContextManager[RedisClusterNodes]:
+    """A started cluster (six client ports, six bus ports), stopped by pid at the end whatever happens."""
+    return started(RedisClusterNodes, "rediscluster", 12)
 
 
 if __name__ == "__main__":
-    with redis_cluster() as started:
-        print(started.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+    serve(redis_cluster())

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import redis
 
@@ -156,11 +157,22 @@ class SentinelSet:
                 server.stop()
 
 
+class Servers(Protocol):
+    @property
+    def url(self) -> str: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+Nodes = TypeVar("Nodes", bound=Servers)
+
+
 @contextlib.contextmanager
-def sentinel_set() -> Iterator[SentinelSet]:
-    """A started set, stopped by pid at the end whatever happens."""
-    with tempfile.TemporaryDirectory(prefix="cogman-sentinel-") as folder:
-        nodes = SentinelSet(Path(folder), free_ports(5))
+def started(kind: Callable[[Path, int], Nodes], name: str, ports: int) -> Iterator[Nodes]:
+    """``kind``'s servers on ``ports`` free ports in a temporary folder, stopped by pid at the end whatever
+    happens (they keep nothing on disk)."""
+    with tempfile.TemporaryDirectory(prefix=f"cogman-{name}-") as folder:
+        nodes = kind(Path(folder), free_ports(ports))
         try:
             nodes.start()
             yield nodes
@@ -168,8 +180,18 @@ def sentinel_set() -> Iterator[SentinelSet]:
             nodes.stop()
 
 
-if __name__ == "__main__":
-    with sentinel_set() as started:
-        print(started.url, flush=True)
+def serve(nodes: contextlib.AbstractContextManager[Servers]) -> None:
+    """Run from a shell (``python -m tests.cluster...``): start, print the URL, stop on Ctrl-C."""
+    with nodes as running:
+        print(running.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
+
+
+def sentinel_set() -> contextlib.AbstractContextManager[SentinelSet]:
+    """A started set, stopped by pid at the end whatever happens."""
+    return started(SentinelSet, "sentinel", 5)
+
+
+if __name__ == "__main__":
+    serve(sentinel_set())
