@@ -23,6 +23,7 @@ from cogman import App
 from tests.cluster.redis_nodes import wait_for
 from tests.conftest import REDIS_URL
 from tests.integration.rabbit_helpers import figures, worker_process
+from tests.integration.redis_helpers import drop_prefix
 
 TASKS = int(os.environ.get("COGMAN_FAILOVER_TASKS", "5000"))
 STABLE = 20.0
@@ -81,10 +82,8 @@ def run_through_a_kill(
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         sender.close()
-        keys = list(counts.scan_iter(f"{prefix}:*"))
-        if keys:
-            counts.delete(*keys)
         counts.close()
+        drop_prefix(REDIS_URL, prefix)
 
     figures(
         label,

@@ -22,6 +22,7 @@ from tests.cluster.redis_nodes import wait_for
 from tests.conftest import REDIS_URL
 from tests.integration.api_helpers import serving
 from tests.integration.rabbit_helpers import worker_process
+from tests.integration.redis_helpers import drop_prefix
 
 
 def test_tasks_retries_a_chord_ticks_and_the_api_on_a_redis_cluster(
@@ -80,8 +81,6 @@ def test_tasks_retries_a_chord_ticks_and_the_api_on_a_redis_cluster(
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         client.close()
-        keys = list(counts.scan_iter(f"{prefix}:*"))
-        if keys:
-            counts.delete(*keys)
         counts.close()
+        drop_prefix(REDIS_URL, prefix)
     assert worker.returncode == 0
