@@ -22,6 +22,7 @@ from cogman.result import AsyncResult
 from cogman.sending.client import Client
 from cogman.sending.go_send import send_go
 from cogman.sending.prepare import SendOptions, prepare
+from cogman.sending.unique import send_records
 from cogman.task import Task, default_task_name
 from cogman.worker import inprocess
 
@@ -99,6 +100,8 @@ class App:
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        unique_key: str | Callable[..., str] | None = None,
+        unique_for: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -114,12 +117,15 @@ class App:
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        unique_key: str | Callable[..., str] | None = None,
+        unique_for: float | None = None,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``.
 
         ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
         tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
-        runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md)."""
+        runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md).
+        ``unique_key`` (a string, or a callable of the arguments) and ``unique_for``: docs/control.md."""
         parsed_priority = Priority.parse(priority)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -127,17 +133,10 @@ class App:
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered with app {self.name!r}")
             task: Task[Any, Any] = self.task_class(
-                self,
-                function,
-                name=task_name,
-                priority=parsed_priority,
-                retry=retry,
-                bind=bind,
-                retry_backoff=retry_backoff,
-                retry_for=retry_for,
-                time_limit=time_limit,
-                wire=wire,
-            )
+                self, function, name=task_name, priority=parsed_priority, retry=retry, bind=bind,
+                retry_backoff=retry_backoff, retry_for=retry_for, time_limit=time_limit, wire=wire,
+                unique_key=unique_key, unique_for=unique_for,
+            )  # fmt: skip
             self.tasks[task_name] = task
             return task
 
@@ -283,8 +282,7 @@ class App:
             ids, receipt = send_go(self.client, self.config, task, calls, wait_confirmed, **options)
         else:
             records, messages = prepare(self.config, self.tasks, name, calls, SendOptions(**options))
-            receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
-            ids = [record.task_id for record in records]
+            ids, receipt = send_records(self.client, records, messages, wait_confirmed)
         if self.config.eager:
             self._eager_runner().drain()
         elif self.config.broker_url.startswith("memory://"):

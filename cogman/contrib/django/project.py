@@ -69,6 +69,8 @@ class DjangoApp(App):
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        unique_key: str | Callable[..., str] | None = None,
+        unique_for: float | None = None,
     ) -> Callable[[Callable[P, R]], DjangoTask[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
