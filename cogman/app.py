@@ -21,6 +21,7 @@ from cogman.result import AsyncResult
 from cogman.sending.client import Client
 from cogman.sending.go_send import send_go
 from cogman.sending.prepare import SendOptions, prepare
+from cogman.sending.unique import send_records
 from cogman.task import Task, TaskOptions, default_task_name
 from cogman.worker import inprocess
 
@@ -97,7 +98,8 @@ class App:
 
         ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
         tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
-        runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md)."""
+        runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md).
+        ``unique_key`` (a string, or a callable of the arguments) and ``unique_for``: docs/control.md."""
         Priority.parse(options.get("priority", Priority.HIGH))  # a bad one fails here, not at first use
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -209,12 +211,15 @@ class App:
         eta: datetime | None = None,
         expires: float | datetime | None = None,
         wait_confirmed: bool | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> AsyncResult[Any]:
         """Queue a task by name; works from a process that does not have the function. ``task_id``
         chooses the id (sending an id twice records it once; the second message is a duplicate the
         worker skips once the first finished). ``countdown`` (seconds) or ``eta`` (a datetime, naive
         = UTC) delays it; ``expires`` (seconds from now, or a datetime) fails it unrun if not started
-        by then (docs/scheduling.md). ``wait_confirmed`` overrides ``send_mode``."""
+        by then (docs/scheduling.md). ``wait_confirmed`` overrides ``send_mode``. ``unique_key`` and
+        ``unique_for``: as ``Task.send`` (docs/control.md)."""
         return self.send_many(
             name,
             [(tuple(args), kwargs or {})],
@@ -226,6 +231,8 @@ class App:
             eta=eta,
             expires=expires,
             wait_confirmed=wait_confirmed,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )[0]
 
     send_task_async = in_thread(send_task)
@@ -250,8 +257,7 @@ class App:
             ids, receipt = send_go(self.client, self.config, task, calls, wait_confirmed, **options)
         else:
             records, messages = prepare(self.config, self.tasks, name, calls, SendOptions(**options))
-            receipt = self.client.send(records, messages, wait_confirmed=wait_confirmed)
-            ids = [record.task_id for record in records]
+            ids, receipt = send_records(self.client, records, messages, wait_confirmed)
         if self.config.eager:
             self._eager_runner().drain()
         elif self.config.broker_url.startswith("memory://"):

@@ -66,6 +66,12 @@ class AsyncResult(Generic[R]):
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
 
+    @property
+    def deduplicated(self) -> bool:
+        """True when this handle came back from a unique send that sent nothing: it is the task that
+        held the key (docs/control.md)."""
+        return getattr(self._receipt, "deduplicated", False) is True
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AsyncResult) and other.id == self.id
 

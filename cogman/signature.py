@@ -76,6 +76,8 @@ class SendingApp(Protocol):
         eta: datetime | None = None,
         expires: float | datetime | None = None,
         wait_confirmed: bool | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> AsyncResult[Any]: ...
     def send_many(
         self,

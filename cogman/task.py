@@ -27,7 +27,7 @@ R = TypeVar("R")
 class TaskOptions(TypedDict, total=False):
     """The options of ``@app.task(...)`` beside ``name``, declared once for ``App.task``, its subclasses'
     and :class:`Task`: ``retry_backoff``/``retry_for`` in cogman/backoff.py, ``time_limit`` in
-    cogman/worker/limits.py, ``wire`` in docs/go-interop.md."""
+    cogman/worker/limits.py, ``wire`` in docs/go-interop.md, ``unique_key``/``unique_for`` in docs/control.md."""
 
     priority: Priority | str
     retry: int
@@ -36,6 +36,8 @@ class TaskOptions(TypedDict, total=False):
     retry_for: tuple[type[BaseException], ...] | None
     time_limit: float | None
     wire: str
+    unique_key: str | Callable[..., str] | None
+    unique_for: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Task(Generic[P, R]):
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        unique_key: str | Callable[..., str] | None = None,
+        unique_for: float | None = None,
     ) -> None:
         if retry < 0:
             raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
@@ -78,6 +82,14 @@ class Task(Generic[P, R]):
         #: ``"go"``: the task speaks Go Cogman's format (docs/go-interop.md): ``delay(payload: bytes)``,
         #: the handler receives the body's bytes, the records are Go's.
         self.wire = wire
+        if unique_key is not None and not (callable(unique_key) or (isinstance(unique_key, str) and unique_key)):
+            raise TypeError(f"task {name!r}: unique_key must be a non-empty string or a callable, got {unique_key!r}")
+        if wire == "go" and (unique_key is not None or unique_for is not None):
+            raise ValueError(f"task {name!r}: Go Cogman's format (wire='go') has no unique tasks")
+        #: A send's default unique key, or a callable of its arguments giving it (cogman/sending/unique.py).
+        self.unique_key = unique_key
+        #: Seconds a unique send holds its key at most (None: until its chain is final).
+        self.unique_for = check_unique_for(f"task {name!r}", unique_for)
         self.app = app
         self.fn = fn
         self.name = name
@@ -114,24 +126,29 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         expires: float | datetime | None = None,
         wait_confirmed: bool | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> AsyncResult[R]:
         """Queue the task with explicit options. ``countdown`` (seconds) or ``eta`` (a datetime, naive =
         UTC) delays it; ``expires`` (seconds from now, or a datetime) fails it unrun if not started by
         then. Returns once it is recorded and handed to the broker (``send_mode="recorded"``, the
         default) or once the broker confirmed it (``send_mode="confirmed"``, or ``wait_confirmed=True``
-        for this send); see docs/guarantees.md."""
-        return self.app.send_task(
+        for this send); see docs/guarantees.md. With ``unique_key`` (or the task's), a send while a task
+        holding that key is not final sends nothing and returns that task's handle, ``deduplicated``
+        (docs/control.md); ``unique_for`` (seconds) bounds how long the key is held."""
+        return self.app.send_many(
             self.name,
-            args=args,
-            kwargs=kwargs,
+            [(tuple(args), kwargs or {})],
+            wait_confirmed=wait_confirmed,
             priority=priority,
             retry=retry,
             primary_key=primary_key,
             countdown=countdown,
             eta=eta,
             expires=expires,
-            wait_confirmed=wait_confirmed,
-        )
+            unique_key=unique_key,
+            unique_for=unique_for,
+        )[0]
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay`` for asyncio code: the same send, in the app's thread pool (docs/async.md)."""
@@ -274,4 +291,15 @@ def check_time_limit(task_name: str, value: Any) -> float | None:
         raise TypeError(f"task {task_name!r}: time_limit must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"task {task_name!r}: time_limit must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def check_unique_for(where: str, value: Any) -> float | None:
+    """None, or seconds > 0; TypeError/ValueError naming ``where``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{where}: unique_for must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: unique_for must be a finite number of seconds > 0, got {value!r}")
     return float(value)

@@ -2,9 +2,10 @@
 
 Unlike the worker's middleware (cogman/middleware/prometheus.py), which counts what one process did, these are read
 from the shared stores at scrape time: records per status and name (from the backend's indexes), the
-durations of recent attempts, queue depths, and workers alive (from heartbeats). A store that cannot be
-read is reported by ``cogman_up{component=...} 0`` and the scrape still succeeds. The text is cached
-for a few seconds so several scrapers cost the stores one read.
+durations of recent attempts, queue depths, workers alive (from heartbeats), and the autoscaling
+figures of middleware/queue_stats.py (``cogman_queue_ready``, ``_unacked``, ``_oldest_age_seconds``).
+A store that cannot be read is reported by ``cogman_up{component=...} 0`` and the scrape still
+succeeds. The text is cached for a few seconds so several scrapers cost the stores one read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cogman.admin import actions as admin
 from cogman.backends.base import TaskQuery
 from cogman.middleware.prometheus import DURATION_BUCKETS
+from cogman.middleware.queue_stats import metric_families, queue_snapshot
 from cogman.status import Status
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class _Snapshot:
         if backend_up:
             backend_up = self._read(families, self._durations) and self._read(families, self._workers)
         broker_up = self._read(families, self._queues)
+        if broker_up and backend_up:
+            self._read(families, self._queue_figures)
         up.add_metric(["backend"], 1 if backend_up else 0)
         up.add_metric(["broker"], 1 if broker_up else 0)
         yield up
@@ -127,6 +131,10 @@ class _Snapshot:
             ready.add_metric([queue.name, queue.kind], queue.ready)
             consumers.add_metric([queue.name, queue.kind], queue.consumers)
         return [ready, consumers]
+
+    def _queue_figures(self) -> list[Any]:
+        snapshot = queue_snapshot(self.app.broker, self.app.backend, self.app.config)
+        return metric_families(snapshot, consumers=False)
 
     def _workers(self) -> list[Any]:
         from prometheus_client.core import GaugeMetricFamily

@@ -18,6 +18,7 @@ from cogman.admin import actions as admin
 from cogman.api.errors import ApiError
 from cogman.backends.base import TaskQuery
 from cogman.errors import TaskNotFound
+from cogman.middleware.queue_stats import queue_snapshot
 from cogman.record import utcnow
 from cogman.status import Status
 
@@ -182,6 +183,11 @@ def data_routes(app: App) -> APIRouter:
                 ],
             }
         )
+
+    @router.get("/stats", summary="Per task queue: ready, unacked, consumers, the oldest waiting task's age")
+    def stats() -> JSONResponse:
+        """For autoscalers (docs/operations.md); what each figure means: cogman/middleware/queue_stats.py."""
+        return data(queue_snapshot(app.broker, app.backend, app.config).to_dict())
 
     @router.post("/retry", summary="Run a failed task again now (409 unless failed, or force)")
     def retry(request: Annotated[RetryRequest, Body()]) -> JSONResponse:

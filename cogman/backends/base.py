@@ -196,6 +196,21 @@ class Backend(Protocol):
         is never buffered. A call whose reply was lost and is retried gets False: the record then waits,
         unconfirmed, for the re-enqueue sweep to publish it."""
 
+    # Unique tasks (issue 23, docs/control.md)
+
+    def create_unique(self, record: TaskRecord, key: str, hold_seconds: float | None) -> str | None:
+        """In one atomic step: if ``key`` is held by a task whose chain is not final (its latest attempt,
+        when it was retried) and, with ``hold_seconds`` (``unique_for``), taken less than that long ago,
+        return the holder's task id and store nothing; else store ``record`` (as ``create``) and give it
+        the key, returning None. Raises BackendUnavailable: a unique send is never buffered, a parked
+        create could not tell whether the key was free."""
+
+    # Queue stats for autoscaling (issue 23, docs/operations.md)
+
+    def oldest_queued(self, limit: int) -> list[TaskRecord]:
+        """The (at most) ``limit`` records in ``queued`` created first, oldest first, read from an index
+        (Redis, MongoDB): the cost does not grow with the log. Raises BackendUnavailable."""
+
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         """Store member ``index``'s outcome (JSON text) in the chord's set unless it has one (a redelivered
         member keeps the first), atomically with counting the set; once all ``size`` members are in,

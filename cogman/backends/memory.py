@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from cogman.backends import codec
+from cogman.backends import codec, memory_oldest, memory_unique
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.go_memory import MemoryGoRecords
 from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
@@ -54,6 +54,7 @@ class MemoryBackend:
         self._early_ttl = Deadlines(EARLY_TTL_MS / 1000, clock)
         self._chord_ttl = Deadlines(ttl, clock)
         self._go = MemoryGoRecords(ttl, clock, self._changed)
+        self._unique = memory_unique.UniqueKeys()
 
     def create(self, records: Sequence[TaskRecord], *, meanwhile: Callable[[], object] | None = None) -> bool:
         self._store([stored(record) for record in records])
@@ -328,6 +329,9 @@ class MemoryBackend:
                 return False
             self._store([record])
             return True
+
+    create_unique = memory_unique.create_unique
+    oldest_queued = memory_oldest.oldest_queued
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         from cogman.signature import callback_id  # a workflow concept; imported late, no import cycle

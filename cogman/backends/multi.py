@@ -178,5 +178,14 @@ class MultiBackend:
         self._mirror(lambda b: b.create([record]), f"create task {record.task_id}")
         return created
 
+    def create_unique(self, record: TaskRecord, key: str, hold_seconds: float | None) -> str | None:
+        holder = self.primary.create_unique(record, key, hold_seconds)
+        if holder is None:
+            self._mirror(lambda b: b.create([record]), f"create task {record.task_id}")
+        return holder
+
+    def oldest_queued(self, limit: int) -> list[TaskRecord]:
+        return self.primary.oldest_queued(limit)
+
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         return self.primary.join_chord(chord_id, index, size, outcome)

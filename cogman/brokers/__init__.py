@@ -1,5 +1,5 @@
 """Brokers: the protocol (base.py), the in-memory broker (memory.py) and the RabbitMQ broker (rabbitmq/),
-chosen by URL (``create_broker``).
+chosen by URL (``create_broker``); a worker's count of the deliveries it holds unacked (held.py).
 
 May import only the shared vocabulary (``errors``, ``priority``, ``message``, ``delays``, ``config``).
 """

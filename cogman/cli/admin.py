@@ -17,7 +17,8 @@ from rich.text import Text
 
 from cogman.admin import actions as admin
 from cogman.backends.base import TaskQuery
-from cogman.errors import TaskNotFound
+from cogman.errors import CogmanError, TaskNotFound
+from cogman.middleware.queue_stats import QueueSnapshot, queue_snapshot
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
@@ -158,22 +159,43 @@ def _retry(app: App, args: argparse.Namespace, console: Console) -> int:
 
 def _queues(app: App, args: argparse.Namespace, console: Console) -> int:
     report = admin.queue_report(app)
+    try:
+        snapshot: QueueSnapshot | None = queue_snapshot(app.broker, app.backend, app.config)
+    except (CogmanError, ConnectionError) as exc:
+        snapshot = None
+        console.print(Text(f"unacked and oldest waiting unknown: {exc}", style="yellow"))
+    figures = {q.name: q for q in snapshot.queues} if snapshot is not None else {}
     table = Table(title="queues")
-    for column in ("queue", "kind", "ready", "consumers"):
-        table.add_column(column, justify="right" if column in ("ready", "consumers") else "left")
+    numbers = ("ready", "consumers", "unacked", "oldest waiting (s)")
+    for column in ("queue", "kind", *numbers):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for queue in report.listed:
         ready = str(queue.ready) if queue.exists else "-"
-        table.add_row(Text(queue.name), Text(queue.kind), Text(ready), Text(str(queue.consumers)))
-    table.add_row(
-        Text("total", style="bold"), Text(""), Text(str(report.total_ready)), Text(str(report.total_consumers))
-    )
+        found = figures.get(queue.name)
+        unacked = str(found.unacked) if found is not None else "-"
+        oldest = (
+            f"{found.oldest_age_seconds:.1f}" if found is not None and found.oldest_age_seconds is not None else "-"
+        )
+        table.add_row(Text(queue.name), Text(queue.kind), Text(ready), Text(str(queue.consumers)), Text(unacked),
+                      Text(oldest))  # fmt: skip
+    total = snapshot.to_dict()["total"] if snapshot is not None else {}
+    oldest_total = total.get("oldest_age_seconds")
+    table.add_row(Text("total", style="bold"), Text(""), Text(str(report.total_ready)),
+                  Text(str(report.total_consumers)), Text(str(total.get("unacked", "-"))),
+                  Text(_seconds(oldest_total)))  # fmt: skip
     ladder = report.delay_queues
     if ladder:  # the ladder's 28 levels in one row: where a countdown, an eta or a retry backoff waits
         name = ladder[0].name if len(ladder) == 1 else f"{ladder[0].name} .. {ladder[-1].name}"
         ready = str(report.delayed) if any(q.exists for q in ladder) else "-"
-        table.add_row(Text(name), Text("delayed"), Text(ready), Text("-"))
+        table.add_row(Text(name), Text("delayed"), Text(ready), Text("-"), Text("-"), Text("-"))
     console.print(table)
+    if snapshot is not None and not snapshot.oldest_exact:
+        console.print(Text("oldest waiting: lower bounds (many delayed tasks ahead of the waiting ones)"))
     return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _purge(app: App, args: argparse.Namespace, console: Console) -> int:

@@ -114,6 +114,7 @@ class _Beat:
             "process_index": int(index) if index and index.isdigit() else None,
             "priorities": [p.value for p in worker.priorities],
             "queues": consumed_queues(worker),
+            "unacked": held_deliveries(worker),
             "broker": broker_location(worker.app.config.broker_url),
             "concurrency": worker.concurrency,
             "tasks_done": sum(outcomes.values()),
@@ -150,6 +151,12 @@ def consumed_queues(worker: WorkerView) -> list[str]:
     config = worker.app.config
     counts = {Priority.HIGH: config.high_priority_queue_count, Priority.LOW: config.low_priority_queue_count}
     return [name for p in worker.priorities for name in queue_names(p, counts[p], config.queue_prefix)]
+
+
+def held_deliveries(worker: WorkerView) -> dict[str, int]:
+    """The deliveries this worker holds unacked, per queue (cogman/brokers/held.py); {} before it consumes."""
+    held = getattr(getattr(worker, "_consumer", None), "held", None)
+    return held() if callable(held) else {}
 
 
 def broker_location(url: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cogman.middleware.base import AppView, Middleware, WorkerView
+from cogman.middleware.queue_stats import QueueSnapshot, metric_families, queue_snapshot
 
 if TYPE_CHECKING:
     from cogman.message import Message
@@ -36,6 +37,8 @@ OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "expir
 #: The one label value of every task name no worker of this process registers: anyone able to publish
 #: could otherwise add a series (and its memory) per name they make up.
 UNREGISTERED = "<unregistered>"
+#: Seconds the queue figures of one scrape are served again (each read opens a broker connection).
+QUEUE_CACHE_SECONDS = 5.0
 
 
 def _prometheus() -> Any:
@@ -140,10 +143,11 @@ class Prometheus(Middleware):
 
 class _ProcessCollector:
     """Values read live at each scrape: the publisher's unconfirmed messages, broker reconnections, the
-    backend's buffered writes, and who this process is."""
+    backend's buffered writes, who this process is, and the queue figures (cached a few seconds)."""
 
     def __init__(self, middleware: Prometheus) -> None:
         self.middleware = middleware
+        self._queues: tuple[float, QueueSnapshot] | None = None
 
     def describe(self) -> list[Any]:
         return []
@@ -176,6 +180,19 @@ class _ProcessCollector:
             "Status writes held in memory while the backend is unreachable, replayed when it is back.",
             value=buffered_writes(app),
         )
+        yield from self.queue_families(app)
+
+    def queue_families(self, app: AppView) -> list[Any]:
+        """The queue figures for autoscaling (queue_stats.py), read at most every QUEUE_CACHE_SECONDS;
+        none while the broker or the backend cannot be read (logged)."""
+        now = time.monotonic()
+        if self._queues is None or now - self._queues[0] >= QUEUE_CACHE_SECONDS:
+            try:
+                self._queues = (now, queue_snapshot(app.broker, app.backend, app.config))
+            except Exception as exc:
+                log.warning("/metrics: queue figures not read: %s", exc)
+                return []
+        return metric_families(self._queues[1])
 
 
 def buffered_writes(app: AppView) -> int:

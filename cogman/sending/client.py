@@ -93,6 +93,7 @@ class Client:
         messages: Sequence[Message] | None = None,
         *,
         wait_confirmed: bool | None = None,
+        recorded: bool = False,
     ) -> Receipt:
         """Record new first attempts, then publish them (confirms pipelined for the whole batch).
 
@@ -100,7 +101,8 @@ class Client:
         tasks (re-enqueue republishes what stays unconfirmed), so by default (``send_mode="recorded"``)
         this returns without waiting for RabbitMQ's confirms. It waits for them when asked
         (``wait_confirmed``, ``send_mode="confirmed"``) and whenever the records could not be written
-        (parked in memory while the backend is away): the broker is then what keeps the task."""
+        (parked in memory while the backend is away): the broker is then what keeps the task.
+        ``recorded``: the records are in the store already (a unique send's ``create_unique``)."""
         if messages is None:
             messages = [Message.for_record(record, retries_left=record.retry) for record in records]
         with self.middleware.sending(messages[0].name if messages else "", messages):
@@ -110,7 +112,9 @@ class Client:
                 self._keep_leases()
             if wait_confirmed is None:
                 wait_confirmed = self.config.send_mode == "confirmed"
-            if wait_confirmed:
+            if recorded:
+                receipt = self.broker.publish(messages, wait=wait_confirmed)
+            elif wait_confirmed:
                 self.backend.create(records)
                 receipt = self.broker.publish(messages, wait=True)
             else:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from cogman.sending.client import Client
     from cogman.task import Task
 
-_NOT_GO = ("countdown", "eta", "expires", "extras")
+_NOT_GO = ("countdown", "eta", "expires", "extras", "unique_key", "unique_for")
 
 
 def go_records_for(

@@ -25,6 +25,7 @@ from cogman.priority import Priority
 from cogman.record import TaskRecord
 from cogman.sending.client import new_record
 from cogman.sending.reenqueue import FROM_WORKER
+from cogman.sending.unique import unique_marks
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -55,6 +56,10 @@ class SendOptions:
     countdown: float | None = None
     eta: datetime | None = None
     expires: float | datetime | None = None
+    #: cogman/sending/unique.py; the task's own key applies only to sends that do not choose their ids
+    #: (workflow steps and periodic ticks are never deduplicated).
+    unique_key: str | None = None
+    unique_for: float | None = None
 
 
 def prepare(
@@ -96,6 +101,10 @@ def prepare(
             expires=when.expires,
         )
         extra = options.extras[index] if options.extras is not None else None
+        asked = options.unique_key is not None or options.unique_for is not None
+        if asked or (options.task_ids is None and task is not None and task.unique_key):
+            unique = unique_marks(task, name, options.unique_key, options.unique_for, args, kwargs)
+            extra = {**(extra or {}), **(unique or {})}
         if extra or marks:
             record = record.evolve(payload={**record.payload, **(extra or {}), **(marks or {})})
         records.append(record)

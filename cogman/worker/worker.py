@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cogman.brokers.held import HeldDeliveries
 from cogman.errors import BrokerAccessRefused, ConsumerStopped, TopologyError
 from cogman.priority import Priority
 from cogman.sending.host import SendingHost
@@ -134,7 +135,7 @@ class Worker:
             raise self.fatal
 
     def _launch(self) -> None:
-        self._consumer = self.app.broker.consume(self.priorities, prefetch=self.concurrency + self.prefetch)
+        self._consumer = HeldDeliveries(self.app.broker.consume(self.priorities, self.concurrency + self.prefetch))
         if any(task.is_async for task in self.app.tasks.values()):
             self._loop = EventLoopThread()
         self._executor = Executor(self.app, self._consumer, self._loop, self._stopping)

@@ -67,7 +67,7 @@ def test_queues_and_purge(env: dict[str, str], client: App):
     assert row.split("│")[3].strip() == "3"
     total = next(line for line in queues.stdout.splitlines() if "total" in line)
     assert total.split("│")[3].strip() == "3"  # delayed tasks are not waiting for a worker
-    assert delayed_row(queues.stdout) == ["cogman.delay.0 .. cogman.delay.27", "delayed", "2", "-"]
+    assert delayed_row(queues.stdout)[:4] == ["cogman.delay.0 .. cogman.delay.27", "delayed", "2", "-"]
 
     refused = cogman(env, "purge", stdin="")
     assert refused.returncode == 1 and "--yes" in refused.stderr

@@ -16,6 +16,7 @@ import redis
 
 from cogman import App, Config, Status, TaskContext, TaskFailed
 from cogman.backends.redis.backend import RedisBackend
+from cogman.brokers.held import HeldDeliveries
 from cogman.brokers.memory import MemoryBroker, MemoryConsumer
 from cogman.message import Message
 from cogman.priority import Priority
@@ -34,7 +35,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str
 
 
 def unacked(worker: Worker) -> int:
-    consumer = worker._consumer
+    assert isinstance(worker._consumer, HeldDeliveries)
+    consumer = worker._consumer.consumer
     assert isinstance(consumer, MemoryConsumer)
     with consumer._lock:
         return len(consumer._unacked)

@@ -21,8 +21,10 @@ from pymongo.errors import BulkWriteError
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.go_query import with_go_records
+from cogman.backends.mongo import oldest as mongo_oldest
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
+from cogman.backends.mongo import unique as mongo_unique
 from cogman.backends.mongo import workers as mongo_workers
 from cogman.backends.mongo import workflows as mongo_workflows
 from cogman.backends.mongo.connect import is_transient, mock_client
@@ -330,6 +332,9 @@ class MongoBackend:
         return mongo_workflows.create_new(
             self.collection, self.early, self.buffer, record, ensure_indexes=self._indexes
         )
+
+    create_unique = mongo_unique.create_unique
+    oldest_queued = mongo_oldest.oldest_queued
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         return mongo_workflows.join_chord(

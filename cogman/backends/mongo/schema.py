@@ -42,6 +42,7 @@ class IndexesMade:
     tasks: bool = False
     workers: bool = False
     chords: bool = False
+    unique: bool = False
 
 
 def record_key(where: str, task_id: str) -> str:

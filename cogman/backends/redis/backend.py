@@ -22,7 +22,7 @@ from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.go_query import with_go_records
 from cogman.backends.outage import WriteBuffer
-from cogman.backends.redis import cluster, fanout, scripts, spawn
+from cogman.backends.redis import cluster, fanout, oldest, scripts, spawn, unique
 from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
 from cogman.backends.redis import workers as redis_workers
@@ -342,6 +342,9 @@ class RedisBackend:
 
     def create_new(self, record: TaskRecord) -> bool:
         return redis_workflows.create_new(self._link(), record)
+
+    create_unique = unique.create_unique
+    oldest_queued = oldest.oldest_queued
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         return redis_workflows.join_chord(self._link(), chord_id, index, size, outcome)

@@ -100,6 +100,11 @@ class RabbitMQConsumer:
                     return None
                 self._ready.wait(remaining)
 
+    def buffered(self) -> list[Delivery]:
+        """Deliveries read and not handed out yet: unacked, counted by brokers/held.py."""
+        with self._ready:
+            return [delivery for buffer in self._buffers.values() for delivery in buffer]
+
     def ack(self, delivery: Delivery) -> None:
         self._queue_action("ack", delivery)
 
