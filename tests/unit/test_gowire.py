@@ -251,13 +251,22 @@ def test_what_go_cannot_carry_is_refused_before_anything_is_written(fleet: Any):
 
 
 def test_listing_shows_go_tasks_beside_cogmans_newest_first(fleet: Any):
+    from datetime import timedelta
+
     from cogman.backends.base import TaskQuery
+    from cogman.backends.go_query import count_tasks, list_tasks
+    from cogman.record import utcnow
 
     app, _, (echo, _, _) = fleet
     plain = app.tasks["cogman.plain"].delay(1)
     go = echo.delay(b"x")
     assert go.get(timeout=30) is None and plain.get(timeout=30) == 1
-    page = app.backend.query(TaskQuery(limit=10))
+    page = list_tasks(app.backend, TaskQuery(limit=10))
     assert [r.task_id for r in page.records] == [go.id, plain.id] and page.total == 2
-    only_go = app.backend.query(TaskQuery(name="gowire.echo", status=Status.SUCCESS))
+    only_go = list_tasks(app.backend, TaskQuery(name="gowire.echo", status=Status.SUCCESS))
     assert [(r.task_id, r.payload["wire"]) for r in only_go.records] == [(go.id, "go")]
+    assert [r.task_id for r in app.backend.query(TaskQuery()).records] == [plain.id]  # the backend's: cogman's
+    now = utcnow()
+    (bucket,) = count_tasks(app.backend, now - timedelta(hours=1), now, 7200)
+    assert bucket.counts == {Status.SUCCESS: 2}
+    assert [b.counts for b in app.backend.count_by_status(now - timedelta(hours=1), now, 7200)] == [{Status.SUCCESS: 1}]
