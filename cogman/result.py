@@ -151,14 +151,16 @@ class AsyncResult(Generic[R]):
         Celery's ``forget``; afterwards reads raise TaskNotFound. Forgetting twice, or an id never sent,
         does nothing. A chain still queued or running is not stopped: its worker still runs it, and the
         statuses it then writes are kept apart as early statuses (Redis and MongoDB drop them after an
-        hour) rather than bringing the records back."""
+        hour) rather than bringing the records back. A Go-format task's Go records go too (those of the
+        attempts it can follow, cogman/admin/go_actions.py)."""
         from cogman.admin.actions import chain
+        from cogman.admin.go_actions import forget_go
 
         try:
             attempts = chain(self._backend, self.id)
         except TaskNotFound:
             return
-        self._backend.delete([record.task_id for record in attempts])
+        self._backend.delete([record.task_id for record in forget_go(self._backend, attempts)])
 
     def get(self, timeout: float | None = None) -> R:
         """The handler's return value once the chain is finished.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cogman.admin import go_actions
 from cogman.backends.base import TaskQuery
 from cogman.brokers.base import Delivery, QueueStats
 from cogman.errors import CogmanError, TaskNotFound
@@ -88,6 +89,8 @@ def retry_task(app: App, task_id: str, *, retries: int = 1, force: bool = False)
     if latest.status is not Status.FAILED and not force:
         raise NotRetryable(task_id, latest)
     original_id = record.original_task_id
+    if go_actions.is_go(record):  # Go's REST /retry, with cogman's checks (go_actions.py)
+        return go_actions.retry_go_task(app, latest, original_id, retries)
     _reopen_workflow(backend, original_id)
     if backend.add_retries(original_id, retries) is None:
         raise TaskNotFound(original_id)

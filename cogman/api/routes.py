@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from cogman.admin import actions as admin
 from cogman.api.errors import ApiError
+from cogman.backends import go_query
 from cogman.backends.base import TaskQuery
 from cogman.errors import TaskNotFound
 from cogman.middleware.queue_stats import queue_snapshot
@@ -140,7 +141,7 @@ def data_routes(app: App) -> APIRouter:
             matching = [record] if record is not None and query.matches(record) else []
             records, total = matching[skip : skip + limit], len(matching)
         else:
-            page = app.backend.query(query)
+            page = go_query.list_tasks(app.backend, query, go_query.go_names(app.tasks))  # with Go-format tasks
             records, total = page.records, page.total
         return data([list_row(r) for r in records], {"total": total, "skip": skip, "limit": limit})
 
@@ -157,7 +158,7 @@ def data_routes(app: App) -> APIRouter:
         buckets = (end - start).total_seconds() / (interval * 60)
         if buckets > MAX_BUCKETS:
             raise ApiError(400, f"interval too small: {buckets:.0f} buckets, at most {MAX_BUCKETS}", "interval")
-        counted = app.backend.count_by_status(start, end, interval * 60.0)
+        counted = go_query.count_tasks(app.backend, start, end, interval * 60.0, go_query.go_names(app.tasks))
         rows = []
         for bucket in counted:
             row: dict[str, Any] = {"ID": bucket.start.isoformat(), "Total": bucket.total}

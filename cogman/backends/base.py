@@ -156,7 +156,8 @@ class Backend(Protocol):
         ``timeout``; return the record as it then stands."""
 
     def query(self, query: TaskQuery) -> TaskPage:
-        """Records matching ``query``, newest first, with the total."""
+        """Records matching ``query``, newest first, with the total: cogman's own (the readers merge
+        Go-format tasks in: cogman/backends/go_query.py)."""
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
         """Counts per status of the records created in ``[start, end]``, in buckets; empty ones left out."""

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from cogman.backends.memory_fidelity import Deadlines
 from cogman.gowire.record import GoRecord, go_time, parse_go_time
-from cogman.gowire.store import MAX_LISTED, read_as_task, updated
+from cogman.gowire.store import MAX_LISTED, GoStarted, read_as_task, updated
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
@@ -24,8 +24,9 @@ class MemoryGoRecords:
         self, ttl: float, clock: Callable[[], float] = time.monotonic, changed: threading.Condition | None = None
     ) -> None:
         self._records: dict[str, str] = {}
-        #: Starts of tasks not final yet (``count_start``), dropped when their record turns final.
-        self._starts: dict[str, int] = {}
+        #: Starts of tasks not final yet (``start``) and the delivery last counted, dropped when their
+        #: record turns final.
+        self._starts: dict[str, tuple[int, str]] = {}
         self._ttl = Deadlines(ttl, clock)
         #: The memory backend's condition (re-entrant), notified when a record becomes final, so its
         #: ``wait`` wakes for Go records too.
@@ -55,10 +56,15 @@ class MemoryGoRecords:
                 self._lock.notify_all()
             return moved
 
-    def count_start(self, task_id: str) -> int:
+    def start(self, task_id: str, token: str) -> GoStarted:
         with self._lock:
-            self._starts[task_id] = self._starts.get(task_id, 0) + 1
-            return self._starts[task_id]
+            record = self.update(task_id, Status.IN_PROGRESS)
+            if record is not None and record.status.is_final:
+                return GoStarted(record, 0)
+            counted, last = self._starts.get(task_id, (0, ""))
+            starts = counted if token and token == last else counted + 1
+            self._starts[task_id] = (starts, token)
+            return GoStarted(record, starts)
 
     def take_retry(self, original_task_id: str) -> int | None:
         with self._lock:
@@ -68,11 +74,25 @@ class MemoryGoRecords:
             self._put(current.evolve(retry=current.retry - 1, updated_at=go_time()))
             return current.retry - 1
 
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        with self._lock:
+            current = self._read(task_id)
+            if current is None:
+                return None
+            self._put(current.evolve(retry=current.retry + count, updated_at=go_time()))
+            return current.retry + count
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._records.pop(task_id, None)
+                self._starts.pop(task_id, None)
+
     def get(self, task_id: str) -> GoRecord | None:
         with self._lock:
             return self._read(task_id)
 
-    def recent(self) -> list[GoRecord]:
+    def recent(self, names: frozenset[str] = frozenset()) -> list[GoRecord]:
         with self._lock:
             self._expire()
             records = [GoRecord.from_json(raw, key) for key, raw in self._records.items()]

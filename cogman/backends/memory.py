@@ -255,7 +255,6 @@ class MemoryBackend:
         with self._changed:
             self._expire()
             matching = [r for r in self._records.values() if query.matches(r)]
-            matching += [t for t in (r.to_task_record() for r in self._go.recent()) if query.matches(t)]  # Go's
         matching.sort(key=lambda r: r.created_at, reverse=True)
         page = [handed_out(r) for r in matching[query.skip : query.skip + query.limit]]
         return TaskPage(records=page, total=len(matching))

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cogman.admin import actions as admin
+from cogman.backends import go_query
 from cogman.backends.base import TaskQuery
 from cogman.errors import CogmanError, TaskNotFound
 from cogman.middleware.queue_stats import QueueSnapshot, queue_snapshot
@@ -139,7 +140,7 @@ def _list(app: App, args: argparse.Namespace, console: Console) -> int:
         skip=args.skip,
         limit=args.limit,
     )
-    page = app.backend.query(query)
+    page = go_query.list_tasks(app.backend, query, go_query.go_names(app.tasks))  # Go-format tasks beside cogman's
     console.print(_records_table(page.records, title=f"{len(page.records)} of {page.total} record(s)"))
     return 0
 

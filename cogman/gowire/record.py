@@ -211,6 +211,29 @@ class GoRecord:
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise CorruptRecord(key, f"unreadable Go Cogman task record ({type(exc).__name__}: {exc})") from None
 
+    @classmethod
+    def from_go_document(cls, doc: dict[str, Any], key: str) -> GoRecord:
+        """A document Go Cogman keeps in MongoDB (``cogman.tasks``: snake_case fields, ``payload``
+        binary, BSON dates); CorruptRecord naming ``key`` when it is not one."""
+        try:
+            duration = doc.get("duration")
+            return cls(
+                task_id=str(doc["task_id"]),
+                name=str(doc["name"]),
+                original_task_id=str(doc.get("original_task_id") or doc["task_id"]),
+                payload=bytes(doc.get("payload") or b""),
+                priority=_FROM_GO_PRIORITY[doc.get("priority") or "High"],
+                status=Status(doc["status"]),
+                primary_key=str(doc.get("primary_key") or ""),
+                retry=int(doc.get("retry") or 0),
+                fail_error=str(doc.get("fail_error") or ""),
+                duration=None if duration is None else float(duration),
+                created_at=_go_moment(doc.get("created_at")),
+                updated_at=_go_moment(doc.get("updated_at") or doc.get("created_at")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"not a Go Cogman task document ({type(exc).__name__}: {exc})") from None
+
     def to_task_record(self) -> TaskRecord:
         """The record as cogman's readers show it (``AsyncResult``, ``cogman status``, the REST API):
         the payload base64 in ``payload["go_payload"]``, no result (Go stores none)."""
@@ -248,3 +271,11 @@ def _moment(text: str) -> datetime:
         return parse_go_time(text)
     except ValueError:
         return datetime.fromtimestamp(0, UTC)
+
+
+def _go_moment(value: Any) -> str:
+    """A BSON date (naive UTC from pymongo unless tz-aware) as Go's time text; "" when absent."""
+    if not isinstance(value, datetime):
+        return ""
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return go_time(int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000)

@@ -9,6 +9,8 @@ captured retry run, leaving the original ``in_progress`` for good).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from cogman.errors import CorruptRecord
@@ -21,6 +23,19 @@ MAX_CHAIN = 1000
 #: The most Go records ``recent`` returns, the newest: listing filters them in process, so a call's work
 #: stays bounded however many Go-format tasks the window holds.
 MAX_LISTED = 1000
+#: The most keys one listing's search for Go records visits (Redis: SCAN from where the last one stopped),
+#: so a listing's cost is bounded by this, not by the size of the database Go shares.
+MAX_SCANNED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class GoStarted:
+    """What ``GoRecords.start`` did: the record as it then stands (None when there is none, or the key
+    holds something else), and how many deliveries of the task started, this one included (0 when the
+    record is final: it is not run again)."""
+
+    record: GoRecord | None
+    starts: int
 
 
 class GoRecords(Protocol):
@@ -41,17 +56,35 @@ class GoRecords(Protocol):
         """Take one retry from the budget (``Retry``) of the chain's original if it is above 0, in one
         step; the budget left, None when it is spent or the record unknown."""
 
-    def count_start(self, task_id: str) -> int:
-        """Count one start of ``task_id`` and return how many there were, kept beside Go's record (which
-        has no field for it) for ``redis_ttl``: a Go task that kills its worker each time is dead-lettered
-        past ``max_redeliveries`` (cogman/worker/delivery_limits.py) instead of looping."""
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        """Add ``count`` to the record's ``Retry``, in one step, as Go's REST ``/retry`` does before it
+        takes one for the retry it makes; the budget then, None when the record is unknown."""
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        """Remove these records and what is kept beside them (listing entries, counted starts); unknown
+        ids are ignored. Ordered after this process's earlier writes, as ``Backend.delete``."""
+
+    def start(self, task_id: str, token: str) -> GoStarted | None:
+        """Move the record to ``in_progress`` (Go's ranks) and count this delivery's start, in one step
+        (Redis: one script; memory: one lock; MongoDB: the record's compare-and-set, then the count,
+        each idempotent). ``token`` names the delivery: the calls made again for it (retries, replays of
+        a write parked during an outage) count once; "" counts each call. Starts are kept beside Go's
+        record, which has no field for them (Redis ``<prefix>:go-starts:<id>``, MongoDB
+        ``<collection>_go_starts``), for the TTL, counted with or without a record but not once it is
+        final: a Go task that kills its worker each time is dead-lettered past ``max_redeliveries``
+        (cogman/worker/delivery_limits.py) instead of looping. None when the write was parked."""
 
     def get(self, task_id: str) -> GoRecord | None:
         """The record, None when there is none; CorruptRecord when the key holds something else."""
 
-    def recent(self) -> list[GoRecord]:
-        """The Go records this store lists (``Backend.query``, ``/list``, the dashboard): of those a cogman
-        process created or started within ``redis_ttl``, the ``MAX_LISTED`` newest; Go keeps no index."""
+    def recent(self, names: frozenset[str] = frozenset()) -> list[GoRecord]:
+        """The Go records readers list (cogman/backends/go_query.py: ``/list``, ``/daterangecount``, the
+        dashboard, ``cogman list``), the ``MAX_LISTED`` newest within the TTL: those a cogman process
+        of this app (``redis_prefix``) created or started, and those of the tasks ``names`` that a Go
+        process wrote and this store has found. Go keeps no index in Redis, so with ``names`` each call
+        first searches up to ``MAX_SCANNED`` more keys (resuming where the last call stopped); Go's
+        records carry no app, so the names keep an app's listing to its own Go-format tasks. In memory
+        every record is a cogman process's."""
 
 
 def updated(

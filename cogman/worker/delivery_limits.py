@@ -30,7 +30,7 @@ def looping_reason(delivery: Delivery, started: Started | None, config: Config) 
 
 def looping_after(delivery: Delivery, starts: int | None, config: Config) -> str | None:
     """``looping_reason`` from the count of starts (with this one) alone: a Go-format task's, kept beside
-    Go's record (``GoRecords.count_start``)."""
+    Go's record (``GoRecords.start``)."""
     limit = config.max_redeliveries
     if starts is not None and starts > limit + 1:
         return (

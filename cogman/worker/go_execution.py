@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from cogman.backends.base import Backend
     from cogman.brokers.base import Delivery
     from cogman.gowire.record import GoRecord
-    from cogman.gowire.store import GoRecords
+    from cogman.gowire.store import GoRecords, GoStarted
     from cogman.sending.host import SendingHost
     from cogman.task import Task
 
@@ -68,15 +69,16 @@ class GoRunner:
     def run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> str:
         records = self.app.backend.go_records()
         task_id = message.task_id
-        record: GoRecord | None = self.until_recorded(
-            lambda: records.update(task_id, Status.IN_PROGRESS), f"start Go task {task_id}"
+        token = uuid.uuid4().hex  # names this delivery: its start counts once however often it is written
+        started: GoStarted | None = self.until_recorded(
+            lambda: records.start(task_id, token), f"start Go task {task_id}"
         )
+        record = None if started is None else started.record
         if record is not None and record.status.is_final:
             log.info("Go task %s already %s; acking its redelivery without running it", task_id, record.status)
             self.ack_when_durable(delivery, after=self._resend_retry(records, record))
             return "skipped"
-        starts = self.until_recorded(lambda: records.count_start(task_id), f"count a start of Go task {task_id}")
-        looping = looping_after(delivery, starts, self.app.config)
+        looping = looping_after(delivery, None if started is None else started.starts, self.app.config)
         if looping is not None:  # it killed its worker each time: dead-lettered by the executor
             raise PoisonMessage(looping, task_id)
         original = record.original_task_id if record is not None else task_id

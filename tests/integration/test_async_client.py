@@ -202,10 +202,12 @@ def test_no_worker_is_raised_as_by_get(app: App) -> None:
 
 
 def blocked_waiters(redis_url: str) -> list[dict[str, Any]]:
-    """The connections of ``get_async`` (by their client name) the Redis server holds, in any state."""
+    """The connections of ``get_async`` (by their client name) the Redis server holds on this test's
+    database, in any state (a suite running beside this one uses another database)."""
     connection = redis.Redis.from_url(redis_url)
+    db = str(connection.get_connection_kwargs().get("db", 0))
     try:
-        return [c for c in connection.client_list() if c.get("name") == CLIENT_NAME]
+        return [c for c in connection.client_list() if c.get("name") == CLIENT_NAME and str(c.get("db")) == db]
     finally:
         connection.close()
 

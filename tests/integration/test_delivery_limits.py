@@ -103,7 +103,7 @@ def test_a_task_that_kills_its_worker_each_time_ends_failed_and_dead_lettered_on
 def test_a_go_format_task_that_kills_its_worker_each_time_ends_failed_and_dead_lettered_once(
     env: dict[str, str], tmp_path: Path
 ):
-    """Go's record has no field to count starts in: they are counted beside it (``count_start``)."""
+    """Go's record has no field to count starts in: they are counted beside it (``GoRecords.start``)."""
     client = client_for(env, "classic")
     try:
         task = client.task(name="limits.go_kills_worker", wire="go")(lambda payload: None)

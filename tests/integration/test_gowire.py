@@ -28,6 +28,7 @@ import redis
 
 from cogman import App
 from cogman.backends.base import TaskQuery
+from cogman.backends.go_query import list_tasks
 from cogman.gowire.record import GoRecord, go_retry_id, go_time
 from cogman.status import Status
 from tests.gowire_vectors import load, message, shape
@@ -130,7 +131,7 @@ def test_a_cogman_worker_runs_gos_messages_as_gos_server_did(
         finals = {task_id: go_redis.get(task_id) for task_id in awaited}
         unknown_id = message("unknown_name")["task_id"]
         dead = [d for d in reader.broker.dead_letters() if d.headers.get("TaskID") == unknown_id]
-        listed = reader.backend.query(TaskQuery(name="gowire.echo", status=Status.SUCCESS, limit=1000)).records
+        listed = list_tasks(reader.backend, TaskQuery(name="gowire.echo", status=Status.SUCCESS, limit=1000)).records
     finally:
         reader.close()
 
@@ -307,8 +308,8 @@ def test_rest_get_and_cogman_status_show_a_go_task_beside_cogmans(
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 def test_a_go_tasks_starts_are_counted_beside_its_record(kind: str, redis_url: str):
-    """``count_start`` (the delivery limit of a Go-format task): per task, with or without a Go record,
-    forgotten after ``redis_ttl`` in Redis and once the record is final in memory."""
+    """``start`` (the delivery limit of a Go-format task): per task, with or without a Go record, one per
+    delivery, forgotten after ``redis_ttl`` in Redis and once the record is final in memory."""
     from cogman.backends.memory import MemoryBackend
     from cogman.backends.redis.backend import RedisBackend
     from cogman.config.settings import Config
@@ -318,14 +319,15 @@ def test_a_go_tasks_starts_are_counted_beside_its_record(kind: str, redis_url: s
         store = backend.go_records()
         record = GoRecord.new(f"starts-{uuid.uuid4().hex}", "gowire.echo", b"")
         store.create(record)
-        assert [store.count_start(record.task_id) for _ in range(3)] == [1, 2, 3]
-        assert store.count_start(f"no-record-{uuid.uuid4().hex}") == 1
+        assert [store.start(record.task_id, f"d{n}").starts for n in range(3)] == [1, 2, 3]
+        assert store.start(f"no-record-{uuid.uuid4().hex}", "d0").starts == 1
         if isinstance(backend, RedisBackend):
-            assert 3500 < backend.client.ttl(f"{backend.keys.prefix}:go-starts:{record.task_id}") <= 3600
+            for kind_of_key in ("go-starts", "go-start-token"):
+                assert 3500 < backend.client.ttl(f"{backend.keys.prefix}:{kind_of_key}:{record.task_id}") <= 3600
         else:
-            store.update(record.task_id, Status.IN_PROGRESS)
             store.update(record.task_id, Status.SUCCESS, duration=0.5)
-            assert store.count_start(record.task_id) == 1
+            assert store.start(record.task_id, "d3").starts == 0  # final: not run, not counted
+            assert record.task_id not in store._starts  # type: ignore[attr-defined]
     finally:
         backend.close()
 

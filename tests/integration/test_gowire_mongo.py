@@ -103,21 +103,74 @@ def test_go_records_beside_the_collection_follow_gos_ranks(make: Any):
 
 def test_a_go_tasks_starts_are_counted_beside_its_record(make: Any):
     store = make().go_records()
-    assert [store.count_start("go-starts-1") for _ in range(3)] == [1, 2, 3]
-    assert store.count_start("go-starts-2") == 1
+    assert [store.start("go-starts-1", f"d{n}").starts for n in range(3)] == [1, 2, 3]
+    assert store.start("go-starts-2", "d0").starts == 1
     assert "TTL" in store.starts.index_information()
 
 
 def test_listing_on_mongodb_shows_go_tasks_beside_cogmans_the_newest_first(make: Any, monkeypatch: Any):
     from cogman.backends.base import TaskQuery
+    from cogman.backends.go_query import list_tasks
     from cogman.gowire import store as go_store
 
     backend = make()
     for index in range(4):
         record = GoRecord.new(f"list-{index}", "gowire.echo", b"x")
         backend.go_records().create(record.evolve(created_at=f"2026-12-05T10:00:0{index}.5Z"))
-    page = backend.query(TaskQuery(name="gowire.echo"))
+    page = list_tasks(backend, TaskQuery(name="gowire.echo"))
     assert ([r.task_id for r in page.records], page.total) == (["list-3", "list-2", "list-1", "list-0"], 4)
     monkeypatch.setattr(go_store, "MAX_LISTED", 2)
     monkeypatch.setattr("cogman.backends.mongo.go_records.MAX_LISTED", 2)
     assert [r.task_id for r in backend.go_records().recent()] == ["list-3", "list-2"]  # bounded: the newest
+
+
+def go_document(task_id: str, name: str, created_at: Any, status: str = "initiated") -> dict[str, Any]:
+    """A document as Go Cogman's client inserts it into ``cogman.tasks`` (section 6 of
+    cogman-go-behaviour.md): snake_case fields, the payload binary, BSON dates."""
+    return {
+        "task_id": task_id, "primary_key": "order-42", "name": name, "original_task_id": task_id,
+        "payload": b'{"x":1}', "priority": "High", "status": status, "retry": 0, "fail_error": "",
+        "duration": None, "created_at": created_at, "updated_at": created_at,
+    }  # fmt: skip
+
+
+def test_a_task_only_go_wrote_in_the_shared_collection_is_listed_read_and_counted(monkeypatch: Any):
+    """cogman's defaults share Go's ``cogman.tasks``: Go's documents are not cogman's records (its own
+    query leaves them out), but readers list, count and read them beside cogman's, bounded."""
+    from datetime import timedelta
+
+    from cogman import App
+    from cogman.backends.base import TaskQuery
+    from cogman.backends.go_query import count_tasks, go_names, list_tasks
+    from cogman.record import utcnow
+
+    app = App("gomongo", broker="memory://", backend=f"mongomock://gomongo_{uuid.uuid4().hex[:8]}")
+    try:
+        app.task(name="gowire.echo", wire="go")(lambda payload: None)
+        plain = app.task(name="cogman.plain")(lambda x: x)
+        backend: Any = app.backend
+        assert backend.collection.full_name == "cogman.tasks"
+        go_connect(backend.collection)
+        now = utcnow()
+        backend.collection.insert_one(go_document("go-1", "gowire.echo", now - timedelta(seconds=2)))
+        backend.collection.insert_one(go_document("go-2", "gowire.not-this-apps", now - timedelta(seconds=1)))
+        mine = plain.delay(1)
+        names = go_names(app.tasks)
+
+        own = backend.query(TaskQuery())
+        assert ([r.task_id for r in own.records], own.total) == ([mine.id], 1)  # Go's documents are not cogman's
+        page = list_tasks(backend, TaskQuery(), names)
+        assert ([r.task_id for r in page.records], page.total) == ([mine.id, "go-1"], 2)
+        shown = backend.get("go-1")
+        assert (shown.status, shown.primary_key, shown.payload["go_payload"]) == (
+            Status.INITIATED,
+            "order-42",
+            "eyJ4IjoxfQ==",
+        )
+        (bucket,) = count_tasks(backend, now - timedelta(minutes=1), utcnow(), 3600, names)
+        assert bucket.counts == {Status.QUEUED: 1, Status.INITIATED: 1}
+
+        monkeypatch.setattr("cogman.gowire.store.MAX_SCANNED", 2)  # the 2 newest: cogman's, then go-2
+        assert [r.task_id for r in list_tasks(backend, TaskQuery(), names).records] == [mine.id]
+    finally:
+        app.close()

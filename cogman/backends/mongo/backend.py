@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pymongo
@@ -20,7 +19,7 @@ from pymongo.errors import BulkWriteError
 
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
-from cogman.backends.go_query import with_go_records
+from cogman.backends.mongo import go_records as mongo_go
 from cogman.backends.mongo import oldest as mongo_oldest
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
@@ -253,7 +252,7 @@ class MongoBackend:
         doc = self.buffer.call(
             lambda: self.collection.find_one({"task_id": task_id}, {"_id": False}), f"read task {task_id}"
         )
-        return self.go_records().read_as_task(task_id) if doc is None else codec.from_document(doc, self.key(task_id))
+        return self.go_records().read_as_task(task_id) if doc is None else mongo_go.as_task(doc, self.key(task_id))
 
     def go_records(self) -> MongoGoRecords:  # issue 22: Go-format tasks' records (go_records.py)
         return MongoGoRecords(self.collection, self.buffer, self.ttl_seconds)
@@ -271,8 +270,7 @@ class MongoBackend:
             interval = min(interval * 1.5, 1.0)
 
     def query(self, query: TaskQuery) -> TaskPage:
-        page = partial(mongo_queries.query, self.collection, self.buffer, self.where)
-        return with_go_records(query, page, self.go_records())  # Go-format tasks beside (go_query.py)
+        return mongo_queries.query(self.collection, self.buffer, self.where, query)
 
     def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
         return mongo_queries.count_by_status(self.collection, self.buffer, start, end, bucket_seconds)

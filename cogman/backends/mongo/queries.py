@@ -19,10 +19,15 @@ if TYPE_CHECKING:
     from cogman.backends.outage import WriteBuffer
 
 log = logging.getLogger("cogman.backends.mongo")
+#: Go Cogman's collection (fixed in Go), which cogman's defaults share: Go's readers list it, cogman's
+#: lists Go's documents apart (cogman/backends/go_query.py).
+GOS_COLLECTION = "cogman.tasks"
 
 
 def query(collection: Any, buffer: WriteBuffer, where: str, query: TaskQuery) -> TaskPage:
     match = codec.document_filter(query)
+    if where == GOS_COLLECTION:  # shared with Go Cogman: its documents (no created_us) are not cogman's
+        match.setdefault("created_us", {"$exists": True})
 
     def read() -> tuple[list[dict[str, Any]], int]:
         docs: list[dict[str, Any]] = []

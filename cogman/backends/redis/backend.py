@@ -20,7 +20,6 @@ from redis.retry import Retry
 
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
-from cogman.backends.go_query import with_go_records
 from cogman.backends.outage import WriteBuffer
 from cogman.backends.redis import cluster, fanout, oldest, scripts, spawn, unique
 from cogman.backends.redis import create as redis_create
@@ -252,11 +251,6 @@ class RedisBackend:
         return AsyncWakeUp(self, self.url, lambda task_id: self.shards.of(task_id).done(task_id), WAIT_SLICE)
 
     def query(self, query: TaskQuery) -> TaskPage:
-        if self.on_cluster:  # no Go-format tasks on a Redis Cluster (go_records)
-            return self._query(query)
-        return with_go_records(query, self._query, self.go_records())  # Go-format tasks beside (go_query.py)
-
-    def _query(self, query: TaskQuery) -> TaskPage:
         link = self._link()
         if self.shards.count > 1:
             return fanout.query(link, query, scan_script=self._scan, records_script=self._records)

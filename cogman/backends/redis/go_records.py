@@ -8,19 +8,24 @@ another's change. A create is ``SET NX EX``. The scripts re-encode the record fi
 ``encoding/json`` does (Go's field order, its string escapes, ``Duration`` kept as the text it was),
 so Go reads ours as its own; tests/integration/test_gowire_redis.py compares them with Go's bytes.
 
-Each script touches one key, the record's own, so it runs unchanged on a Redis Cluster.
+Each script but ``START`` touches one key, the record's own; ``START`` also counts the delivery's start
+beside it (``<prefix>:go-starts:<id>`` and ``<prefix>:go-start-token:<id>``, slots of their own): Go-format
+tasks are refused on a Redis Cluster (``RedisBackend.go_records``), where that could not run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cogman.backends.codec import to_us
+from cogman.backends.redis.go_scripts import ADD_RETRIES, START, TAKE_RETRY, UPDATE
 from cogman.errors import CorruptRecord
 from cogman.gowire.record import GO_RANK, GoRecord, go_float, go_time, parse_go_time
-from cogman.gowire.store import MAX_LISTED, read_as_task
+from cogman.gowire.store import MAX_LISTED, GoStarted, read_as_task
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
 
@@ -29,74 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cogman.backends.redis")
 
-_ENCODE = r"""
-local function esc(s)
-  if type(s) ~= 'string' then s = '' end
-  s = string.gsub(s, '[%z\1-\31"\\<>&]', function(c)
-    if c == '"' then return '\\"' elseif c == '\\' then return '\\\\'
-    elseif c == '\n' then return '\\n' elseif c == '\r' then return '\\r' elseif c == '\t' then return '\\t'
-    end
-    return string.format('\\u%04x', string.byte(c))
-  end)
-  s = string.gsub(s, '\226\128\168', '\\u2028')
-  s = string.gsub(s, '\226\128\169', '\\u2029')
-  return '"' .. s .. '"'
-end
-local function encode(t, duration)
-  local payload = 'null'
-  if type(t.Payload) == 'string' then payload = esc(t.Payload) end
-  return '{"TaskID":' .. esc(t.TaskID) .. ',"PrimaryKey":' .. esc(t.PrimaryKey) .. ',"Name":' .. esc(t.Name)
-    .. ',"OriginalTaskID":' .. esc(t.OriginalTaskID) .. ',"Retry":' .. string.format('%d', tonumber(t.Retry) or 0)
-    .. ',"Payload":' .. payload .. ',"Priority":' .. esc(t.Priority) .. ',"Status":' .. esc(t.Status)
-    .. ',"FailError":' .. esc(t.FailError) .. ',"Duration":' .. duration .. ',"CreatedAt":' .. esc(t.CreatedAt)
-    .. ',"UpdatedAt":' .. esc(t.UpdatedAt) .. '}'
-end
-local function load(key)
-  local raw = redis.call('GET', key)
-  if not raw then return nil, nil, nil end
-  local ok, t = pcall(cjson.decode, raw)
-  if not ok or type(t) ~= 'table' or type(t.Status) ~= 'string' then return raw, nil, nil end
-  return raw, t, string.match(raw, '"Duration":%s*([^,}%s]+)') or 'null'
-end
-"""
-
-#: ARGV: key, status, its Go rank, the ranks (JSON), UpdatedAt, set FailError ("1"/"0"), FailError,
-#: Duration ("" keeps it), TTL seconds. Reply: {"moved"|"kept", record} | {"unknown"} | {"corrupt"}.
-UPDATE = (
-    _ENCODE
-    + r"""
-local raw, t, duration = load(ARGV[1])
-if not raw then return {'unknown'} end
-if not t then return {'corrupt'} end
-local ranks = cjson.decode(ARGV[4])
-if tonumber(ARGV[3]) <= (ranks[t.Status] or 0) then return {'kept', raw} end
-t.Status = ARGV[2]
-t.UpdatedAt = ARGV[5]
-if ARGV[6] == '1' then t.FailError = ARGV[7] end
-if ARGV[8] ~= '' then duration = ARGV[8] end
-local value = encode(t, duration)
-redis.call('SET', ARGV[1], value, 'EX', tonumber(ARGV[9]))
-return {'moved', value}
-"""
-)
-
-#: ARGV: key, UpdatedAt, TTL seconds. Reply: the budget left, -1 when spent, -2 unknown, -3 corrupt.
-TAKE_RETRY = (
-    _ENCODE
-    + r"""
-local raw, t, duration = load(ARGV[1])
-if not raw then return -2 end
-if not t then return -3 end
-local left = tonumber(t.Retry) or 0
-if left <= 0 then return -1 end
-t.Retry = left - 1
-t.UpdatedAt = ARGV[2]
-redis.call('SET', ARGV[1], encode(t, duration), 'EX', tonumber(ARGV[3]))
-return left - 1
-"""
-)
-
 _RANKS = json.dumps({status.value: rank for status, rank in GO_RANK.items()})
+_FINAL = json.dumps({status.value: True for status in Status if status.is_final})
+#: The bare keys Go Cogman's records live under: a UUID in lower-case hex (Go's v4, cogman's retry v5).
+GO_KEY_PATTERN = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
+#: Keys one SCAN call visits: ``MAX_SCANNED`` of them make one search step.
+SCAN_COUNT = 1000
 
 
 class RedisGoRecords:
@@ -110,6 +53,8 @@ class RedisGoRecords:
         self.index = link.keys.index("go")
         self._update = link.client.register_script(UPDATE)
         self._retry = link.client.register_script(TAKE_RETRY)
+        self._add = link.client.register_script(ADD_RETRIES)
+        self._start = link.client.register_script(START)
 
     def create(self, record: GoRecord) -> bool:
         client, ttl = self.link.client, self.ttl_seconds
@@ -120,7 +65,9 @@ class RedisGoRecords:
         self._listed(record)
         return bool(stored)
 
-    def recent(self) -> list[GoRecord]:
+    def recent(self, names: frozenset[str] = frozenset()) -> list[GoRecord]:
+        if names:
+            self.discover(names)
         client, index, floor = self.link.client, self.index, self.link.keys.window_floor()
         newest = lambda: client.zrevrangebyscore(index, "+inf", floor, start=0, num=MAX_LISTED)  # noqa: E731
         listed = self.link.buffer.call(newest, "list Go records")
@@ -137,20 +84,61 @@ class RedisGoRecords:
                 continue  # the bare key holds something else now (MGET gives nil for other types)
         return found
 
-    def _listed(self, record: GoRecord) -> None:
-        """Index the record for listing (``<prefix>:idx:go``, by creation time; entries out of the TTL
+    def discover(self, names: frozenset[str]) -> int:
+        """One bounded step of the search for Go records no cogman process created or started (a Go
+        client's task run by a Go worker): SCAN the bare-UUID keys from where the last step stopped
+        (``<prefix>:go-scan``, any process's), at most ``MAX_SCANNED`` keys, and list the Go records of
+        the tasks ``names`` found (``<prefix>:idx:go``). How many it listed. A database of N keys is
+        searched through in ceil(N / MAX_SCANNED) steps, so a record Go writes behind the cursor is
+        listed within that many listings after it wraps."""
+        from cogman.gowire import store
+
+        client, cursor_key, ttl_ms = self.link.client, f"{self.link.keys.prefix}:go-scan", self.link.keys.ttl_ms
+
+        def scan() -> list[Any]:
+            cursor = int(client.get(cursor_key) or 0)
+            found: list[Any] = []
+            for _ in range(max(1, store.MAX_SCANNED // SCAN_COUNT)):
+                cursor, keys = client.scan(cursor, match=GO_KEY_PATTERN, count=SCAN_COUNT)
+                found.extend(keys)
+                if int(cursor) == 0:
+                    break
+            client.set(cursor_key, int(cursor), px=ttl_ms)
+            return found
+
+        keys = [
+            key.decode() if isinstance(key, bytes) else str(key)
+            for key in self.link.buffer.call(scan, "search Go records")
+        ]
+        found = []
+        for start in range(0, len(keys), SCAN_COUNT):
+            chunk = keys[start : start + SCAN_COUNT]
+            raws: list[Any] = self.link.buffer.call(partial(client.mget, chunk), "read Go records")
+            for key, raw in zip(chunk, raws, strict=True):
+                try:
+                    record = None if raw is None else GoRecord.from_json(raw, key)
+                except CorruptRecord:
+                    continue  # a bare key holding something else: not a Go record
+                if record is not None and record.task_id == key and record.name in names:
+                    found.append(record)
+        if found:
+            self._listed(*found)
+        return len(found)
+
+    def _listed(self, *records: GoRecord) -> None:
+        """Index records for listing (``<prefix>:idx:go``, by creation time; entries out of the TTL
         window trimmed): a hint for ``recent``, which reads each record, so it needs no atomicity."""
         client, index, floor = self.link.client, self.index, self.link.keys.window_floor()
-        score = to_us(parse_go_time(record.created_at)) if record.created_at else to_us(utcnow())
+        scores = {record.task_id: _created_us(record) for record in records}
 
         def add() -> None:
             pipe = client.pipeline(transaction=False)
-            pipe.zadd(index, {record.task_id: score})
+            pipe.zadd(index, scores)
             pipe.zremrangebyscore(index, "-inf", f"({floor}")
             pipe.pexpire(index, self.link.keys.ttl_ms)
             pipe.execute()
 
-        self.link.buffer.write(add, f"list Go record {record.task_id}")
+        self.link.buffer.write(add, f"list Go record {records[0].task_id}" if len(records) == 1 else "list Go records")
 
     def update(
         self, task_id: str, status: Status, *, fail_error: str | None = None, duration: float | None = None
@@ -196,17 +184,47 @@ class RedisGoRecords:
             log.error("no retry for Go task %s: its key holds no Go task record", original_task_id)
         return int(left) if left >= 0 else None
 
-    def count_start(self, task_id: str) -> int:
-        client, key, ttl = self.link.client, f"{self.link.keys.prefix}:go-starts:{task_id}", self.ttl_seconds
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        args = [task_id, count, go_time(), self.ttl_seconds]
+        out = self.link.buffer.call(self.link.run(self._add, args), f"add {count} retries to Go task {task_id}")
+        kind = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
+        if kind == "corrupt":
+            log.error("no retries added to Go task %s: its key holds no Go task record", task_id)
+        return int(out[1]) if kind == "added" else None
 
-        def count() -> int:
+    def delete(self, task_ids: Sequence[str]) -> None:
+        ids, client, prefix = list(task_ids), self.link.client, self.link.keys.prefix
+
+        def remove() -> None:
             pipe = client.pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.expire(key, ttl)
-            return int(pipe.execute()[0])
+            beside = [f"{prefix}:{kind}:{task_id}" for task_id in ids for kind in ("go-starts", "go-start-token")]
+            pipe.delete(*ids, *beside)
+            pipe.zrem(self.index, *ids)
+            pipe.execute()
 
-        starts: int = self.link.buffer.call(count, f"count a start of Go task {task_id}")
-        return starts
+        if ids:
+            self.link.buffer.write(remove, f"delete {len(ids)} Go record(s)")
+
+    def start(self, task_id: str, token: str) -> GoStarted | None:
+        prefix, status = self.link.keys.prefix, Status.IN_PROGRESS
+        keys = [f"{prefix}:go-starts:{task_id}", f"{prefix}:go-start-token:{task_id}"]
+        args = [task_id, status.value, GO_RANK[status], _RANKS, go_time(), self.ttl_seconds, _FINAL, *keys, token]
+        out = self.link.buffer.write(self.link.run(self._start, args), f"start Go task {task_id}")
+        if not out:
+            return None
+        kind, starts = out[0].decode(), int(out[2])
+        if kind == "corrupt":
+            log.error("not moving Go task %s to %s: its key holds no Go task record", task_id, status)
+        if kind not in ("moved", "kept"):
+            return GoStarted(None, starts)
+        try:
+            record = GoRecord.from_json(out[1], task_id)
+        except CorruptRecord as exc:
+            log.error("Go task %s started over an unreadable record: %s", task_id, exc)
+            return GoStarted(None, starts)
+        if kind == "moved":
+            self._listed(record)  # a Go client's task a cogman worker runs: listed from here on
+        return GoStarted(record, starts)
 
     def get(self, task_id: str) -> GoRecord | None:
         client = self.link.client
@@ -231,3 +249,11 @@ def _get_string(client: Any, key: str) -> bytes | None:
             return None
         raise
     return value
+
+
+def _created_us(record: GoRecord) -> int:
+    """When the record was created (its ``CreatedAt``; now when Go left none or an unreadable one)."""
+    try:
+        return to_us(parse_go_time(record.created_at))
+    except ValueError:
+        return to_us(utcnow())
