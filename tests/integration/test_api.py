@@ -122,6 +122,9 @@ def test_retry_route(stack: Stack):
         # Cogman's manual retry: 2 added, one runs now, one automatic retry is left for it
         with pytest.raises(TaskFailed):
             stack.api_app.result(failed.id).get(timeout=60)
+        # Attempt 2's worker spawns attempt 3 before it records its own failure: attempt 3 can end first.
+        wait_for(lambda: all(a["status"] == "failed" for a in http.get("/get", params={"task_id": failed.id}).json()
+                             ["meta"]["attempts"]), 60, "every attempt's failure to be recorded")  # fmt: skip
         chain = http.get("/get", params={"task_id": failed.id}).json()
         attempts = chain["meta"]["attempts"]
         assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "failed"), (3, "failed")]
