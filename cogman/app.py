@@ -17,7 +17,7 @@ from cogman.middleware.base import Middleware, MiddlewareStack
 from cogman.middleware.defaults import install_defaults
 from cogman.priority import Priority
 from cogman.record import TaskRecord
-from cogman.result import AsyncResult
+from cogman.result import AsyncResult, cancel_task
 from cogman.sending.client import Client
 from cogman.sending.go_send import send_go
 from cogman.sending.prepare import SendOptions, prepare
@@ -289,6 +289,7 @@ class App:
     def result(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(self.backend, task_id, self)
 
+    cancel = cancel_task  # issue 23: cogman/admin/cancel.py, docs/control.md
     # Workers
 
     def worker(self, concurrency: int | None = None, priorities: Iterable[Priority | str] | None = None) -> Worker:

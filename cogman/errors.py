@@ -24,6 +24,27 @@ class TaskFailed(CogmanError):
         self.attempts = attempts
 
 
+class TaskCancelled(TaskFailed):
+    """The task was cancelled (``AsyncResult.cancel``, ``cogman cancel``, ``POST /cancel``) before it
+    finished: its latest attempt is recorded ``cancelled``. A TaskFailed, so code that catches failures
+    catches it too."""
+
+    def __init__(self, task_id: str, error: str | None = None, traceback: str | None = None, attempts: int = 1) -> None:
+        super().__init__(task_id, error, traceback, attempts)
+        self.args = (f"task {task_id} was cancelled",)
+
+
+class NotCancellable(CogmanError):
+    """A cancel that changes nothing: the task finished already (``status`` says how), or it is a
+    Go-format task (Go Cogman's records have no cancelled status)."""
+
+    def __init__(self, task_id: str, reason: str, status: str | None = None) -> None:
+        super().__init__(f"task {task_id} not cancelled: {reason}")
+        self.task_id = task_id
+        self.reason = reason
+        self.status = status
+
+
 class TaskNotFound(CogmanError, LookupError):
     """No record exists for a task id (never sent, or expired from the backend)."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
-from cogman.errors import CogmanError, TaskFailed, TaskNotFound
+from cogman.errors import CogmanError, TaskCancelled, TaskFailed, TaskNotFound
 from cogman.record import TaskRecord
 from cogman.status import Status
 
@@ -33,6 +33,7 @@ CELERY_STATES = {
     Status.IN_PROGRESS: "STARTED",
     Status.SUCCESS: "SUCCESS",
     Status.FAILED: "FAILURE",
+    Status.CANCELLED: "REVOKED",
 }
 
 
@@ -138,6 +139,8 @@ class AsyncResult(Generic[R]):
             return cast(R, latest.result)
         if latest.status is Status.FAILED:
             return TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
+        if latest.status is Status.CANCELLED:
+            return TaskCancelled(self.id, attempts=latest.attempt)
         return None
 
     @property
@@ -162,10 +165,21 @@ class AsyncResult(Generic[R]):
             return
         self._backend.delete([record.task_id for record in forget_go(self._backend, attempts)])
 
+    def cancel(self) -> bool:
+        """Cancel this task's chain (Celery's ``revoke``, kept in the backend, not in worker memory): True
+        if it had not finished; it reads ``cancelled`` as soon as this returns, its message is acked
+        unrun wherever it is delivered, no retry follows, and a worker running it interrupts it within
+        about a second (docs/control.md). False when it had finished already: nothing changes. Raises
+        TaskNotFound for an unknown id, NotCancellable for a Go-format task."""
+        from cogman.admin.cancel import cancel
+
+        return not cancel(self._backend, self.id).is_final
+
     def get(self, timeout: float | None = None) -> R:
         """The handler's return value once the chain is finished.
 
-        Raises TaskFailed when the last allowed attempt failed, TimeoutError when not finished in time.
+        Raises TaskFailed when the last allowed attempt failed (TaskCancelled when it was cancelled),
+        TimeoutError when not finished in time.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -205,6 +219,8 @@ class AsyncResult(Generic[R]):
     def _outcome(self, latest: TaskRecord) -> R:
         if latest.status is Status.SUCCESS:
             return cast(R, latest.result)
+        if latest.status is Status.CANCELLED:
+            raise TaskCancelled(self.id, attempts=latest.attempt)
         raise TaskFailed(self.id, latest.fail_error, latest.traceback, latest.attempt)
 
     def _next_wait(self, latest: TaskRecord, deadline: float | None, timeout: float | None) -> float:
@@ -237,3 +253,15 @@ class AsyncResult(Generic[R]):
         """Re-read the chain's pointer: a retry may have been spawned while we read the attempt."""
         fresh = self._backend.get(original.task_id) or original
         return fresh.latest_attempt_id or fresh.task_id
+
+
+class HasBackend(Protocol):
+    """The app, as ``cancel_task`` uses it."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+
+def cancel_task(app: HasBackend, task_id: str) -> bool:
+    """``app.cancel(task_id)``: :meth:`AsyncResult.cancel` for an id (True if it had not finished)."""
+    return AsyncResult(app.backend, task_id).cancel()

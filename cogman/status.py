@@ -7,13 +7,16 @@ A write whose rank is lower than or equal to the current one is ignored, which m
 idempotent and lets late or reordered writes (a client's ``queued`` arriving after the worker's
 ``success``) lose safely. The ranks::
 
-    initiated = retry  <  queued  <  in_progress  <  failed = success
+    initiated = retry  <  queued  <  in_progress  <  failed = success = cancelled
 
 ``initiated`` and ``retry`` are the two creation states, of a first attempt and of a retry attempt: both
 mean "recorded, not yet confirmed by the broker", which is what re-enqueue looks for. Cogman's Go code
 ranked ``retry`` between ``in_progress`` and the final states, so a retry attempt jumped straight from
 ``retry`` to ``success`` and never showed that it was running; here it moves through ``queued`` and
 ``in_progress`` like a first attempt, and ``attempt > 1`` tells it is a retry.
+
+``cancelled`` ranks with the other final states: a cancel wins over any status that is not final yet,
+and the worker's ``success`` or ``failed`` written after it is ignored, as a late write always is.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Status(StrEnum):
     RETRY = "retry"  #: a retry attempt (after an earlier one failed), recorded, not yet confirmed
     FAILED = "failed"  #: final: the handler raised, or the message could not be run
     SUCCESS = "success"  #: final: the handler returned
+    CANCELLED = "cancelled"  #: final: cancelled before it finished (``AsyncResult.cancel``; Celery's REVOKED)
 
     @property
     def is_final(self) -> bool:
@@ -43,9 +47,10 @@ RANK: dict[Status, int] = {
     Status.IN_PROGRESS: 3,
     Status.FAILED: 5,
     Status.SUCCESS: 5,
+    Status.CANCELLED: 5,
 }
 
-FINAL: frozenset[Status] = frozenset({Status.FAILED, Status.SUCCESS})
+FINAL: frozenset[Status] = frozenset({Status.FAILED, Status.SUCCESS, Status.CANCELLED})
 #: Recorded but not confirmed by the broker: what re-enqueue republishes once stale.
 UNCONFIRMED: tuple[Status, ...] = (Status.INITIATED, Status.RETRY)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
@@ -50,6 +51,14 @@ class TaskContext:
     attempt: int
     retries_left: int
     primary_key: str | None = None
+    #: Set by the worker once this attempt is cancelled (cogman/worker/cancelling.py).
+    cancel_event: threading.Event | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled while it runs: a long loop can check it and stop (the worker
+        also interrupts the handler; this is for code that catches that, or waits in C between checks)."""
+        return self.cancel_event is not None and self.cancel_event.is_set()
 
 
 class Task(Generic[P, R]):

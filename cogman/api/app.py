@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cogman import __version__
 from cogman.api.auth import token_guard
+from cogman.api.cancel import cancel_routes
 from cogman.api.errors import CatchAll, EnvelopeCORS, error_response, install_error_handlers
 from cogman.api.guard import RequestGuard, check_settings
 from cogman.api.health import Health
@@ -75,6 +76,7 @@ def create_app(
         return error_response(503, f"unreachable: {down}", headers={"Retry-After": "5"})
 
     api.include_router(data_routes(app), dependencies=[guard])
+    api.include_router(cancel_routes(app), dependencies=[guard])
 
     @api.get("/metrics", dependencies=[guard], response_class=PlainTextResponse, summary="Prometheus text")
     def prometheus_metrics() -> Response:

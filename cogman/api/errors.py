@@ -21,7 +21,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cogman.admin.actions import NotRetryable, RetryBudgetRace
-from cogman.errors import BackendUnavailable, BrokerAccessRefused, BrokerUnavailable, CorruptRecord, TaskNotFound
+from cogman.errors import (
+    BackendUnavailable,
+    BrokerAccessRefused,
+    BrokerUnavailable,
+    CorruptRecord,
+    NotCancellable,
+    TaskNotFound,
+)
 
 log = logging.getLogger("cogman.api")
 
@@ -102,6 +109,10 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(NotRetryable)
     async def conflict(request: Request, exc: NotRetryable) -> Response:
+        return error_response(409, str(exc))
+
+    @api.exception_handler(NotCancellable)
+    async def not_cancellable(request: Request, exc: NotCancellable) -> Response:
         return error_response(409, str(exc))
 
     @api.exception_handler(RetryBudgetRace)

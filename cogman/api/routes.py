@@ -46,6 +46,7 @@ BUCKET_KEYS = {
     Status.IN_PROGRESS: "CountInProgress",
     Status.SUCCESS: "CountSuccess",
     Status.FAILED: "CountFailed",
+    Status.CANCELLED: "CountCancelled",
 }
 
 

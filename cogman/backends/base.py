@@ -218,6 +218,19 @@ class Backend(Protocol):
         return every outcome in member order, else None. Every call that finds the set complete gets the
         list; the callback record's ``create_new`` decides which one sends the callback."""
 
+    # Cancel (issue 23, docs/control.md)
+
+    def cancel(self, task_id: str) -> Status | None:
+        """Cancel the retry chain of ``task_id`` (its original's id or any attempt's): move its latest
+        attempt to ``cancelled`` unless it is final, and from then on have ``spawn_retry`` refuse the
+        chain, atomically with respect to a concurrent spawn. Returns the latest attempt's status before
+        the call (a final one: nothing changed), None when no cogman record has the id. Raises
+        BackendUnavailable: a cancel is never buffered, so "cancelled" is true once it returns."""
+
+    def cancelled_among(self, task_ids: Sequence[str]) -> list[str]:
+        """Those of ``task_ids`` recorded ``cancelled``, in one round trip (per shard): what a worker
+        process polls about the attempts it runs."""
+
     # Go Cogman's records (issue 22, docs/go-interop.md)
 
     def go_records(self) -> GoRecords:

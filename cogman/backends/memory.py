@@ -20,6 +20,7 @@ from typing import Any
 from cogman.backends import codec, memory_oldest, memory_unique
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.go_memory import MemoryGoRecords
+from cogman.backends.memory_cancel import MemoryCancel
 from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
 from cogman.backends.memory_workers import Heartbeats
 from cogman.backends.redis.scripts import EARLY_TTL_MS
@@ -30,7 +31,7 @@ from cogman.status import UNCONFIRMED, Status, allows
 DEFAULT_TTL = 7 * 24 * 3600.0
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryCancel):
     """Records in a dict behind one lock; a condition variable wakes ``wait`` when a task finishes.
     ``clock`` (seconds, monotonic) times the expiry: a test passes its own to age records at once."""
 
@@ -178,7 +179,7 @@ class MemoryBackend:
             original = self._records.get(original_task_id)
             if original is not None and attempt.task_id in self._records:
                 return original.retry
-            if original is None or original.retry <= 0:
+            if original is None or original.retry <= 0 or self._chain_cancelled(original):
                 return None
             left = original.retry - 1
             self._put(original.evolve(retry=left, latest_attempt_id=attempt.task_id, updated_at=utcnow()))

@@ -189,3 +189,14 @@ class MultiBackend:
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         return self.primary.join_chord(chord_id, index, size, outcome)
+
+    # Cancel (issue 23): the primary decides; the secondaries follow
+
+    def cancel(self, task_id: str) -> Status | None:
+        before = self.primary.cancel(task_id)
+        if before is not None and not before.is_final:
+            self._mirror(lambda b: b.cancel(task_id), f"cancel task {task_id}")
+        return before
+
+    def cancelled_among(self, task_ids: Sequence[str]) -> list[str]:
+        return self.primary.cancelled_among(task_ids)

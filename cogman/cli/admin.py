@@ -1,6 +1,7 @@
 """The operator's subcommands of ``cogman``: ``api``, ``inspect``, ``list``, ``retry``, ``queues``,
-``purge``, ``ping`` and ``workers``. Each is a thin front over :mod:`cogman.admin`; tables use rich,
-with every value printed as plain text (a task name is data, never markup).
+``purge``, ``ping``, ``workers`` and ``cancel`` (cli/cancel.py). Each is a thin front over
+:mod:`cogman.admin`; tables use rich, with every value printed as plain text (a task name is data,
+never markup).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.text import Text
 from cogman.admin import actions as admin
 from cogman.backends import go_query
 from cogman.backends.base import TaskQuery
+from cogman.cli.cancel import add_cancel_command, run_cancel
 from cogman.errors import CogmanError, TaskNotFound
 from cogman.middleware.queue_stats import QueueSnapshot, queue_snapshot
 from cogman.record import TaskRecord, utcnow
@@ -26,7 +28,7 @@ from cogman.status import Status
 if TYPE_CHECKING:
     from cogman.app import App
 
-ADMIN_COMMANDS = ("api", "inspect", "list", "retry", "queues", "purge", "ping", "workers")
+ADMIN_COMMANDS = ("api", "inspect", "list", "retry", "queues", "purge", "ping", "workers", "cancel")
 
 
 def _bounded_int(low: int, high: int) -> Any:
@@ -86,6 +88,7 @@ def add_admin_commands(commands: Any) -> None:
 
     workers = commands.add_parser("workers", help="the workers whose heartbeat has not expired")
     workers.add_argument("--all-apps", action="store_true", help="workers of every app on this backend")
+    add_cancel_command(commands)  # issue 23: cogman/cli/cancel.py
 
 
 def run_admin(app: App, args: argparse.Namespace) -> int:
@@ -99,6 +102,7 @@ def run_admin(app: App, args: argparse.Namespace) -> int:
         "purge": _purge,
         "ping": _ping,
         "workers": _workers,
+        "cancel": run_cancel,
     }[args.command]
     try:
         return int(command(app, args, console))

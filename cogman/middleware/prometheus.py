@@ -33,7 +33,7 @@ INSTALL_HINT = "the Prometheus middleware needs prometheus-client: pip install c
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
                     60.0, 600.0, 900.0, float("inf"))  # fmt: skip
 #: ``after_outcome`` names (execution.Outcome), each counted in ``cogman_attempts_<outcome>_total``.
-OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "expired", "delayed", "requeued")
+OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "expired", "delayed", "requeued", "cancelled")
 #: The one label value of every task name no worker of this process registers: anyone able to publish
 #: could otherwise add a series (and its memory) per name they make up.
 UNREGISTERED = "<unregistered>"

@@ -19,6 +19,7 @@ import time
 import traceback
 import uuid
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cogman.backoff import Retry, RetryDecision, decide
@@ -27,6 +28,7 @@ from cogman.errors import BrokerUnavailable, PoisonMessage, PublishError, Result
 from cogman.message import Message, header_task_id
 from cogman.record import clip
 from cogman.status import Status
+from cogman.worker.cancelling import AttemptCancelled, CancelWatch
 from cogman.worker.delivery_limits import looping_reason
 from cogman.worker.go_execution import GoRunner, decode, record_failed, task_of
 from cogman.worker.handlers import EventLoopThread, chain_of, check_result, run_handler
@@ -52,10 +54,11 @@ class Outcome(StrEnum):
     FAILED = "failed"
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
-    SKIPPED = "skipped"  #: a redelivery of a task that already finished
+    SKIPPED = "skipped"  #: a redelivery of a task that already finished (or was cancelled before it started)
     EXPIRED = "expired"  #: not started before its ``expires``: recorded failed, never run
     DELAYED = "delayed"  #: came before its ``eta``: sent back to wait in the broker
     REQUEUED = "requeued"  #: given back to the broker unfinished (a stopping worker, an unexpected error)
+    CANCELLED = "cancelled"  #: cancelled while it ran: interrupted, not retried (worker/cancelling.py)
 
 
 class Executor:
@@ -74,6 +77,7 @@ class Executor:
         self._ack_when_durable = self._settler.ack_when_durable
         self.wait_for_room = self._settler.wait_for_room
         self._go = GoRunner(app, loop, self._until_recorded, self._ack_when_durable)  # Go-format deliveries
+        self.cancels = CancelWatch(self.backend)
 
     @property
     def held(self) -> int:
@@ -128,7 +132,8 @@ class Executor:
         self.app.middleware.before("before_execute", message)
         begun = time.perf_counter()
         try:
-            result = run_handler(task, message, chain, self.loop)
+            run = partial(run_handler, task, message, chain, self.loop)  # called with the attempt's Running
+            result = self.cancels.run(message.task_id, task.is_async, run)
             check_result(task, result, self.app.config.max_result_size)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the attempt fails, the thread lives on
             return self._failed(delivery, message, task, started, exc, time.perf_counter() - begun)
@@ -197,6 +202,8 @@ class Executor:
         """The handler raised (or returned what cannot be recorded, never retried): spawn the retry attempt
         (if the task's policy and the budget allow) and publish it, record this attempt failed, and ack
         once both the record is durable and the retry is confirmed."""
+        if isinstance(exc, AttemptCancelled):
+            return self._cancelled(delivery, message, started, exc, duration)
         limit = self.app.config.max_error_size
         error = f"{type(exc).__name__}: {exc}"
         rejected = isinstance(exc, ResultRejected)
@@ -235,6 +242,20 @@ class Executor:
             return Outcome.FAILED
         self._ack_when_durable(delivery, after=spawned[1])
         return Outcome.RETRIED
+
+    def _cancelled(
+        self, delivery: Delivery, message: Message, started: Started | None, exc: BaseException, duration: float
+    ) -> Outcome:
+        """Cancelled while it ran: its record says ``cancelled`` already (the cancel wrote it), no retry is
+        spawned, and a workflow step ends its workflow as a failure would (a chain's later steps, a
+        chord's callback: recorded, never run). Acked once that is durable."""
+        self.app.middleware.after("after_execute", message, exception=exc)
+        log.warning("task %s[%s] cancelled after %.4fs: %s", message.name, message.task_id, duration, exc)
+        ended = self._continue(
+            message, started, lambda: workflow.after_failure(self.app, message, started, "cancelled")
+        )
+        self._ack_when_durable(delivery, after=ended)
+        return Outcome.CANCELLED
 
     def _settle_untimely(self, delivery: Delivery, message: Message) -> Outcome | None:
         """A task past its ``expires`` is recorded failed and acked, never run. One that came before its

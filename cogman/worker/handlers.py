@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from cogman.backends.base import Started
     from cogman.message import Message
     from cogman.task import Task
+    from cogman.worker.cancelling import Running
 
 log = logging.getLogger("cogman.worker")
 
@@ -51,7 +52,10 @@ class HandlerExit(Exception):
         self.original = original
 
 
-def run_handler(task: Task[Any, Any], message: Message, chain: Chain, loop: EventLoopThread | None) -> Any:
+def run_handler(
+    task: Task[Any, Any], message: Message, chain: Chain, loop: EventLoopThread | None, running: Running | None = None
+) -> Any:
+    """The handler's outcome; ``running`` (cancelling.py) makes the attempt interruptible by a cancel."""
     args: tuple[Any, ...] = message.args
     if task.bind:
         context = TaskContext(
@@ -61,6 +65,7 @@ def run_handler(task: Task[Any, Any], message: Message, chain: Chain, loop: Even
             attempt=chain.attempt,
             retries_left=chain.retries_left,
             primary_key=message.primary_key,
+            cancel_event=None if running is None else running.event,
         )
         args = (context, *args)
     if task.time_limit is not None and not task.is_async:
@@ -72,6 +77,8 @@ def run_handler(task: Task[Any, Any], message: Message, chain: Chain, loop: Even
         raise RuntimeError(f"async task {task.name} needs the worker's event loop")
     if task.time_limit is not None:
         outcome = limits.bounded(outcome, task.time_limit)
+    if running is not None:
+        outcome = running.wrap(outcome)
     try:
         return loop.run(outcome)
     except HandlerExit as wrapped:

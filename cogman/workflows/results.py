@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from cogman.errors import StepFailed, TaskFailed, TaskNotFound
+from cogman.errors import StepFailed, TaskCancelled, TaskFailed, TaskNotFound
 from cogman.result import AsyncResult, NoWorker
 from cogman.signature import NOT_RUN
 from cogman.status import Status
+from cogman.workflows.cancel import cancel_steps
 
 if TYPE_CHECKING:
     from cogman.record import TaskRecord
@@ -79,6 +80,11 @@ class ChainResult:
     def ready(self) -> bool:
         return _finished(self.app, self.id)
 
+    def cancel(self) -> bool:
+        """Cancel every step that has not finished, those not sent yet included (workflows/cancel.py);
+        True if any had not. ``get()`` then raises TaskCancelled."""
+        return cancel_steps(self.app, list(zip(self.ids, self.names, strict=True))[::-1])
+
     def get(self, timeout: float | None = None) -> Any:
         """Raises StepFailed naming the step that failed (the steps after it are recorded not run)."""
         try:
@@ -129,6 +135,12 @@ class GroupResult:
     def completed_count(self) -> int:
         return sum(result.successful() for result in self.results)
 
+    def cancel(self) -> bool:
+        """Cancel every member that has not finished; True if any had not."""
+        return cancel_steps(
+            self.app, [(result.id, name) for result, name in zip(self.results, self.names, strict=True)]
+        )
+
     def get(self, timeout: float | None = None) -> list[Any]:
         """Raises StepFailed for the first member (in member order) whose last attempt failed."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -136,6 +148,8 @@ class GroupResult:
         for index, result in enumerate(self.results):
             try:
                 values.append(result.get(_remaining(deadline)))
+            except TaskCancelled:
+                raise
             except TaskFailed as failed:
                 raise self._failed(index, failed) from None
         return values
@@ -169,10 +183,19 @@ class ChordResult:
     def ready(self) -> bool:
         return _finished(self.app, self.id)
 
+    def cancel(self) -> bool:
+        """Cancel the callback first (recorded ``cancelled``, so it is never sent), then every member
+        that has not finished; True if any step had not."""
+        members = [(result.id, name) for result, name in zip(self.group.results, self.group.names, strict=True)]
+        return cancel_steps(self.app, [(self.id, self.callback_name), *members])
+
     def get(self, timeout: float | None = None) -> Any:
-        """Raises StepFailed naming the failed member (the callback is recorded not run), or the callback."""
+        """Raises StepFailed naming the failed member (the callback is recorded not run), or the callback;
+        TaskCancelled once the chord was cancelled."""
         try:
             return _get(self.app, self.id, timeout, self.progress)
+        except TaskCancelled:
+            raise
         except TaskFailed as failed:
             latest = _latest(self.app, self.id)
             member = self.group.first_failure("chord member") if latest is not None and _not_run(latest) else None

@@ -86,8 +86,8 @@ def after_redelivery(app: SendingHost, message: Message, started: Started | None
         return None
     if record.status is Status.SUCCESS:
         return after_success(app, message, started, record.result)
-    if record.status is Status.FAILED and _is_last_attempt(app, record):
-        return after_failure(app, message, started, record.fail_error or "failed")
+    if record.status in (Status.FAILED, Status.CANCELLED) and _is_last_attempt(app, record):
+        return after_failure(app, message, started, record.fail_error or record.status.value)
     return None
 
 

@@ -12,7 +12,8 @@ ORDER = [Status.INITIATED, Status.QUEUED, Status.IN_PROGRESS, Status.SUCCESS]
 
 
 def test_values_are_cogmans():
-    assert [s.value for s in Status] == ["initiated", "queued", "in_progress", "retry", "failed", "success"]
+    values = ["initiated", "queued", "in_progress", "retry", "failed", "success", "cancelled"]
+    assert [s.value for s in Status] == values
 
 
 @pytest.mark.parametrize(("lower", "higher"), list(itertools.combinations(ORDER, 2)))
@@ -33,6 +34,13 @@ def test_final_states_never_move(final, other):
 
 def test_failed_and_success_share_the_top_rank():
     assert RANK[Status.FAILED] == RANK[Status.SUCCESS] > RANK[Status.IN_PROGRESS]
+
+
+def test_cancelled_is_final_and_wins_over_every_unfinished_status():
+    assert Status.CANCELLED.is_final and RANK[Status.CANCELLED] == RANK[Status.SUCCESS]
+    for unfinished in (Status.INITIATED, Status.RETRY, Status.QUEUED, Status.IN_PROGRESS):
+        assert allows(unfinished, Status.CANCELLED)
+    assert not allows(Status.CANCELLED, Status.SUCCESS) and not allows(Status.CANCELLED, Status.FAILED)
 
 
 def test_a_retry_attempt_moves_like_a_first_one():

@@ -3,7 +3,7 @@
 // <img src=x onerror=alert(1)> shows as that text. No build step, no third-party script.
 "use strict";
 
-const STATUSES = ["initiated", "queued", "in_progress", "retry", "failed", "success"];
+const STATUSES = ["initiated", "queued", "in_progress", "retry", "failed", "success", "cancelled"];
 const PAGE = 20;
 const REFRESH_MS = 5000;
 const TOKEN_KEY = "cogman-api-token";

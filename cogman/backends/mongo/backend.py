@@ -26,6 +26,7 @@ from cogman.backends.mongo import schema as mongo_schema
 from cogman.backends.mongo import unique as mongo_unique
 from cogman.backends.mongo import workers as mongo_workers
 from cogman.backends.mongo import workflows as mongo_workflows
+from cogman.backends.mongo.cancel import NOT_CANCELLED, MongoCancel
 from cogman.backends.mongo.connect import is_transient, mock_client
 from cogman.backends.mongo.go_records import MongoGoRecords
 from cogman.backends.outage import WriteBuffer
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogman.backends.mongo")
 
 
-class MongoBackend:
+class MongoBackend(MongoCancel):
     """The MongoDB task log in ``config.mongo_database``.``config.mongo_collection``."""
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
@@ -231,7 +232,12 @@ class MongoBackend:
                 doc = self.collection.find_one({"task_id": original_task_id}, {"retry": True})
                 return int(doc.get("retry", 0)) if doc else None
             doc = self.collection.find_one_and_update(
-                {"task_id": original_task_id, "retry": {"$gt": 0}, "latest_attempt_id": {"$ne": attempt.task_id}},
+                {
+                    "task_id": original_task_id,
+                    "retry": {"$gt": 0},
+                    "latest_attempt_id": {"$ne": attempt.task_id},
+                    **NOT_CANCELLED,
+                },
                 {"$inc": {"retry": -1}, "$set": {"latest_attempt_id": attempt.task_id, **mongo_schema.updated()}},
                 projection={"_id": False, "retry": True},
                 return_document=ReturnDocument.AFTER,

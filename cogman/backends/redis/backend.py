@@ -26,6 +26,7 @@ from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
 from cogman.backends.redis import workers as redis_workers
 from cogman.backends.redis import workflows as redis_workflows
+from cogman.backends.redis.cancel import RedisCancel
 from cogman.backends.redis.go_records import RedisGoRecords
 from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
 from cogman.backends.redis.sentinel import client_factory
@@ -47,7 +48,7 @@ WAIT_SLICE = 5.0
 CHUNK = 500
 
 
-class RedisBackend:
+class RedisBackend(RedisCancel):
     """The Redis task log; thread-safe, one connection pool per instance."""
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:

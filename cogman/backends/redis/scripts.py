@@ -204,13 +204,14 @@ return {outcome, f[1] or 'null', f[2] or 'null', f[3] or '1', budget or '0', tos
 # The original's side of a retry spawn, shared with the sharded spawn (spawn.py). ARGV: common(4), original
 # id, attempt id (JSON), updated_at (JSON). ``already()`` tells whether the attempt exists. Returns
 # {'spawned', left}, {'again', left} (this attempt was already spawned), {'spent'}, {'unknown'} or
-# {'corrupt: <why>'}.
+# {'corrupt: <why>'}; {'cancelled'} once the chain was cancelled (its original carries ``_cancelled``, cancel.py).
 MARK_RETRY = """
 local function mark_retry(already)
   local okey = P .. ':task:' .. ARGV[5]
   local kind = redis.call('TYPE', okey)['ok']
   if kind == 'none' then return {'unknown'} end
   if kind ~= 'hash' then return {'corrupt: a Redis ' .. kind .. ', not a hash'} end
+  if redis.call('HEXISTS', okey, '_cancelled') == 1 then return {'cancelled'} end
   local flat = redis.call('HMGET', okey, 'retry', 'latest_attempt_id')
   if flat[2] == ARGV[6] or already() then return {'again', flat[1] or '0'} end
   local left = tonumber(flat[1])

@@ -31,6 +31,7 @@ STATUSES = {
     Status.IN_PROGRESS: TaskResultStatus.RUNNING,
     Status.SUCCESS: TaskResultStatus.SUCCESSFUL,
     Status.FAILED: TaskResultStatus.FAILED,
+    Status.CANCELLED: TaskResultStatus.FAILED,  # django.tasks has no cancelled state
 }
 #: The exception class a failure without a traceback is reported as.
 NO_TRACEBACK = "cogman.errors.TaskFailed"
