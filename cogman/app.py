@@ -99,6 +99,7 @@ class App:
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -114,12 +115,11 @@ class App:
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        **options: Any,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``.
-
-        ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
-        tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
-        runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md)."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(priority="low", retry=3)``. ``retry_backoff``,
+        ``retry_for``, ``time_limit``: docs/scheduling.md; ``wire="go"``: docs/go-interop.md; ``**options`` go to
+        the task class (``rate_limit="100/m"``, ``max_concurrency``, their ``*_key``s: docs/control.md)."""
         parsed_priority = Priority.parse(priority)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -137,6 +137,7 @@ class App:
                 retry_for=retry_for,
                 time_limit=time_limit,
                 wire=wire,
+                **options,
             )
             self.tasks[task_name] = task
             return task

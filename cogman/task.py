@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from cogman.aio.bridge import AsyncBridge, bridge_for, in_thread
 from cogman.backoff import Backoff, RetryPolicy
 from cogman.errors import PoisonMessage
+from cogman.limits.policy import TaskLimits
 from cogman.priority import Priority
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Task(Generic[P, R]):
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        **limits: Any,
     ) -> None:
         if retry < 0:
             raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
@@ -64,6 +66,10 @@ class Task(Generic[P, R]):
         #: ``"go"``: the task speaks Go Cogman's format (docs/go-interop.md): ``delay(payload: bytes)``,
         #: the handler receives the body's bytes, the records are Go's.
         self.wire = wire
+        #: ``rate_limit``, ``rate_limit_key``, ``max_concurrency``, ``concurrency_key`` (docs/control.md).
+        self.limits = TaskLimits.build(name, **limits)
+        if self.limits is not None and wire != "cogman":
+            raise ValueError(f"task {name!r}: rate_limit and max_concurrency need wire='cogman'")
         self.app = app
         self.fn = fn
         self.name = name

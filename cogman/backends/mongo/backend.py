@@ -21,6 +21,7 @@ from pymongo.errors import BulkWriteError
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.go_query import with_go_records
+from cogman.backends.mongo import limiting
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
 from cogman.backends.mongo import workers as mongo_workers
@@ -255,6 +256,9 @@ class MongoBackend:
 
     def go_records(self) -> MongoGoRecords:  # issue 22: Go-format tasks' records (go_records.py)
         return MongoGoRecords(self.collection, self.buffer, self.ttl_seconds)
+
+    def limits(self) -> limiting.MongoLimits:  # rate limits and concurrency slots (limiting.py)
+        return limiting.store_of(self)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Polls: a standalone MongoDB has no change streams. Every 20 ms at first, growing to 1 s."""

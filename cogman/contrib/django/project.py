@@ -69,6 +69,7 @@ class DjangoApp(App):
         retry_for: tuple[type[BaseException], ...] | None = None,
         time_limit: float | None = None,
         wire: str = "cogman",
+        **options: Any,
     ) -> Callable[[Callable[P, R]], DjangoTask[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
