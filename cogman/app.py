@@ -99,7 +99,8 @@ class App:
         ``retry_backoff`` (seconds, or a tenacity wait strategy) delays each retry, ``retry_for`` (a
         tuple of exception classes) retries only those, ``time_limit`` (seconds) fails an attempt that
         runs longer: see docs/scheduling.md. ``wire="go"`` speaks Go Cogman's format (docs/go-interop.md).
-        ``unique_key`` (a string, or a callable of the arguments) and ``unique_for``: docs/control.md."""
+        ``unique_key`` (a string, or a callable of the arguments) and ``unique_for``, ``rate_limit="100/m"``,
+        ``max_concurrency`` and their ``*_key``s: docs/control.md."""
         Priority.parse(options.get("priority", Priority.HIGH))  # a bad one fails here, not at first use
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:

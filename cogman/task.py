@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 from cogman.aio.bridge import AsyncBridge, bridge_for, in_thread
 from cogman.backoff import Backoff, RetryPolicy
 from cogman.errors import PoisonMessage
+from cogman.limits.policy import TaskLimits
 from cogman.priority import Priority
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ R = TypeVar("R")
 class TaskOptions(TypedDict, total=False):
     """The options of ``@app.task(...)`` beside ``name``, declared once for ``App.task``, its subclasses'
     and :class:`Task`: ``retry_backoff``/``retry_for`` in cogman/backoff.py, ``time_limit`` in
-    cogman/worker/limits.py, ``wire`` in docs/go-interop.md, ``unique_key``/``unique_for`` in docs/control.md."""
+    cogman/worker/limits.py, ``wire`` in docs/go-interop.md; ``unique_key``/``unique_for``,
+    ``rate_limit``/``max_concurrency`` and their keys in docs/control.md."""
 
     priority: Priority | str
     retry: int
@@ -39,6 +41,10 @@ class TaskOptions(TypedDict, total=False):
     wire: str
     unique_key: str | Callable[..., str] | None
     unique_for: float | None
+    rate_limit: str | None
+    rate_limit_key: Callable[..., Any] | None
+    max_concurrency: int | None
+    concurrency_key: Callable[..., Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,7 @@ class Task(Generic[P, R]):
         wire: str = "cogman",
         unique_key: str | Callable[..., str] | None = None,
         unique_for: float | None = None,
+        **limits: Any,
     ) -> None:
         if retry < 0:
             raise ValueError(f"retry for task {name!r} must not be negative, got {retry}")
@@ -99,6 +106,10 @@ class Task(Generic[P, R]):
         self.unique_key = unique_key
         #: Seconds a unique send holds its key at most (None: until its chain is final).
         self.unique_for = check_unique_for(f"task {name!r}", unique_for)
+        #: ``rate_limit``, ``rate_limit_key``, ``max_concurrency``, ``concurrency_key`` (docs/control.md).
+        self.limits = TaskLimits.build(name, **limits)
+        if self.limits is not None and wire != "cogman":
+            raise ValueError(f"task {name!r}: rate_limit and max_concurrency need wire='cogman'")
         self.app = app
         self.fn = fn
         self.name = name

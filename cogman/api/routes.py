@@ -22,6 +22,7 @@ from cogman.errors import TaskNotFound
 from cogman.middleware.queue_stats import queue_snapshot
 from cogman.record import utcnow
 from cogman.status import Status
+from cogman.worker.admission import waiting_note
 
 if TYPE_CHECKING:
     from cogman.app import App
@@ -111,7 +112,11 @@ def data_routes(app: App) -> APIRouter:
         latest = max(attempts, key=lambda r: (r.attempt, r.created_at))
         return data(
             record.to_dict(),
-            {"latest_attempt_id": latest.task_id, "attempts": [list_row(r) for r in attempts]},
+            {
+                "latest_attempt_id": latest.task_id,
+                "attempts": [list_row(r) for r in attempts],
+                "waiting": waiting_note(app.backend, record),  # over a rate limit or concurrency (docs/control.md)
+            },
         )
 
     @router.get("/list", summary="Records, newest first, filtered and paged; meta.total counts the matches")

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cogman.gowire.store import GoRecords
+from cogman.limits.store import LimitStore
 from cogman.record import TaskRecord
 from cogman.status import Status
 
@@ -236,3 +237,9 @@ class Backend(Protocol):
     def go_records(self) -> GoRecords:
         """Go-format task records, kept as Go Cogman keeps them (cogman/gowire/store.py). ``get`` and
         ``wait`` read one (converted) when no cogman record has the id."""
+
+    # Global rate limits and per-key concurrency (issue 23, docs/control.md)
+
+    def limits(self) -> LimitStore:
+        """Rate-limit logs and concurrency leases, shared by every worker of this store
+        (cogman/limits/store.py). Never buffered: a limit is not assumed during an outage."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from cogman.backends import codec, memory_oldest, memory_unique
+from cogman.backends import codec, memory_limits, memory_oldest, memory_unique
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
 from cogman.backends.go_memory import MemoryGoRecords
 from cogman.backends.memory_cancel import MemoryCancel
@@ -230,6 +230,9 @@ class MemoryBackend(MemoryCancel):
     def go_records(self) -> MemoryGoRecords:
         """Go-format task records (issue 22, cogman/backends/go_memory.py)."""
         return self._go
+
+    def limits(self) -> memory_limits.MemoryLimits:  # rate limits and concurrency slots (memory_limits.py)
+        return memory_limits.limits_of(self)
 
     def on_final(self, task_id: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` once ``task_id``'s record is final (at once if it is), from the writing

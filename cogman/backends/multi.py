@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from cogman.backends.base import UNSET, Backend, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.errors import ConfigError
 from cogman.gowire.store import GoRecords
+from cogman.limits.store import LimitStore
 from cogman.record import TaskRecord
 from cogman.status import Status
 
@@ -110,6 +111,9 @@ class MultiBackend:
     def go_records(self) -> GoRecords:
         """The primary's: Go Cogman's processes read one store (docs/go-interop.md)."""
         return self.primary.go_records()
+
+    def limits(self) -> LimitStore:  # one shared store decides; the others hold no records of it
+        return self.primary.limits()
 
     def query(self, query: TaskQuery) -> TaskPage:
         return self._first(lambda b: b.query(query), "query")

@@ -126,6 +126,9 @@ class Config:
     tracing: bool = True
     #: How often a worker writes its heartbeat to the backend (``cogman ping``, ``cogman workers``); 0: never.
     heartbeat_interval: float = 5.0
+    #: How long a concurrency slot (``max_concurrency``, docs/control.md) outlives a worker that stopped
+    #: renewing it (killed, cut off): a running task's worker renews its slots every third of it.
+    concurrency_lease: float = 60.0
     #: Bearer token the REST API asks for (env ``COGMAN_API_TOKEN``), visible ASCII only; None: no token,
     #: and the API answers only requests to loopback addresses and names.
     api_token: str | None = field(default_factory=lambda: os.environ.get("COGMAN_API_TOKEN") or None, repr=False)
@@ -199,6 +202,8 @@ class Config:
             raise ConfigError(f"periodic_catch_up must not be negative, got {self.periodic_catch_up!r}")
         if self.heartbeat_interval < 0:
             raise ConfigError(f"heartbeat_interval must not be negative, got {self.heartbeat_interval!r}")
+        if not 0 < self.concurrency_lease <= 3600:
+            raise ConfigError(f"concurrency_lease must be > 0 and <= 3600 seconds, got {self.concurrency_lease!r}")
 
     @property
     def backend_urls(self) -> list[str]:

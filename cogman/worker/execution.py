@@ -28,6 +28,7 @@ from cogman.errors import BrokerUnavailable, PoisonMessage, PublishError, Result
 from cogman.message import Message, header_task_id
 from cogman.record import clip
 from cogman.status import Status
+from cogman.worker.admission import Admission
 from cogman.worker.cancelling import AttemptCancelled, CancelWatch
 from cogman.worker.delivery_limits import looping_reason
 from cogman.worker.go_execution import GoRunner, decode, record_failed, task_of
@@ -76,6 +77,9 @@ class Executor:
         self._until_recorded = self._settler.until_recorded
         self._ack_when_durable = self._settler.ack_when_durable
         self.wait_for_room = self._settler.wait_for_room
+        self._admission = Admission(
+            app.backend, app.broker, consumer, app.config.concurrency_lease, self._until_recorded
+        )
         self._go = GoRunner(app, loop, self._until_recorded, self._ack_when_durable)  # Go-format deliveries
         self.cancels = CancelWatch(self.backend)
 
@@ -95,7 +99,7 @@ class Executor:
             except PoisonMessage as poison:
                 outcome = self._dead_letter(delivery, poison, message)
             else:
-                outcome = self._execute(delivery, message, task)
+                outcome = self._admitted(delivery, message, task)
         except GiveBack:
             self.consumer.requeue(delivery)
             outcome = Outcome.REQUEUED
@@ -152,6 +156,20 @@ class Executor:
             shown = shown if len(shown) <= RESULT_SHOWN else shown[:RESULT_SHOWN] + "..."
             log.info("task %s[%s] succeeded in %.4fs: %s", message.name, message.task_id, duration, shown)
         return Outcome.SUCCEEDED
+
+    def _admitted(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Outcome:
+        """A task over its rate limit or concurrency waits in the broker, not here (admission.py); a slot
+        it holds is freed once its outcome is recorded, whatever the outcome."""
+        try:
+            admitted = self._admission.admit(delivery, message, task)
+        except PoisonMessage as poison:  # its key function cannot place these arguments
+            return self._dead_letter(delivery, poison, message)
+        if admitted.outcome is not None:
+            return Outcome(admitted.outcome)
+        try:
+            return self._execute(delivery, message, task)
+        finally:
+            admitted.release()
 
     # The steps
 

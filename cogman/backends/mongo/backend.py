@@ -20,6 +20,7 @@ from pymongo.errors import BulkWriteError
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.mongo import go_records as mongo_go
+from cogman.backends.mongo import limiting
 from cogman.backends.mongo import oldest as mongo_oldest
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
@@ -262,6 +263,9 @@ class MongoBackend(MongoCancel):
 
     def go_records(self) -> MongoGoRecords:  # issue 22: Go-format tasks' records (go_records.py)
         return MongoGoRecords(self.collection, self.buffer, self.ttl_seconds)
+
+    def limits(self) -> limiting.MongoLimits:  # rate limits and concurrency slots (limiting.py)
+        return limiting.store_of(self)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         """Polls: a standalone MongoDB has no change streams. Every 20 ms at first, growing to 1 s."""

@@ -21,7 +21,7 @@ from redis.retry import Retry
 from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.outage import WriteBuffer
-from cogman.backends.redis import cluster, fanout, oldest, scripts, spawn, unique
+from cogman.backends.redis import cluster, fanout, limiting, oldest, scripts, spawn, unique
 from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
 from cogman.backends.redis import workers as redis_workers
@@ -315,6 +315,9 @@ class RedisBackend(RedisCancel):
         if self._go is None:
             self._go = RedisGoRecords(self._link())
         return self._go
+
+    def limits(self) -> limiting.RedisLimits:  # rate limits and concurrency slots (limiting.py)
+        return limiting.store_of(self)
 
     # Operator actions and worker heartbeats (workers.py)
 
