@@ -5,7 +5,7 @@ processes shares on RabbitMQ and in Redis.
 Go's status ranks mapped onto :mod:`cogman.status`), ``wire.py`` recognises Go-format deliveries (raw
 body, ``TaskName``/``TaskID`` headers, no ``content_type``; ``cogman.sending.go_send`` builds them), and
 ``store.py`` is the small protocol every backend implements for Go records (``Backend.go_records()``;
-the in-process one is ``cogman/backends/go_memory.py``).
+the in-process one is ``cogman/backends/memory/go_records.py``).
 
 May import only the shared vocabulary below ``message`` (``errors``, ``status``, ``priority``, ``record``):
 the backends import it, and ``message`` leads up to them.

@@ -2,7 +2,7 @@
 
 Every method is one atomic step on the store: the Redis one is a Lua script per change
 (cogman/backends/redis/go_records.py), the in-process one runs under a lock
-(cogman/backends/go_memory.py), so two writers can never lose each other's change as Go's own
+(cogman/backends/memory/go_records.py), so two writers can never lose each other's change as Go's own
 read-modify-write cycles do (its retry-count decrement overwrote a ``failed`` 0.2 ms later in the
 captured retry run, leaving the original ``in_progress`` for good).
 """

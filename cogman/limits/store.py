@@ -2,7 +2,7 @@
 
 Every backend implements ``LimitStore`` (``Backend.limits()``): Redis with one Lua script per step on the
 server's clock (cogman/backends/redis/limits.py), the memory backend under a lock
-(cogman/backends/memory_limits.py), MongoDB with conditional updates of one document per scope
+(cogman/backends/memory/limits.py), MongoDB with conditional updates of one document per scope
 (cogman/backends/mongo/limits.py). None of them parks a call during an outage: a limit is never
 assumed, so a call raises BackendUnavailable and the worker waits like any backend call.
 """

@@ -358,7 +358,7 @@ def test_go_listing_reads_only_the_newest_records(kind: str, redis_url: str, mon
     prefix = f"golist-{uuid.uuid4().hex[:8]}"
     config = Config(redis_ttl=3600, redis_prefix=prefix)
     backend = MemoryBackend(ttl=3600) if kind == "memory" else RedisBackend(redis_url, config)
-    monkeypatch.setattr(f"cogman.backends.{'go_memory' if kind == 'memory' else 'redis.go_records'}.MAX_LISTED", 2)
+    monkeypatch.setattr(f"cogman.backends.{'memory' if kind == 'memory' else 'redis'}.go_records.MAX_LISTED", 2)
     import time
 
     now = time.time_ns()

@@ -16,8 +16,8 @@ import pytest
 
 from cogman import App, Status, TaskFailed
 from cogman.api import create_app
-from cogman.backends import memory_limits
-from cogman.backends.memory_limits import MemoryLimits
+from cogman.backends.memory import limits as memory_limits
+from cogman.backends.memory.limits import MemoryLimits
 from cogman.brokers.base import HEADER_DEAD_LETTER_REASON
 from cogman.brokers.memory import MemoryBroker
 from cogman.errors import BackendUnavailable

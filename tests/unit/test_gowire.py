@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cogman import App, TaskFailed
-from cogman.backends.go_memory import MemoryGoRecords
+from cogman.backends.memory.go_records import MemoryGoRecords
 from cogman.brokers.rabbitmq.amqp_frames import publish_frames
 from cogman.errors import CorruptRecord
 from cogman.gowire.record import GO_RANK, GoRecord, go_allows, go_float, go_string, go_time, parse_go_time

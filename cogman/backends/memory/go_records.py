@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from cogman.backends.memory_fidelity import Deadlines
+from cogman.backends.memory.fidelity import Deadlines
 from cogman.gowire.record import GoRecord, go_time, parse_go_time
 from cogman.gowire.store import MAX_LISTED, GoStarted, read_as_task, updated
 from cogman.record import TaskRecord, utcnow

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from cogman.backends.memory_fidelity import stored
+from cogman.backends.memory.fidelity import stored
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Sequence
 
-    from cogman.backends.memory_fidelity import Deadlines
+    from cogman.backends.memory.fidelity import Deadlines
     from cogman.record import TaskRecord
 
 #: Held keys kept before the first sweep of released ones.

@@ -14,15 +14,17 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
-from cogman.backends import codec, memory_limits, memory_oldest, memory_unique
-from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
-from cogman.backends.go_memory import MemoryGoRecords
-from cogman.backends.memory_cancel import MemoryCancel
-from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
-from cogman.backends.memory_workers import Heartbeats
+from cogman.backends import codec
+from cogman.backends.base import UNSET, Started
+from cogman.backends.memory import limits as memory_limits
+from cogman.backends.memory import queries as memory_queries
+from cogman.backends.memory import unique as memory_unique
+from cogman.backends.memory.cancel import MemoryCancel
+from cogman.backends.memory.fidelity import Deadlines, handed_out, sent, stored
+from cogman.backends.memory.go_records import MemoryGoRecords
+from cogman.backends.memory.workers import Heartbeats
 from cogman.backends.redis.scripts import EARLY_TTL_MS
 from cogman.record import TaskRecord, utcnow
 from cogman.status import UNCONFIRMED, Status, allows
@@ -228,7 +230,7 @@ class MemoryBackend(MemoryCancel):
                 self._changed.wait(remaining)
 
     def go_records(self) -> MemoryGoRecords:
-        """Go-format task records (issue 22, cogman/backends/go_memory.py)."""
+        """Go-format task records (issue 22, cogman/backends/memory/go_records.py)."""
         return self._go
 
     def limits(self) -> memory_limits.MemoryLimits:  # rate limits and concurrency slots (memory_limits.py)
@@ -255,26 +257,8 @@ class MemoryBackend(MemoryCancel):
         for callback in self._watchers.get(task_id, ()):
             callback()
 
-    def query(self, query: TaskQuery) -> TaskPage:
-        with self._changed:
-            self._expire()
-            matching = [r for r in self._records.values() if query.matches(r)]
-        matching.sort(key=lambda r: r.created_at, reverse=True)
-        page = [handed_out(r) for r in matching[query.skip : query.skip + query.limit]]
-        return TaskPage(records=page, total=len(matching))
-
-    def count_by_status(self, start: datetime, end: datetime, bucket_seconds: float) -> list[StatusBucket]:
-        if bucket_seconds <= 0:
-            raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
-        with self._changed:
-            self._expire()
-            records = [r for r in self._records.values() if start <= r.created_at <= end]
-        buckets: dict[int, dict[Status, int]] = {}
-        for record in records:
-            index = int((record.created_at - start).total_seconds() // bucket_seconds)
-            counts = buckets.setdefault(index, {})
-            counts[record.status] = counts.get(record.status, 0) + 1
-        return buckets_from_counts(start, bucket_seconds, buckets)
+    query = memory_queries.query
+    count_by_status = memory_queries.count_by_status
 
     def sizes(self) -> dict[str, int]:
         """How many entries each structure holds, expired ones dropped first: what a long-running
@@ -334,7 +318,7 @@ class MemoryBackend(MemoryCancel):
             return True
 
     create_unique = memory_unique.create_unique
-    oldest_queued = memory_oldest.oldest_queued
+    oldest_queued = memory_queries.oldest_queued
 
     def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         from cogman.signature import callback_id  # a workflow concept; imported late, no import cycle
