@@ -130,6 +130,11 @@ class Backend(Protocol):
         for it (retries and replays through an outage or a WAIT shortfall) count once. "" counts each
         call."""
 
+    def start_soon(self, task_id: str, token: str = "") -> Callable[[], Started | None]:
+        """:meth:`start`, sent now and read later: the returned function gives its result (and may be
+        called again). A worker runs a first delivery's handler in between (cogman/worker/first_run.py);
+        Redis pipelines it, the others write at once and hand the result back."""
+
     def spawn_retry(self, original_task_id: str, attempt: TaskRecord) -> int | None:
         """If the original's budget is above 0: decrement it, point the original's ``latest_attempt_id``
         at ``attempt`` and store ``attempt``, all atomically; return the budget left. Else None.
@@ -207,3 +212,8 @@ class Backend(Protocol):
     def go_records(self) -> GoRecords:
         """Go-format task records, kept as Go Cogman keeps them (cogman/gowire/store.py). ``get`` and
         ``wait`` read one (converted) when no cogman record has the id."""
+
+
+def started_now(started: Started | None) -> Callable[[], Started | None]:
+    """``start_soon`` of a backend that writes the start at once: its result, handed back later."""
+    return lambda: started

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from cogman.backends import codec
-from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, buckets_from_counts, started_now
 from cogman.backends.go_memory import MemoryGoRecords
 from cogman.backends.memory_fidelity import Deadlines, handed_out, sent, stored
 from cogman.backends.memory_workers import Heartbeats
@@ -156,6 +156,9 @@ class MemoryBackend:
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         for task_id in task_ids:
             self._transition(task_id, status)
+
+    def start_soon(self, task_id: str, token: str = "") -> Callable[[], Started | None]:
+        return started_now(self.start(task_id, token))
 
     def start(self, task_id: str, token: str = "") -> Started | None:
         with self._changed:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from cogman.backends.base import UNSET, Backend, Started, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.base import UNSET, Backend, Started, StatusBucket, TaskPage, TaskQuery, started_now
 from cogman.errors import ConfigError
 from cogman.gowire.store import GoRecords
 from cogman.record import TaskRecord
@@ -69,6 +69,9 @@ class MultiBackend:
     def transition_many(self, task_ids: Sequence[str], status: Status) -> None:
         self.primary.transition_many(task_ids, status)
         self._mirror(lambda b: b.transition_many(task_ids, status), f"move {len(task_ids)} task(s) to {status}")
+
+    def start_soon(self, task_id: str, token: str = "") -> Callable[[], Started | None]:
+        return started_now(self.start(task_id, token))
 
     def start(self, task_id: str, token: str = "") -> Started | None:
         started = self.primary.start(task_id, token)

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 import traceback
-import uuid
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,10 @@ from cogman.delays import expired_error, seconds_until
 from cogman.errors import BrokerUnavailable, PoisonMessage, PublishError, ResultRejected
 from cogman.message import Message, header_task_id
 from cogman.record import clip
+from cogman.sending.ids import new_token
 from cogman.status import Status
 from cogman.worker.delivery_limits import looping_reason
+from cogman.worker.first_run import runs_first, start_of
 from cogman.worker.go_execution import GoRunner, decode, record_failed, task_of
 from cogman.worker.handlers import EventLoopThread, chain_of, check_result, run_handler
 from cogman.worker.settling import GiveBack, Settler
@@ -112,13 +113,13 @@ class Executor:
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
             return untimely
-        token = uuid.uuid4().hex  # names this delivery: its start counts once however often it is written
-        started = self._until_recorded(lambda: self.backend.start(message.task_id, token), f"start {message.task_id}")
+        token = new_token()  # names this delivery: its start counts once however often it is written
+        first = runs_first(delivery, message, task)  # its only copy: the handler need not wait (first_run.py)
+        start = start_of(self.backend, first, self.app.config.profile)
+        starting = self._until_recorded(lambda: start(message.task_id, token), f"start {message.task_id}")
+        started = None if first else starting()
         if started is not None and started.status.is_final:
-            log.info("task %s already %s; acking its redelivery without running it", message.task_id, started.status)
-            redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
-            self._ack_when_durable(delivery, after=redo)
-            return Outcome.SKIPPED
+            return self._skip(delivery, message, started, "acking its redelivery without running it")
         looping = looping_reason(delivery, started, self.app.config)
         if looping is not None:
             log.error("task %s[%s] is not run again: %s", message.name, message.task_id, looping)
@@ -127,12 +128,20 @@ class Executor:
 
         self.app.middleware.before("before_execute", message)
         begun = time.perf_counter()
+        failure: BaseException | None = None
         try:
             result = run_handler(task, message, chain, self.loop)
             check_result(task, result, self.app.config.max_result_size)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the attempt fails, the thread lives on
-            return self._failed(delivery, message, task, started, exc, time.perf_counter() - begun)
+            failure, result = exc, None
         duration = time.perf_counter() - begun
+        if first:
+            started = self._until_recorded(starting, f"start {message.task_id}")
+            if started is not None and started.status.is_final:
+                self.app.middleware.after("after_execute", message, result=result, exception=failure)
+                return self._skip(delivery, message, started, "its first delivery ran again; its outcome stands")
+        if failure is not None:
+            return self._failed(delivery, message, task, started, failure, duration)
         self._until_recorded(
             lambda: self.backend.transition(
                 message.task_id, Status.SUCCESS, result=result, duration=duration, returning=False
@@ -149,6 +158,14 @@ class Executor:
         return Outcome.SUCCEEDED
 
     # The steps
+
+    def _skip(self, delivery: Delivery, message: Message, started: Started, what: str) -> Outcome:
+        """The record is final already: acked without recording an outcome (a workflow step resends what
+        follows it, harmlessly)."""
+        log.info("task %s already %s; %s", message.task_id, started.status, what)
+        redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
+        self._ack_when_durable(delivery, after=redo)
+        return Outcome.SKIPPED
 
     def _decode(self, delivery: Delivery) -> Message:
         if delivery.poison is not None:

@@ -276,6 +276,29 @@ def test_start_moves_to_in_progress_and_reads_the_chain_from_the_store(backend: 
     assert backend.start("no-such-task") is None
 
 
+def test_start_soon_answers_as_start_does_with_other_calls_in_between(backend: Backend):
+    """A worker sends the start, runs the handler (which may send and read tasks), then reads the start's
+    reply: the same answer as ``start``, counted once however often it is read."""
+    original, finished = record(retry=3), record()
+    backend.create([original])
+    move_to(backend, finished, Status.SUCCESS)
+    reply = backend.start_soon(original.task_id, "delivery-1")
+    child = record()
+    backend.create([child])
+    assert backend.get(child.task_id) is not None and backend.start(child.task_id) is not None
+    for _ in range(2):
+        started = reply()
+        assert started is not None and started.status is Status.IN_PROGRESS
+        assert (started.original_task_id, started.attempt, started.retries_left, started.starts) == (
+            original.task_id, 1, 3, 1,
+        )  # fmt: skip
+    stored = backend.get(original.task_id)
+    assert stored is not None and stored.status is Status.IN_PROGRESS
+    done = backend.start_soon(finished.task_id, "delivery-2")()
+    assert done is not None and done.status is Status.SUCCESS
+    assert backend.start_soon("no-such-task")() is None
+
+
 def test_transition_many_moves_only_what_may_move(backend: Backend):
     fresh, running = record(), record()
     backend.create([fresh, running])

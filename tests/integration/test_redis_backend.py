@@ -699,3 +699,20 @@ def test_script_connections_of_ended_threads_are_closed(make):
         thread.join()
     backend.create([record()])  # this thread's first call: the ended threads' connections are closed
     assert len(backend._scripts._connections) == 1
+
+
+def test_a_start_reply_never_read_is_not_taken_by_the_next_start(redis_url: str):
+    """A worker whose handler path raised between sending a start and reading it leaves its reply on the
+    thread's connection: the next start drops that connection instead of reading the stale reply (the
+    unread start may or may not have landed: its delivery goes back to the broker and starts again)."""
+    redis.Redis.from_url(redis_url).flushdb()
+    backend = RedisBackend(redis_url, Config(broker_url="memory://", backend_url=redis_url))
+    try:
+        one, two = record(retry=1), record(retry=2)
+        backend.create([one, two])
+        backend.start_soon(one.task_id, "t1")  # never read
+        started = backend.start_soon(two.task_id, "t2")()
+        assert started is not None and (started.original_task_id, started.retries_left) == (two.task_id, 2)
+        assert backend.start_soon(one.task_id, "t1")().original_task_id == one.task_id  # type: ignore[union-attr]
+    finally:
+        backend.close()

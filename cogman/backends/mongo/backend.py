@@ -19,7 +19,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError
 
 from cogman.backends import codec
-from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
+from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery, started_now
 from cogman.backends.go_query import with_go_records
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
@@ -161,6 +161,9 @@ class MongoBackend:
             self.collection.update_many({"task_id": {"$in": ids}, "status": {"$in": allowed}}, {"$set": changes})
 
         self.buffer.write(move, f"move {len(ids)} task(s) to {status}")
+
+    def start_soon(self, task_id: str, token: str = "") -> Callable[[], Started | None]:
+        return started_now(self.start(task_id, token))
 
     def start(self, task_id: str, token: str = "") -> Started | None:
         record = self.transition(task_id, Status.IN_PROGRESS)

@@ -22,7 +22,7 @@ from cogman.backends import codec
 from cogman.backends.base import UNSET, Started, StatusBucket, TaskPage, TaskQuery
 from cogman.backends.go_query import with_go_records
 from cogman.backends.outage import WriteBuffer
-from cogman.backends.redis import cluster, fanout, scripts, spawn
+from cogman.backends.redis import cluster, fanout, scripts, spawn, starting
 from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
 from cogman.backends.redis import workers as redis_workers
@@ -169,11 +169,12 @@ class RedisBackend:
                     )
 
     def start(self, task_id: str, token: str = "") -> Started | None:
-        layout = self.shards.of(task_id)
-        args = [*layout.common(), scripts.encoded(Status.IN_PROGRESS), codec.dumps(utcnow().isoformat()), task_id]
-        args += ["1" if self.shards.tagged else "0", token]  # tagged: the original's budget is read apart
+        layout, args = starting.arguments(self.shards, task_id, token)
         out = self._committed(self._start, args, f"move task {task_id} to in_progress", layout)
         return spawn.started(self._link(), task_id, out)
+
+    def start_soon(self, task_id: str, token: str = "") -> Callable[[], Started | None]:
+        return starting.start_soon(self._link(), self._scripts, self._start, task_id, token)
 
     def durable(self, callback: Callable[[str | None], None]) -> None:
         self.buffer.durable(callback)

@@ -173,12 +173,23 @@ class ScriptCaller:
         replication.check(int(replies[2]))
         return replies[0]
 
-    def send(self, script: Any, args: list[Any], keys: tuple[str, ...] = ()) -> Callable[[], Any]:
+    def send(
+        self, script: Any, args: list[Any], keys: tuple[str, ...] = (), kind: str = "pending", alone: bool = False
+    ) -> Callable[[], Any]:
         """Write one EVALSHA without waiting; the returned function reads its reply (call it once).
 
         The caller does other I/O in between (the client publishes while Redis runs the create), so the
-        call goes on this thread's second connection, which nothing else uses meanwhile."""
-        connection = self._connection("pending", keys)
+        call goes on this thread's connection of ``kind`` ("pending"; "starting" for a worker's start, read
+        after its handler ran, during which the handler may send on "pending"), which nothing else
+        uses meanwhile. Several sends may wait there, their replies read in order (a create in slices);
+        ``alone``: at most this one, so a reply never read (its caller raised in between) is dropped
+        with its socket before the next such send, and no call takes another's reply."""
+        connection = self._connection(kind, keys)
+        unread = getattr(self._local, "unread", None)
+        if unread is None:
+            unread = self._local.unread = set()
+        if alone and connection in unread:
+            connection.disconnect()
         try:
             _connected(connection)
             connection.send_packed_command([pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))])
@@ -186,8 +197,11 @@ class ScriptCaller:
             connection.disconnect()
             self._failed(exc)
             raise
+        if alone:
+            unread.add(connection)
 
         def reply() -> Any:
+            unread.discard(connection)
             try:
                 return connection.read_response()
             except redis.exceptions.NoScriptError:
