@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.stats import Spread, ratio, spread
-from bench.targets import Verdict, evaluate_all
+from bench.targets import PART_SUBJECTS, Verdict, evaluate_all
 
 
 @dataclass(frozen=True)
@@ -291,12 +291,16 @@ def render_markdown(meta: Mapping[str, Any], rows: Sequence[RowSummary], definit
             peer_table(row, rows),
             "",
         ]
-    default = next((row for row in rows if row.role == "cogman-default"), None)
+    found = verdicts(rows)
+    for part, subject in PART_SUBJECTS.items():
+        row = next((row for row in rows if row.role == subject), None)
+        parts += [
+            f"## Targets of issue 25, part {part} ({row.label if row else f'no {subject} row'})",
+            "",
+            verdict_table([verdict for verdict in found if verdict.target.subject == subject]),
+            "",
+        ]
     parts += [
-        f"## Targets of issue 25, part 1 ({default.label if default else 'no cogman row'})",
-        "",
-        verdict_table(verdicts(rows)),
-        "",
         "## What each figure means",
         "",
         definitions.strip(),

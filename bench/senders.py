@@ -18,10 +18,12 @@ class Sender(Protocol):
 
 
 class CogmanSender:
-    def __init__(self, send_mode: str | None) -> None:
+    def __init__(self, send_mode: str | None, profile: str | None = None) -> None:
         from bench.cogman_tasks import TASK_NAME, make_app
 
         options = {} if send_mode is None else {"send_mode": send_mode}
+        if profile is not None:
+            options["profile"] = profile
         self.app = make_app(**options)
         self.task = self.app.tasks[TASK_NAME]
 
@@ -81,6 +83,8 @@ def open_sender(key: str, send_mode: str | None) -> Sender:
 
         confirms = key == "kombu-confirm"
         return KombuSender(KOMBU_CONFIRM_QUEUE if confirms else KOMBU_PLAIN_QUEUE, confirms=confirms)
+    if key == "cogman-lean":
+        return CogmanSender(send_mode, profile="lean")
     if key.startswith("cogman"):
         return CogmanSender(send_mode)
     if key in ("celery", "celery-confirm"):

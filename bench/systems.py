@@ -3,7 +3,8 @@
 A role names what a row is compared as (``ceiling``, ``kombu-confirm``, ``cogman-default``, ``celery``,
 ``dramatiq``, and the peers at cogman's guarantees, ``celery-confirm`` and ``dramatiq-confirm``); targets
 and ratios refer to roles, so they hold whatever cogman's send modes are.
-cogman's rows are data-driven: one per value of ``Config.send_mode`` the installed cogman accepts.
+cogman's rows are data-driven: one per value of ``Config.send_mode`` the installed cogman accepts, and the
+lean profile's (role ``cogman-lean``, issue 25 part 2) when ``Config`` accepts ``profile="lean"``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,18 @@ def cogman_systems(modes: Iterable[str | None], default: str | None) -> list[Sys
     return rows
 
 
+def lean_systems(config_cls: Any) -> list[System]:
+    """The lean profile's row, if the installed cogman has it: the same worker shape, its own app module."""
+    try:
+        config_cls(broker_url="memory://", backend_url="memory://", profile="lean")
+    except Exception:
+        return []
+    worker = ("-m", "cogman", "-A", "bench.cogman_lean_tasks:app", "--log-level", "WARNING", "worker")
+    worker += ("--processes", str(PROCESSES), "-c", str(THREADS))
+    label = "cogman, profile='lean' (background sends, no in_progress)"
+    return [System("cogman-lean", label, "cogman", "cogman-lean", COGMAN_QUEUES, worker, has_batch=True)]
+
+
 def all_systems(config_cls: Any) -> list[System]:
     """Every row, in the order of the table: the two raw kombu rows, cogman's, then the peers."""
     kombu_worker = ("-m", "bench.kombu_worker", "--prefetch", str(KOMBU_PREFETCH))
@@ -142,6 +155,7 @@ def all_systems(config_cls: Any) -> list[System]:
             has_batch=True,
         ),
         *cogman_systems(modes, default),
+        *lean_systems(config_cls),
         System(
             "celery",
             f"Celery prefork -c {PROCESSES}, acks_late, Redis results",

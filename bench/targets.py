@@ -1,5 +1,5 @@
-"""Issue 25's targets (part 1: the default, at equal guarantees) as data, and their verdicts from the
-medians of a run.
+"""Issue 25's targets as data (part 1: the default, at equal guarantees; part 2: the lean profile against
+Dramatiq's default, the trade-offs it copies), and their verdicts from the medians of a run.
 
 A target compares one figure of a subject row with one figure of a reference row (or with a fixed
 limit), as a ratio of medians. A target whose figures are missing (a system failed, a phase did not
@@ -83,7 +83,12 @@ TARGETS = (
         2.0,
     ),
     Target("worker RSS <= 60 MiB a process", "cogman-default", "rss_process_mib", None, None, "<=", 60.0),
+    Target("lean: end to end >= 1.2x Dramatiq", "cogman-lean", "e2e_rate", "dramatiq", "e2e_rate", ">=", 1.2),
+    Target("lean: single send >= 1x Dramatiq", "cogman-lean", "single_rate", "dramatiq", "single_rate", ">=", 1.0),
+    Target("lean: drain >= 1.2x Dramatiq", "cogman-lean", "drain_rate", "dramatiq", "drain_rate", ">=", 1.2),
 )
+#: The subject of each part's targets.
+PART_SUBJECTS = {1: "cogman-default", 2: "cogman-lean"}
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,11 @@ class BrokerUnavailable(CogmanError, ConnectionError):
     """The broker could not be reached within the configured time."""
 
 
+class SendBufferFull(CogmanError):
+    """Lean profile: ``send_buffer_limit`` tasks already wait for the background sender (the backend or
+    the broker is slower than the sends); nothing of this send was recorded or sent."""
+
+
 class BackendUnavailable(CogmanError, ConnectionError):
     """The task log (Redis, MongoDB) could not be reached for a read or a retry-budget update.
 

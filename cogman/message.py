@@ -21,6 +21,10 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 HEADER_TASK_NAME = "TaskName"
 HEADER_TASK_ID = "TaskID"
+#: Set on the first publish of a task sent with a generated id: this copy is the only one, so a worker
+#: runs it without waiting for its ``in_progress`` write (cogman/worker/first_run.py). Never on a copy
+#: sent again (a retry, a re-enqueue, an outbox replay, a workflow's step), which waits for it.
+HEADER_FIRST = "x-cogman-first"
 #: The W3C trace context headers (docs/tracing.md): set by the tracing middleware, kept by ``decode``.
 TRACE_HEADERS = ("traceparent", "tracestate")
 CONTENT_TYPE = "application/json"
@@ -53,12 +57,22 @@ class Message:
     #: The trace context travelling beside the body (``TRACE_HEADERS``), None when there is none: set by a
     #: ``before_send`` hook (:meth:`carry`), read back from a delivery's headers by ``decode``.
     trace_context: dict[str, str] | None = field(default=None, compare=False, repr=False)
+    #: Carries ``HEADER_FIRST`` until it was published once (:meth:`sent`); never read back by ``decode``.
+    first: bool = field(default=False, compare=False, repr=False)
 
     @property
     def headers(self) -> dict[str, str]:
+        headers = {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id}
         if self.trace_context:
-            return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id, **self.trace_context}
-        return {HEADER_TASK_NAME: self.name, HEADER_TASK_ID: self.task_id}
+            headers.update(self.trace_context)
+        if self.first:
+            headers[HEADER_FIRST] = "1"
+        return headers
+
+    def sent(self) -> None:
+        """Published once: a copy sent again (an orphan of a dropped connection) is not the first."""
+        if self.first:
+            object.__setattr__(self, "first", False)
 
     def carry(self, trace_context: dict[str, str]) -> None:
         """Have the message carry these trace headers (the body, encoded once, is unchanged); for a
@@ -157,7 +171,7 @@ class Message:
             raise PoisonMessage(f"malformed message field: {exc}", task_id) from None
 
     @classmethod
-    def for_record(cls, record: TaskRecord, retries_left: int) -> Message:
+    def for_record(cls, record: TaskRecord, retries_left: int, first: bool = False) -> Message:
         return cls(
             task_id=record.task_id,
             name=record.name,
@@ -171,6 +185,7 @@ class Message:
             workflow=parse_workflow(record.payload.get("workflow")),
             eta=record.eta,
             expires=record.expires,
+            first=first,
         )
 
 

@@ -83,7 +83,11 @@ class AsyncResult(Generic[R]):
         """This attempt's own record."""
         record = self._backend.get(self.id)
         if record is None:
-            raise TaskNotFound(self.id)
+            handed = getattr(self._receipt, "recorded", None)  # lean profile: maybe not written yet
+            if handed is not None and handed():
+                record = self._backend.get(self.id)
+            if record is None:
+                raise TaskNotFound(self.id)
         return record
 
     def latest(self) -> TaskRecord:

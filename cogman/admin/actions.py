@@ -19,7 +19,8 @@ from cogman.message import HEADER_TASK_ID, Message
 from cogman.record import TaskRecord, utcnow
 from cogman.result import AsyncResult
 from cogman.scheduling.claims import never_ran
-from cogman.sending.client import new_task_id, retry_task_id
+from cogman.sending.client import retry_task_id
+from cogman.sending.ids import new_task_id
 from cogman.signature import ChainStep, callback_id, chain_ids
 from cogman.signature import parse_workflow as parse
 from cogman.status import Status

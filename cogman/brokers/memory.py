@@ -64,6 +64,7 @@ class MemoryBroker:
                 due = None if message.eta is None else message.eta.timestamp()
                 go_format = message.raw_body is not None  # carries no content_type, as on RabbitMQ
                 self.put(message.encode(), message.headers, message.priority, due=due, content_type=not go_format)
+                message.sent()
         if self._listener is not None:
             self._listener.confirmed(messages)
         return Receipt.confirmed()

@@ -35,6 +35,14 @@ class Config:
     #: handed to the publisher (the confirm is read in the background; a crash before it is covered by
     #: re-enqueue). ``"confirmed"``: it returns once RabbitMQ confirmed the message. See docs/guarantees.md.
     send_mode: Literal["recorded", "confirmed"] = "recorded"
+    #: ``"lean"`` trades what Dramatiq's default trades, for speed (docs/guarantees.md#the-lean-profile):
+    #: ``.delay()`` hands the task to a background thread that records and publishes in batches (a crash
+    #: of the sending process loses what it had not sent), and a worker does not write ``in_progress``
+    #: before a message's first run. ``"default"``: every guarantee.
+    profile: Literal["default", "lean"] = "default"
+    #: Lean profile: most tasks ``.delay()`` hands over before they are recorded and published; a send
+    #: into a full buffer waits up to ``request_timeout``, then raises SendBufferFull.
+    send_buffer_limit: int = 10_000
 
     #: Queues ``high_priority_queue_0..N-1``; senders spread tasks over them round robin.
     high_priority_queue_count: int = 1
@@ -149,6 +157,7 @@ class Config:
             "max_result_size",
             "max_error_size",
             "outbox_limit",
+            "send_buffer_limit",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -180,6 +189,8 @@ class Config:
             raise ConfigError(f"re_enqueue_interval must be positive, got {self.re_enqueue_interval!r}")
         if self.send_mode not in ("recorded", "confirmed"):
             raise ConfigError(f"send_mode must be 'recorded' or 'confirmed', got {self.send_mode!r}")
+        if self.profile not in ("default", "lean"):
+            raise ConfigError(f"profile must be 'default' or 'lean', got {self.profile!r}")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
         if self.queue_prefix and (

@@ -24,6 +24,8 @@ from cogman.message import Message
 from cogman.middleware.base import MiddlewareStack
 from cogman.priority import Priority
 from cogman.record import TaskRecord, utcnow
+from cogman.sending.background import BackgroundSender
+from cogman.sending.ids import new_task_id
 from cogman.status import Status
 
 if TYPE_CHECKING:
@@ -33,10 +35,6 @@ log = logging.getLogger("cogman.client")
 
 #: Retry attempt ids derive from the failed attempt's id, so a redelivered failure spawns the same one.
 RETRY_NAMESPACE = uuid.UUID("6f1c1d2e-9a4b-4c7e-8f3a-2b5d7e9c1a04")
-
-
-def new_task_id() -> str:
-    return str(uuid.uuid4())
 
 
 def retry_task_id(failed_task_id: str) -> str:
@@ -85,6 +83,10 @@ class Client:
         self.sweeper: Sweeper | None = None
         self._leases: LeaseKeeper | None = None
         self._leases_lock = threading.Lock()
+        #: The lean profile's background sender (cogman/sending/background.py); None by default and when
+        #: eager (each send runs inline there).
+        lean = config.profile == "lean" and not config.eager
+        self.background = BackgroundSender(backend, broker, self.abandoned, config) if lean else None
         broker.set_listener(self)
 
     def send(
@@ -117,6 +119,8 @@ class Client:
             elif wait_confirmed:
                 self.backend.create(records)
                 receipt = self.broker.publish(messages, wait=True)
+            elif self.background is not None:
+                receipt = self.background.submit(records, messages)
             else:
                 receipt = self._send_recorded(records, messages)
             for message in messages:
@@ -211,6 +215,8 @@ class Client:
         self.backend.transition_many(ids, Status.QUEUED)
 
     def close(self) -> None:
+        if self.background is not None:
+            self.background.close(self.config.close_timeout)
         if self._leases is not None:
             self._leases.stop()
 

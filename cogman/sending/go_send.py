@@ -21,7 +21,7 @@ from cogman.gowire.record import GoRecord
 from cogman.gowire.wire import HEADER_TASK_ID, HEADER_TASK_NAME
 from cogman.message import Message
 from cogman.priority import Priority
-from cogman.sending.client import new_task_id
+from cogman.sending.ids import new_task_id
 
 if TYPE_CHECKING:
     from cogman.config.settings import Config

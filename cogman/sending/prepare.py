@@ -108,13 +108,15 @@ def prepare(
         if extra or marks:
             record = record.evolve(payload={**record.payload, **(extra or {}), **(marks or {})})
         records.append(record)
-    return records, [checked_message(config, record) for record in records]
+    first = options.task_ids is None  # a generated id: no other message of this task exists
+    return records, [checked_message(config, record, first) for record in records]
 
 
-def checked_message(config: Config, record: TaskRecord) -> Message:
+def checked_message(config: Config, record: TaskRecord, first: bool = False) -> Message:
     """The record's message, encoded here once (the publisher sends these bytes): arguments JSON cannot
-    carry raise TypeError naming the argument, an oversized message MessageTooLarge."""
-    message = Message.for_record(record, retries_left=record.retry)
+    carry raise TypeError naming the argument, an oversized message MessageTooLarge. ``first``: the
+    message carries ``HEADER_FIRST`` (cogman/message.py)."""
+    message = Message.for_record(record, retries_left=record.retry, first=first)
     try:
         size = len(message.encode())
     except (TypeError, ValueError):

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 import traceback
-import uuid
 from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,10 +26,12 @@ from cogman.delays import expired_error, seconds_until
 from cogman.errors import BrokerUnavailable, PoisonMessage, PublishError, ResultRejected
 from cogman.message import Message, header_task_id
 from cogman.record import clip
+from cogman.sending.ids import new_token
 from cogman.status import Status
 from cogman.worker.admission import Admission
 from cogman.worker.cancelling import AttemptCancelled, CancelWatch
 from cogman.worker.delivery_limits import looping_reason
+from cogman.worker.first_run import runs_first
 from cogman.worker.go_execution import GoRunner, decode, record_failed, task_of
 from cogman.worker.handlers import EventLoopThread, chain_of, check_result, run_handler
 from cogman.worker.settling import GiveBack, Settler
@@ -120,13 +121,12 @@ class Executor:
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
             return untimely
-        token = uuid.uuid4().hex  # names this delivery: its start counts once however often it is written
-        started = self._until_recorded(lambda: self.backend.start(message.task_id, token), f"start {message.task_id}")
+        token = new_token()  # names this delivery: its start counts once however often it is written
+        first = runs_first(delivery, message, task, self.app.config.profile)  # lean: no start (first_run.py)
+        started = None if first else self._until_recorded(lambda: self.backend.start(message.task_id, token),
+                                                          f"start {message.task_id}")  # fmt: skip
         if started is not None and started.status.is_final:
-            log.info("task %s already %s; acking its redelivery without running it", message.task_id, started.status)
-            redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
-            self._ack_when_durable(delivery, after=redo)
-            return Outcome.SKIPPED
+            return self._skip(delivery, message, started, "acking its redelivery without running it")
         looping = looping_reason(delivery, started, self.app.config)
         if looping is not None:
             log.error("task %s[%s] is not run again: %s", message.name, message.task_id, looping)
@@ -172,6 +172,14 @@ class Executor:
             admitted.release()
 
     # The steps
+
+    def _skip(self, delivery: Delivery, message: Message, started: Started, what: str) -> Outcome:
+        """The record is final already: acked without recording an outcome (a workflow step resends what
+        follows it, harmlessly)."""
+        log.info("task %s already %s; %s", message.task_id, started.status, what)
+        redo = self._continue(message, started, lambda: workflow.after_redelivery(self.app, message, started))
+        self._ack_when_durable(delivery, after=redo)
+        return Outcome.SKIPPED
 
     def _decode(self, delivery: Delivery) -> Message:
         if delivery.poison is not None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cogman.delays import plan
-from cogman.sending.client import new_task_id
+from cogman.sending.ids import new_task_id
 from cogman.sending.prepare import SendOptions
 from cogman.signature import Chained, ChainStep, ChordMember, SendingApp, Signature, callback_id, chain_ids
 from cogman.workflows.results import ChainResult, ChordResult, GroupResult

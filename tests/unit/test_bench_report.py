@@ -23,7 +23,7 @@ from bench.report import (
     verdicts,
 )
 from bench.stats import Spread, percentile, rate, ratio, spread
-from bench.systems import cogman_systems, send_modes
+from bench.systems import cogman_systems, lean_systems, send_modes
 from bench.targets import TARGETS, evaluate
 
 
@@ -213,3 +213,40 @@ def test_markdown_report_flags_a_smoke_run():
     assert "Smoke run" in text and "`python bench/run.py --quick`" in text
     assert "## Targets of issue 25, part 1 (cogman fast)" in text and "| FAIL |" in text and "| pass |" in text
     assert "Smoke run" not in render_markdown({**meta, "quick": False}, run_rows(), "")
+
+
+@dataclass(frozen=True)
+class LeanConfig:
+    broker_url: str = "memory://"
+    backend_url: str = "memory://"
+    profile: Literal["default", "lean"] = "default"
+
+
+def test_the_lean_row_comes_with_a_config_that_has_the_profile():
+    assert lean_systems(TodaysConfig) == []
+    (row,) = lean_systems(LeanConfig)
+    assert (row.key, row.role, row.send_mode) == ("cogman-lean", "cogman-lean", None)
+    assert "bench.cogman_lean_tasks:app" in row.worker_argv and "--processes" in row.worker_argv
+
+
+def test_part_two_targets_judge_the_lean_row_against_dramatiqs_default():
+    lean = summarize(
+        "cogman-lean",
+        "cogman lean",
+        "cogman-lean",
+        True,
+        rounds({"e2e_rate": 2400, "single_rate": 900, "drain_rate": 2400}),
+    )
+    dramatiq = summarize(
+        "dramatiq", "Dramatiq", "dramatiq", False, rounds({"e2e_rate": 2000, "single_rate": 1000, "drain_rate": 2000})
+    )
+    by_name = {verdict.target.name: verdict for verdict in verdicts([lean, dramatiq])}
+    assert by_name["lean: end to end >= 1.2x Dramatiq"].passed is True  # 1.2x: at the threshold
+    assert by_name["lean: drain >= 1.2x Dramatiq"].passed is True
+    single = by_name["lean: single send >= 1x Dramatiq"]
+    assert single.value == pytest.approx(0.9) and single.passed is False
+    assert by_name["end to end >= 2x Dramatiq with confirms"].passed is None  # no default row: part 1 n/a
+    text = render_markdown({"tasks": 1000, "rounds": 1, "rounds_done": 1}, [lean, dramatiq], "")
+    part_two = text.split("## Targets of issue 25, part 2 (cogman lean)", 1)[1].split("## What each", 1)[0]
+    assert "lean: single send >= 1x Dramatiq" in part_two and "| FAIL |" in part_two
+    assert "end to end >= 2x" not in part_two

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from cogman import App, chain, chord
 from cogman.errors import PublishError
-from cogman.message import Message
+from cogman.message import HEADER_FIRST, Message
 from cogman.middleware.tracing import Tracing
 from cogman.priority import Priority
 from cogman.scheduling.beat import Beat
@@ -289,7 +289,7 @@ def test_tracing_false_makes_no_tracing_middleware_and_no_trace_headers():
     assert not any(isinstance(m, Tracing) for m in app.middleware.middleware)
     app.send_task("t.nothing")
     delivery = app.broker.consume([Priority.HIGH], prefetch=1).receive(1)  # type: ignore[attr-defined]
-    assert delivery is not None and set(delivery.headers) == {"TaskName", "TaskID"}
+    assert delivery is not None and set(delivery.headers) == {"TaskName", "TaskID", HEADER_FIRST}
     app.close()
 
 

@@ -110,6 +110,7 @@ class PublishLink:
             content_encoding="utf-8",
             frame_max=amqp_connection.frame_max,
         )
+        message.sent()  # before the write: a write cut short may have delivered it, so a resend is a copy
         write_frames(amqp_connection, frames)
         self._confirms.sent(entry, message.task_id)
         return self._confirms.last_tag

@@ -1,0 +1,184 @@
+"""The lean profile's sender (``Config.profile="lean"``): ``.delay()`` hands its task here and returns.
+
+One thread takes what waits, up to ``BATCH`` tasks at a time, and sends it the way a ``send_many`` does:
+the records in one pipelined create, each hand-off's messages published while Redis runs it. What is
+traded, as in Dramatiq and Celery: ``.delay()`` returns before the record is written and the message
+published, so a crash (SIGKILL, power loss) of the sending process loses what it had not sent yet.
+
+What is not: the buffer is bounded (``send_buffer_limit`` tasks; a send into a full one waits up to
+``request_timeout``, then raises ``SendBufferFull``, nothing recorded), ``waiting`` reads its depth,
+``close()`` (``app.close()``, interpreter exit) sends what waits before the broker's outbox drains
+(what is left after ``close_timeout`` is logged, never recorded nor published), and a batch that fails
+is logged and its records marked ``failed`` (``Client.abandoned``) with the reason, which the
+hand-off's ``wait_sent()`` raises. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from cogman.brokers.base import Receipt
+from cogman.errors import PublishError, SendBufferFull
+
+if TYPE_CHECKING:
+    from cogman.backends.base import Backend
+    from cogman.brokers.base import Broker
+    from cogman.config.settings import Config
+    from cogman.message import Message
+    from cogman.record import TaskRecord
+
+log = logging.getLogger("cogman.client")
+
+#: Most tasks one background send takes (the benchmark's ``send_many`` batch).
+BATCH = 500
+
+Abandon = Callable[["Sequence[Message]", str], None]
+
+
+class Handoff(Receipt):
+    """What ``.delay()`` returns in the lean profile: settled as the broker's receipt would be, once the
+    background thread published the task and the broker confirmed it (``wait_sent()``); ``recorded()``
+    tells when the record was written (or the send failed), which ``AsyncResult`` waits for before it
+    reads a record it cannot find."""
+
+    __slots__ = ("_patience", "_recorded", "messages", "records")
+
+    def __init__(self, records: Sequence[TaskRecord], messages: Sequence[Message], patience: float) -> None:
+        super().__init__(len(messages))
+        self.records = records
+        self.messages = messages
+        self._patience = patience
+        self._recorded = threading.Event()
+
+    def follow(self, receipt: Receipt, reason: str | None = None) -> None:
+        """Settle as the broker's ``receipt`` settles (failed with ``reason`` even if it was confirmed)."""
+        receipt.add_done_callback(lambda failure: self.settle(len(self.messages), failure or reason))
+
+    def recorded(self) -> bool:
+        """True once the background thread has written the records (or given up on them); waits up to
+        ``request_timeout + close_timeout``."""
+        return self._recorded.wait(self._patience)
+
+
+class BackgroundSender:
+    """The hand-offs waiting to be sent, and the thread sending them (started with the first)."""
+
+    def __init__(self, backend: Backend, broker: Broker, abandon: Abandon, config: Config) -> None:
+        self.backend = backend
+        self.broker = broker
+        self.abandon = abandon
+        self.limit = config.send_buffer_limit
+        self.request_timeout = config.request_timeout
+        self.patience = config.request_timeout + config.close_timeout
+        self._waiting: deque[Handoff] = deque()
+        self._count = 0
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        """Tasks handed over and not yet recorded and published (the batch being sent included)."""
+        with self._lock:
+            return self._count
+
+    def submit(self, records: Sequence[TaskRecord], messages: Sequence[Message]) -> Handoff:
+        handoff = Handoff(records, messages, self.patience)
+        deadline = time.monotonic() + self.request_timeout
+        with self._lock:
+            while self._count and self._count + len(records) > self.limit and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SendBufferFull(
+                        f"{self._count} task(s) wait to be recorded and published (send_buffer_limit="
+                        f"{self.limit}) after request_timeout={self.request_timeout:g} s; "
+                        f"{len(records)} task(s) of {records[0].name} not sent"
+                    )
+                self._lock.wait(remaining)
+            if self._closed:
+                self._send([handoff])
+                return handoff
+            self._waiting.append(handoff)
+            self._count += len(records)
+            self._lock.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cogman-lean-sender", daemon=True)
+                self._thread.start()
+        return handoff
+
+    def close(self, timeout: float) -> None:
+        """Send what waits (up to ``timeout``), then stop the thread; what is left is logged, abandoned."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            left, self._waiting = list(self._waiting), deque()
+        if left:
+            reason = f"not sent within close_timeout={timeout:g} s"
+            log.error("lean profile: %d task(s) %s", sum(len(h.records) for h in left), reason)
+            self._give_up(left, reason)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closed:
+                    self._lock.wait()
+                if not self._waiting:
+                    return
+                batch: list[Handoff] = []
+                taken = 0
+                while self._waiting and taken < BATCH:
+                    batch.append(self._waiting.popleft())
+                    taken += len(batch[-1].records)
+            try:
+                self._send(batch)
+            finally:
+                with self._lock:
+                    self._count -= taken
+                    self._lock.notify_all()
+
+    def _send(self, batch: list[Handoff]) -> None:
+        """The records in one create, each hand-off's messages published while Redis runs it (its own
+        receipt, so a refused message fails its own hand-off only); like ``send_mode="recorded"``, the
+        confirms are awaited only when the records could not be written."""
+        receipts: list[Receipt] = []
+
+        def publish() -> None:
+            for handoff in batch:
+                receipts.append(self.broker.publish(handoff.messages, wait=False))
+
+        records = [record for handoff in batch for record in handoff.records]
+        try:
+            durable = self.backend.create(records, meanwhile=publish)
+        except Exception as exc:  # the create was refused (a script error), or a publish raised
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("lean profile: sending %d task(s) failed (%s)", len(records), reason, exc_info=exc)
+            for handoff, receipt in zip(batch, receipts, strict=False):  # published: they run, unrecorded
+                handoff.follow(receipt, reason)
+                handoff._recorded.set()
+            self._give_up(batch[len(receipts) :], reason)
+            return
+        for handoff, receipt in zip(batch, receipts, strict=True):
+            if not durable:  # parked in memory: the broker is what keeps these tasks
+                with contextlib.suppress(PublishError):  # a refusal fails its own hand-off (follow)
+                    receipt.wait(self.request_timeout)
+            handoff.follow(receipt)
+            handoff._recorded.set()
+
+    def _give_up(self, handoffs: list[Handoff], reason: str) -> None:
+        for handoff in handoffs:
+            try:
+                self.abandon(handoff.messages, reason)
+            except Exception:
+                log.exception("lean profile: could not mark %d task(s) failed", len(handoff.messages))
+            handoff.settle(len(handoff.messages), reason)
+            handoff._recorded.set()
