@@ -26,16 +26,16 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cogman.delays import seconds_until
-from cogman.errors import BrokerUnavailable, PublishError
 from cogman.status import UNCONFIRMED, Status
 
 if TYPE_CHECKING:
     from cogman.backends.base import Backend
-    from cogman.brokers.base import Broker, Consumer, Delivery
+    from cogman.brokers.base import Broker, Delivery
     from cogman.limits.store import LimitStore
     from cogman.message import Message
     from cogman.record import TaskRecord
     from cogman.task import Task
+    from cogman.worker.settling import Settler
 
 log = logging.getLogger("cogman.worker")
 
@@ -63,14 +63,12 @@ RUN = Admitted()
 
 
 class Admission:
-    def __init__(
-        self, backend: Backend, broker: Broker, consumer: Consumer, lease: float, until_recorded: Callable[..., Any]
-    ) -> None:
+    def __init__(self, backend: Backend, broker: Broker, settler: Settler, lease: float) -> None:
         self.backend = backend
         self.broker = broker
-        self.consumer = consumer
+        self.settler = settler
         self.lease = lease
-        self._until_recorded = until_recorded
+        self._until_recorded = settler.until_recorded
         self.renewer = LeaseRenewer(backend, lease)
 
     def admit(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Admitted:
@@ -114,18 +112,10 @@ class Admission:
         log.info("task %s[%s] waits: %s", message.name, message.task_id, reason)
         later = dataclasses.replace(message, eta=datetime.now(UTC) + timedelta(seconds=wait), _encoded=None)
 
-        def sent(failure: str | None) -> None:  # a failure is counted: no endless loop through the broker
-            if failure is None:
-                self.consumer.ack(delivery)
-            else:
-                self.consumer.redeliver(delivery, f"a task over its limit could not wait in the broker: {failure}")
-
-        try:
-            self.broker.publish([later]).add_done_callback(sent)
-        except (BrokerUnavailable, PublishError) as exc:
-            sent(str(exc))
-            return Admitted("requeued")
-        return Admitted("delayed")
+        waiting = self.settler.wait_in_broker(
+            self.broker, delivery, later, "a task over its limit could not wait in the broker"
+        )
+        return Admitted("delayed" if waiting else "requeued")
 
     def _releaser(self, store: LimitStore, scope: str, holder: str) -> Callable[[], None]:
         def release() -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cogman.backoff import Retry, RetryDecision, decide
 from cogman.delays import expired_error, seconds_until
-from cogman.errors import BrokerUnavailable, PoisonMessage, PublishError, ResultRejected
+from cogman.errors import PoisonMessage, ResultRejected
 from cogman.message import Message, header_task_id
 from cogman.record import clip
 from cogman.sending.ids import new_token
@@ -78,9 +78,7 @@ class Executor:
         self._until_recorded = self._settler.until_recorded
         self._ack_when_durable = self._settler.ack_when_durable
         self.wait_for_room = self._settler.wait_for_room
-        self._admission = Admission(
-            app.backend, app.broker, consumer, app.config.concurrency_lease, self._until_recorded
-        )
+        self._admission = Admission(app.backend, app.broker, self._settler, app.config.concurrency_lease)
         self._go = GoRunner(app, loop, self._until_recorded, self._ack_when_durable)  # Go-format deliveries
         self.cancels = CancelWatch(self.backend)
 
@@ -301,19 +299,10 @@ class Executor:
         if message.eta is None or (early := seconds_until(message.eta, now)) <= 0:
             return None
         log.info("task %s[%s] came %.3f s early; it goes back to wait", message.name, message.task_id, early)
-
-        def sent(failure: str | None) -> None:  # a failure is counted: no endless loop through the broker
-            if failure is None:
-                self.consumer.ack(delivery)
-            else:
-                self.consumer.redeliver(delivery, f"an early delivery could not be delayed again: {failure}")
-
-        try:
-            self.app.broker.publish([message]).add_done_callback(sent)
-        except (BrokerUnavailable, PublishError) as exc:
-            sent(str(exc))
-            return Outcome.REQUEUED
-        return Outcome.DELAYED
+        waiting = self._settler.wait_in_broker(
+            self.app.broker, delivery, message, "an early delivery could not be delayed again"
+        )
+        return Outcome.DELAYED if waiting else Outcome.REQUEUED
 
     def _place_of(self, message: Message, started: Started | None) -> tuple[str, int]:
         """(original id, attempt number) from the backend; read again if the start could not tell (an

@@ -14,11 +14,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from cogman.errors import BackendUnavailable
+from cogman.errors import BackendUnavailable, BrokerUnavailable, PublishError
 
 if TYPE_CHECKING:
     from cogman.backends.base import Backend
-    from cogman.brokers.base import Consumer, Delivery, Receipt
+    from cogman.brokers.base import Broker, Consumer, Delivery, Receipt
+    from cogman.message import Message
 
 log = logging.getLogger("cogman.worker")
 
@@ -85,6 +86,25 @@ class Settler:
         with self._held_lock:
             self._held -= 1
             self._held_lock.notify_all()
+
+    def wait_in_broker(self, broker: Broker, delivery: Delivery, later: Message, why: str) -> bool:
+        """Send ``later`` (the delivery's message, with its new ``eta``) to wait on the broker's delay,
+        and ack the delivery once that copy is confirmed: never held in this process. A copy that cannot
+        be sent gives the delivery back, counted (no endless loop through the broker). True when the
+        copy is on its way, False when the delivery went back at once."""
+
+        def sent(failure: str | None) -> None:
+            if failure is None:
+                self.consumer.ack(delivery)
+            else:
+                self.consumer.redeliver(delivery, f"{why}: {failure}")
+
+        try:
+            broker.publish([later]).add_done_callback(sent)
+        except (BrokerUnavailable, PublishError) as exc:
+            sent(str(exc))
+            return False
+        return True
 
     def wait_for_room(self, limit: int, timeout: float) -> None:
         """Block (up to ``timeout``) while ``limit`` or more acks are held: a worker whose backend is
