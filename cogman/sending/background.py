@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from cogman.brokers.base import Receipt
+from cogman.brokers.base import OneShot, Receipt
 from cogman.errors import PublishError, SendBufferFull
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Handoff(Receipt):
         self.records = records
         self.messages = messages
         self._patience = patience
-        self._recorded = threading.Event()
+        self._recorded = OneShot()
 
     def follow(self, receipt: Receipt, reason: str | None = None) -> None:
         """Settle as the broker's ``receipt`` settles (failed with ``reason`` even if it was confirmed)."""

@@ -340,4 +340,5 @@ def test_group_members_with_a_countdown_are_sent_delayed(flow: App):
     result = group(add.s(1, 1).set(countdown=0.5), add.s(2, 2)).delay()
     assert result.get(timeout=10) == [2, 4]
     record = result[0].record()
-    assert (dict(record.history)[Status.IN_PROGRESS] - record.created_at).total_seconds() >= 0.5
+    assert record.eta is not None and (record.eta - record.created_at).total_seconds() >= 0.45  # taken apart
+    assert dict(record.history)[Status.IN_PROGRESS] >= record.eta
