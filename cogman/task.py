@@ -193,6 +193,8 @@ class Task(Generic[P, R]):
         countdown: float | None = None,
         eta: datetime | None = None,
         expires: float | datetime | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> AsyncResult[R]:
         """Celery's name for ``send``, with ``task_id`` to choose the id."""
         return self.app.send_task(
@@ -206,6 +208,8 @@ class Task(Generic[P, R]):
             countdown=countdown,
             eta=eta,
             expires=expires,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
 
     def send_many(

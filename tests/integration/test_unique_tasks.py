@@ -230,3 +230,23 @@ def test_go_format_tasks_refuse_unique_keys(app: App):
     with pytest.raises(ValueError, match="unique_key"):
         plain.send(args=(b"x",), unique_key="k")
     assert app.broker.depth() == 0  # type: ignore[attr-defined]
+
+
+def test_apply_async_and_send_task_take_a_unique_key_too():
+    app = App("unique-names", broker="memory://", backend="memory://")
+
+    @app.task(name="unique.by_name")
+    def by_name(x: int) -> int:
+        return x
+
+    first = by_name.apply_async(args=(1,), unique_key="by-name-1")
+    again = app.send_task("unique.by_name", args=(2,), unique_key="by-name-1")
+    other = app.send_task("unique.by_name", args=(3,), unique_key="by-name-2")
+    assert (again.id, again.deduplicated, first.deduplicated) == (first.id, True, False)
+    assert other.id != first.id and not other.deduplicated
+    worker = app.start_background(concurrency=1)
+    try:
+        assert (first.get(timeout=10), other.get(timeout=10)) == (1, 3)
+    finally:
+        worker.stop()
+        app.close()
