@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -20,14 +19,11 @@ from cogman.status import Status
 from tests.admin_app import register
 from tests.integration.api_helpers import free_port, wait_for_api, wait_until_final
 from tests.integration.rabbit_helpers import ROOT, wait_for
-from tests.integration.redis_helpers import drop_prefix
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
-    prefix = f"clitest-{uuid.uuid4().hex[:8]}"
-    yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return worker_env
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,17 +22,13 @@ from cogman.backends.base import TaskQuery
 from cogman.record import TaskRecord
 from cogman.scheduling.beat import Beat
 from tests.integration.rabbit_helpers import ROOT, depth, wait_for
-from tests.integration.redis_helpers import drop_prefix
 
 APP = "tests.integration.workflow_app"
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
-    prefix = f"cogman-beat-{uuid.uuid4().hex[:8]}"
-    yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix,
-           "COGMAN_TEST_PERIODIC": "1"}  # fmt: skip
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return {**worker_env, "COGMAN_TEST_PERIODIC": "1"}
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -22,7 +21,6 @@ from cogman.backends.base import Backend
 from cogman.middleware.queue_stats import QueueFigures, queue_snapshot
 from tests.integration.api_helpers import serving
 from tests.integration.rabbit_helpers import ROOT, wait_for
-from tests.integration.redis_helpers import drop_prefix
 from tests.integration.test_backend_contract import made_backend, record
 from tests.ports import free_ports
 
@@ -54,10 +52,8 @@ def test_oldest_queued_reads_the_queued_records_oldest_first(backend: Backend):
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
-    prefix = f"cogman-test-{uuid.uuid4().hex[:8]}"
-    yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return worker_env
 
 
 @pytest.fixture

@@ -23,15 +23,12 @@ from cogman import App, Status
 from cogman.backends.base import TaskQuery
 from cogman.errors import BackendUnavailable
 from tests.integration.rabbit_helpers import ROOT, wait_for
-from tests.integration.redis_helpers import drop_prefix
 from tests.ports import free_ports
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
-    prefix = f"cogman-test-{uuid.uuid4().hex[:8]}"
-    yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return worker_env
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +14,13 @@ import redis
 
 from cogman import App, Signature, Status, StepFailed, chain, chord, group
 from tests.integration.rabbit_helpers import consumer_count, wait_for, worker_process
-from tests.integration.redis_helpers import drop_prefix
 
 APP = "tests.integration.workflow_app"
 
 
 @pytest.fixture
-def env(rabbit: str, redis_url: str) -> Iterator[dict[str, str]]:
-    prefix = f"cogman-flow-{uuid.uuid4().hex[:8]}"
-    yield {"COGMAN_BROKER_URL": rabbit, "COGMAN_BACKEND_URL": redis_url, "COGMAN_TEST_PREFIX": prefix}
-    drop_prefix(redis_url, prefix)
+def env(worker_env: dict[str, str]) -> dict[str, str]:
+    return worker_env
 
 
 @pytest.fixture
