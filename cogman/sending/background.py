@@ -141,6 +141,9 @@ class BackgroundSender:
                     taken += len(batch[-1].records)
             try:
                 self._send(batch)
+            except BaseException as exc:  # the thread's top level: fail this batch loudly, send the next
+                log.exception("lean profile: the background sender failed on %d task(s)", taken)
+                self._give_up([h for h in batch if not h.done], f"{type(exc).__name__}: {exc}")
             finally:
                 with self._lock:
                     self._count -= taken

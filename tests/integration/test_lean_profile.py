@@ -22,7 +22,7 @@ from cogman import App, Status, TaskCancelled, TaskFailed, chain
 from cogman.backends.redis.backend import RedisBackend
 from cogman.brokers.base import DEAD_LETTER_QUEUE, queue_names
 from cogman.config.environment import options_from_env
-from cogman.errors import ConfigError, SendBufferFull
+from cogman.errors import ConfigError, PublishError, SendBufferFull
 from cogman.message import HEADER_FIRST, Message
 from cogman.priority import Priority
 from tests.integration.consuming_helpers import publish_raw
@@ -225,5 +225,34 @@ def test_a_task_cancelled_before_its_first_delivery_starts_and_is_interrupted(le
         assert record is not None and record.status is Status.CANCELLED and record.result is None
         with pytest.raises(TaskCancelled):
             result.get(timeout=5)
+    finally:
+        worker.stop()
+
+
+def test_the_background_sender_outlives_a_base_exception_and_fails_that_batch_loudly(lean: Callable[..., App]):
+    app = lean()
+    create = app.backend.create
+    calls: list[int] = []
+
+    def dying_once(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit("a middleware called sys.exit")
+        return create(*args, **kwargs)
+
+    app.backend.create = dying_once  # type: ignore[method-assign]
+
+    @app.task(name="lean.survivor")
+    def survivor(n: int) -> int:
+        return n
+
+    lost = survivor.delay(1)
+    with pytest.raises(PublishError, match=r"SystemExit: a middleware called sys\.exit"):
+        lost.wait_sent(timeout=30)
+    kept = survivor.delay(2)
+    assert kept.wait_sent(timeout=30)
+    worker = app.start_background(concurrency=1)
+    try:
+        assert kept.get(timeout=30) == 2
     finally:
         worker.stop()
