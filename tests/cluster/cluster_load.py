@@ -84,6 +84,10 @@ class Load:
     accepted: dict[int, str] = field(default_factory=dict)
     raised: dict[int, str] = field(default_factory=dict)
     marked: threading.Event = field(default_factory=threading.Event)
+    #: When set, the sender stops at this index until ``released`` is set: a fault that must happen while
+    #: it sends (not after its last message, which a slow ``stop_app`` on a busy machine can reach) holds it.
+    hold_at: int | None = None
+    released: threading.Event = field(default_factory=threading.Event)
     workers: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -111,6 +115,9 @@ class Load:
             ahead = index / self.rate - (time.monotonic() - began)
             if ahead > 0:
                 time.sleep(ahead)
+            if index == self.hold_at and not self.released.wait(300):
+                self.raised[index] = "the sender was held at its mark and never released"
+                return
             try:
                 self.accepted[index] = task.delay(index).id
             except Exception as exc:  # not accepted: counted, and the test fails on it

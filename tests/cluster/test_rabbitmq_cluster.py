@@ -137,16 +137,21 @@ def test_the_leader_node_killed_mid_run_loses_nothing(load: Load) -> None:
 def test_the_node_the_sender_is_connected_to_stopped_while_it_sends_loses_nothing(load: Load) -> None:
     """``rabbitmqctl stop_app`` on the node the sender publishes through, 1,000 tasks in: the sender's
     unconfirmed messages go back to its outbox and it redials the next node of its list while it keeps
-    sending; the workers on that node move too. The node comes back once the sender is done."""
+    sending; the workers on that node move too. The node comes back once the sender is done. The sender
+    waits at 2,000 until the node is stopped, so 3,000 sends are left to go through another node."""
     cluster = load.cluster
+    load.hold_at = 2000
 
     def stop_the_senders_node() -> dict[str, object]:
         port = load.sender_node_port()
         node = next(node for node in cluster.nodes if node.port == port)
         assert node.name != task_queue_leader(cluster, node), "the sender's node should not lead the queues here"
         began = time.monotonic()
-        node.ctl("stop_app")
-        stopped_at = len(load.accepted)
+        try:
+            node.ctl("stop_app")
+            stopped_at = len(load.accepted)
+        finally:
+            load.released.set()
         load.sender.join(300)
         moved_to = load.sender_node_port()
         node.ctl("start_app")
