@@ -37,11 +37,11 @@ from bench.settings import AMQP_URL, REDIS_URL, done_key  # noqa: E402
 QUEUES = ("high_priority_queue_0", "low_priority_queue_0")
 
 
-def send(tasks: int) -> None:
+def send(tasks: int, lean: bool) -> None:
     """The client phase's process: N single sends, then close (which waits for the last confirms)."""
     from bench.cogman_tasks import TASK_NAME, make_app
 
-    app = make_app()
+    app = make_app(profile="lean") if lean else make_app()
     started = time.perf_counter()
     for _ in range(tasks):
         app.send_task(TASK_NAME, args=(0.0,))
@@ -102,10 +102,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL (CPU)")
+    parser.add_argument("--lean", action="store_true", help='the lean profile (App(profile="lean")) on both sides')
     parser.add_argument("--send", type=int, help=argparse.SUPPRESS)  # the client phase's own process
     args = parser.parse_args()
     if args.send is not None:
-        send(args.send)
+        send(args.send, args.lean)
         return
     ensure_vhost(AMQP_URL)
     admin = Admin(AMQP_URL)
@@ -117,14 +118,16 @@ def main() -> None:
     os.environ["PYTHONPATH"] = str(ROOT)
 
     client_out = results / "profile-client.txt"
-    sender = record(client_out, [sys.executable, "bench/profile.py", "--send", str(args.tasks)], args.rate, args.gil)
+    client = [sys.executable, "bench/profile.py", "--send", str(args.tasks), *(["--lean"] if args.lean else [])]
+    sender = record(client_out, client, args.rate, args.gil)
     if sender.wait() != 0:
         raise SystemExit("profile: the client phase failed")
     backlog = sum(admin._on_channel("depth", q) for q in QUEUES)
     print(f"profile: {backlog:,} messages waiting", flush=True)
 
     worker_out = results / "profile-worker.txt"
-    spy = record(worker_out, [sys.executable, "-m", "cogman", "-A", "bench.cogman_tasks:app", "worker", "-c", "8"],
+    worker_app = "bench.cogman_lean_tasks:app" if args.lean else "bench.cogman_tasks:app"
+    spy = record(worker_out, [sys.executable, "-m", "cogman", "-A", worker_app, "worker", "-c", "8"],
                  args.rate, args.gil)  # fmt: skip
     started = time.perf_counter()
     while int(counter.get(done_key("cogman")) or 0) < args.tasks:

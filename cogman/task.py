@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import inspect
 import math
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
 from cogman.aio.bridge import AsyncBridge, bridge_for, in_thread
 from cogman.backoff import Backoff, RetryPolicy
@@ -47,6 +46,12 @@ class TaskOptions(TypedDict, total=False):
     concurrency_key: Callable[..., Any] | None
 
 
+class CancelFlag(Protocol):
+    """What ``TaskContext.cancelled`` reads: set by the worker once the attempt is cancelled."""
+
+    def is_set(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """What a ``bind=True`` handler receives as its first argument."""
@@ -58,7 +63,7 @@ class TaskContext:
     retries_left: int
     primary_key: str | None = None
     #: Set by the worker once this attempt is cancelled (cogman/worker/cancelling.py).
-    cancel_event: threading.Event | None = field(default=None, repr=False, compare=False)
+    cancel_event: CancelFlag | None = field(default=None, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:

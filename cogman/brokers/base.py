@@ -222,6 +222,10 @@ class Broker(Protocol):
         message this call waited for; BrokerUnavailable when the outbox stays full for
         ``request_timeout``, or the broker has been away longer than ``connection_timeout``."""
 
+    def publish_each(self, messages: Sequence[Message], receipts: Sequence[Receipt]) -> None:
+        """``publish(messages, wait=False)``, settling ``receipts[i]`` (once) for ``messages[i]``: a
+        refused message fails only its own receipt. Raises as ``publish`` does."""
+
     def pending(self) -> int:
         """Messages accepted by ``publish`` and not yet confirmed (the outbox and those in flight)."""
 

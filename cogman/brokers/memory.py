@@ -69,6 +69,11 @@ class MemoryBroker:
             self._listener.confirmed(messages)
         return Receipt.confirmed()
 
+    def publish_each(self, messages: Sequence[Message], receipts: Sequence[Receipt]) -> None:
+        self.publish(messages, wait=False)
+        for receipt in receipts:
+            receipt.settle()
+
     def pending(self) -> int:
         """Nothing waits for a confirm: a memory queue takes every message at once."""
         return 0

@@ -56,9 +56,12 @@ class Handoff(Receipt):
         self._patience = patience
         self._recorded = OneShot()
 
-    def follow(self, receipt: Receipt, reason: str | None = None) -> None:
-        """Settle as the broker's ``receipt`` settles (failed with ``reason`` even if it was confirmed)."""
-        receipt.add_done_callback(lambda failure: self.settle(len(self.messages), failure or reason))
+    def fail_with(self, reason: str) -> None:
+        """Its messages went out but its records could not be written: ``wait_sent()`` raises ``reason``
+        even once the broker confirmed them."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = reason
 
     def recorded(self) -> bool:
         """True once the background thread has written the records (or given up on them); waits up to
@@ -150,31 +153,33 @@ class BackgroundSender:
                     self._lock.notify_all()
 
     def _send(self, batch: list[Handoff]) -> None:
-        """The records in one create, each hand-off's messages published while Redis runs it (its own
-        receipt, so a refused message fails its own hand-off only); like ``send_mode="recorded"``, the
+        """The records in one create, the batch's messages published while Redis runs it, each settling
+        its own hand-off (a refused message fails its hand-off only); like ``send_mode="recorded"``, the
         confirms are awaited only when the records could not be written."""
-        receipts: list[Receipt] = []
+        published: list[bool] = []
 
         def publish() -> None:
-            for handoff in batch:
-                receipts.append(self.broker.publish(handoff.messages, wait=False))
+            messages = [message for handoff in batch for message in handoff.messages]
+            self.broker.publish_each(messages, [handoff for handoff in batch for _ in handoff.messages])
+            published.append(True)
 
         records = [record for handoff in batch for record in handoff.records]
         try:
             durable = self.backend.create(records, meanwhile=publish)
-        except Exception as exc:  # the create was refused (a script error), or a publish raised
+        except Exception as exc:  # the create was refused (a script error), or the publish raised
             reason = f"{type(exc).__name__}: {exc}"
             log.error("lean profile: sending %d task(s) failed (%s)", len(records), reason, exc_info=exc)
-            for handoff, receipt in zip(batch, receipts, strict=False):  # published: they run, unrecorded
-                handoff.follow(receipt, reason)
+            if not published:
+                self._give_up(batch, reason)
+                return
+            for handoff in batch:  # published: they run, unrecorded; wait_sent() raises the reason
+                handoff.fail_with(reason)
                 handoff._recorded.set()
-            self._give_up(batch[len(receipts) :], reason)
             return
-        for handoff, receipt in zip(batch, receipts, strict=True):
+        for handoff in batch:
             if not durable:  # parked in memory: the broker is what keeps these tasks
-                with contextlib.suppress(PublishError):  # a refusal fails its own hand-off (follow)
-                    receipt.wait(self.request_timeout)
-            handoff.follow(receipt)
+                with contextlib.suppress(PublishError):  # a refusal fails its own hand-off
+                    handoff.wait(self.request_timeout)
             handoff._recorded.set()
 
     def _give_up(self, handoffs: list[Handoff], reason: str) -> None:

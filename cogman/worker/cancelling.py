@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cogman.brokers.base import OneShot
 from cogman.worker.limits import _set_async_exc
 
 if TYPE_CHECKING:
@@ -56,12 +57,14 @@ class Running:
 
     __slots__ = ("armed", "event", "finished", "fired", "is_async", "lock", "loop", "task", "thread_id")
 
-    def __init__(self, thread_id: int, is_async: bool) -> None:
+    def __init__(self, thread_id: int, is_async: bool, lock: threading.Lock) -> None:
         self.thread_id = thread_id
         self.is_async = is_async
-        #: Set once the attempt is cancelled: ``TaskContext.cancelled``.
-        self.event = threading.Event()
-        self.lock = threading.Lock()
+        #: Set once the attempt is cancelled: ``TaskContext.cancelled``. A OneShot, not an Event: one is
+        #: made for every attempt and almost none is ever set (docs/performance.md).
+        self.event = OneShot()
+        #: The watch's one lock, shared by its attempts: each holds it only to read or flip its flags.
+        self.lock = lock
         self.armed = self.fired = self.finished = False
         self.task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -129,6 +132,7 @@ class CancelWatch:
         self.idle_exit = idle_exit
         self._running: dict[str, Running] = {}
         self._changed = threading.Condition()
+        self._flags = threading.Lock()
         self._thread: threading.Thread | None = None
         #: Polls made and polls that failed (the backend away): observable, for tests and docs/control.md.
         self.polls = 0
@@ -137,11 +141,12 @@ class CancelWatch:
     def run(self, task_id: str, is_async: bool, call: Callable[[Running], T]) -> T:
         """``call(running)`` on this thread, watched for a cancel of ``task_id``; AttemptCancelled once
         it was cancelled, however the call ended."""
-        running = Running(threading.get_ident(), is_async)
+        running = Running(threading.get_ident(), is_async, self._flags)
         with self._changed:
             self._running[task_id] = running
-            self._start()
-            self._changed.notify_all()
+            if len(self._running) == 1:  # the poll thread waits only while nothing runs
+                self._start()
+                self._changed.notify_all()
         try:
             try:
                 try:

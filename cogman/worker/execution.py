@@ -119,10 +119,8 @@ class Executor:
         untimely = self._settle_untimely(delivery, message)
         if untimely is not None:
             return untimely
-        token = new_token()  # names this delivery: its start counts once however often it is written
         first = runs_first(delivery, message, task, self.app.config.profile)  # lean: no start (first_run.py)
-        started = None if first else self._until_recorded(lambda: self.backend.start(message.task_id, token),
-                                                          f"start {message.task_id}")  # fmt: skip
+        started = None if first else self._start(message)
         if started is not None and started.status.is_final:
             return self._skip(delivery, message, started, "acking its redelivery without running it")
         looping = looping_reason(delivery, started, self.app.config)
@@ -154,6 +152,10 @@ class Executor:
             shown = shown if len(shown) <= RESULT_SHOWN else shown[:RESULT_SHOWN] + "..."
             log.info("task %s[%s] succeeded in %.4fs: %s", message.name, message.task_id, duration, shown)
         return Outcome.SUCCEEDED
+
+    def _start(self, message: Message) -> Started | None:
+        token = new_token()  # names this delivery: its start counts once however often it is written
+        return self._until_recorded(lambda: self.backend.start(message.task_id, token), f"start {message.task_id}")
 
     def _admitted(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Outcome:
         """A task over its rate limit or concurrency waits in the broker, not here (admission.py); a slot

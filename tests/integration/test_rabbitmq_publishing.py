@@ -137,6 +137,31 @@ def test_message_over_rabbitmqs_size_limit_fails_alone(rabbit: str, rabbit_app: 
 
 
 @pytest.mark.disruptive
+def test_in_the_lean_profile_a_refused_message_fails_only_its_own_hand_off(rabbit_app: Callable[..., App]):
+    """The lean sender publishes a whole batch in one pass (``publish_each``), each message settling its
+    own ``.delay()``'s hand-off: the one RabbitMQ refuses fails alone, the others are confirmed."""
+    app = rabbit_app(profile="lean")
+
+    @app.task(name="publishing.lean_echo")
+    def echo(index: int, padding: str = "") -> int:
+        return index
+
+    previous = erlang("application:get_env(rabbit, max_message_size).")
+    assert previous.startswith("{ok,"), previous
+    erlang("application:set_env(rabbit, max_message_size, 4096).")
+    try:
+        handles = [echo.delay(i, padding="x" * 5000 if i == 3 else "") for i in range(7)]
+        with pytest.raises(PublishError, match=r"PRECONDITION_FAILED - message size \d+ is larger than configured"):
+            handles[3].wait_sent(timeout=30)
+        assert [h.wait_sent(timeout=30) for i, h in enumerate(handles) if i != 3] == [True] * 6
+    finally:
+        erlang(f"application:set_env(rabbit, max_message_size, {previous[4:-1]}).")
+    by_index = {r.payload["args"][0]: r for r in records(app.backend)}
+    assert by_index[3].status is Status.FAILED
+    assert {i: r.status for i, r in by_index.items() if i != 3} == dict.fromkeys([0, 1, 2, 4, 5, 6], Status.QUEUED)
+
+
+@pytest.mark.disruptive
 def test_in_recorded_mode_a_refused_message_fails_its_record_and_get_raises(rabbit_app: Callable[..., App]):
     """A send that did not wait for its confirm learns of the refusal through its record: get() raises."""
     app = rabbit_app()  # send_mode="recorded", the default

@@ -131,3 +131,32 @@ def test_to_dict_carries_every_record_field():
     record = TaskRecord(task_id="t", name="n", original_task_id="t", priority=Priority.HIGH, payload={"args": []})
     assert set(record.to_dict()) == {f.name for f in fields(TaskRecord)}
     assert TaskRecord.from_dict(record.to_dict(), "key") == record
+
+
+@pytest.mark.parametrize("shape", ["new", "finished"])
+def test_the_redis_hash_holds_each_field_of_to_dict_json_encoded_and_reads_back(shape: str):
+    """codec.hash_fields writes the fields out one by one (the send's hot path); ``to_dict`` stays the
+    oracle: the same names, each value its JSON text, history as ``at:<status>``, and from_hash reads
+    the record back unchanged."""
+    from datetime import timedelta
+
+    from cogman.backends import codec
+
+    now = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=UTC)
+    record = TaskRecord("t-1", "resiz\u00e9", "t-1", Priority.HIGH, {"args": [1, 2.5, "x"], "kwargs": {"k": None}},
+                        created_at=now, updated_at=now)  # fmt: skip
+    if shape == "finished":
+        later = now + timedelta(seconds=1.5)
+        record = record.evolve(
+            status=Status.FAILED, primary_key="pk", retry=3, attempt=2, fail_error="E\n", traceback="tb",
+            duration=0.25, result={"r": [1]}, latest_attempt_id="t-2", updated_at=later,
+            history=((Status.INITIATED, now), (Status.FAILED, later)), eta=now, expires=later,
+        )  # fmt: skip
+    flat = codec.hash_fields(record)
+    stored = dict(zip(flat[::2], flat[1::2], strict=True))
+    expected = {name: json.dumps(value, separators=(",", ":")) for name, value in record.to_dict().items()}
+    history = json.loads(expected.pop("history"))
+    expected |= {codec.AT + status: json.dumps(moment) for status, moment in history}
+    expected["_score"] = str(codec.to_us(now))
+    assert stored == expected
+    assert codec.from_hash({k.encode(): v.encode() for k, v in stored.items()}, "key") == record

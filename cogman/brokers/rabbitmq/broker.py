@@ -51,6 +51,9 @@ class RabbitMQBroker:
     def publish(self, messages: Sequence[Message], *, wait: bool = True) -> Receipt:
         return self.publisher.publish(messages, wait=wait)
 
+    def publish_each(self, messages: Sequence[Message], receipts: Sequence[Receipt]) -> None:
+        self.publisher.publish_each(messages, receipts)
+
     def unconfirmed_ids(self) -> list[str]:
         """Task ids of the messages ``pending`` counts (a copy taken under the publisher's lock)."""
         return self.publisher.unconfirmed_ids()

@@ -87,14 +87,24 @@ class Publisher:
         broker is away, or ``request_timeout`` passed); without, once it is written to the socket or
         parked: the flusher thread reads the confirms and settles the receipt."""
         receipt = Receipt(len(messages))
-        if not messages:
-            return receipt
+        if messages:
+            self._accept(messages, [receipt] * len(messages), wait)
+        return receipt
+
+    def publish_each(self, messages: Sequence[Message], receipts: Sequence[Receipt]) -> None:
+        """``publish(messages, wait=False)``, settling ``receipts[i]`` for ``messages[i]`` (one receipt
+        may stand for several messages: it counts them). One pass through the outbox for the batch, and
+        a refused message fails only its own receipt: the lean sender's hand-offs are these receipts."""
+        if messages:
+            self._accept(messages, receipts, wait=False)
+
+    def _accept(self, messages: Sequence[Message], receipts: Sequence[Receipt], wait: bool) -> None:
         deadline = time.monotonic() + self.config.request_timeout
         bodies = [message.encode() for message in messages]
         with self.state.lock:
             entries = [
                 Entry(message, next(self._round_robin[message.priority]), body, receipt)
-                for message, body in zip(messages, bodies, strict=True)
+                for message, body, receipt in zip(messages, bodies, receipts, strict=True)
             ]
             refusal = self._admit(entries, deadline)
             direct = refusal is None and self._may_send_directly()
@@ -110,13 +120,12 @@ class Publisher:
                 self._send_now(entries, deadline, wait)
             except (BrokerAccessRefused, TopologyError):
                 with contextlib.suppress(PublishError):  # its report may be on another thread: let it land
-                    receipt.wait(self.config.request_timeout)
+                    receipts[-1].wait(self.config.request_timeout)
                 raise
         if not wait:
             self._flusher.wake(socket=not direct)
         elif self.state.phase not in AWAY:
-            receipt.wait(max(0.0, deadline - time.monotonic()))  # raises PublishError naming a refusal
-        return receipt
+            receipts[-1].wait(max(0.0, deadline - time.monotonic()))  # raises PublishError naming a refusal
 
     def _admit(self, entries: list[Entry], deadline: float) -> str | None:
         """Hold ``entries`` once the outbox has room (waiting up to the deadline); else why not (lock held)."""
