@@ -42,26 +42,27 @@ Abandon = Callable[["Sequence[Message]", str], None]
 
 
 class Handoff(Receipt):
-    """What ``.delay()`` returns in the lean profile: settled as the broker's receipt would be, once the
-    background thread published the task and the broker confirmed it (``wait_sent()``); ``recorded()``
-    tells when the record was written (or the send failed), which ``AsyncResult`` waits for before it
-    reads a record it cannot find."""
+    """What ``.delay()`` returns in the lean profile. It counts one settlement a message, made by the
+    broker as it confirms or refuses it (the hand-off is those messages' receipt), and one for the
+    records, made by the background thread once their write returned: so ``wait_sent()`` is True only
+    when the tasks are both recorded and confirmed, which a workflow step's ack relies on.
+    ``recorded()`` tells when the records were written (or the send failed), which ``AsyncResult``
+    waits for before it reads a record it cannot find."""
 
     __slots__ = ("_patience", "_recorded", "messages", "records")
 
     def __init__(self, records: Sequence[TaskRecord], messages: Sequence[Message], patience: float) -> None:
-        super().__init__(len(messages))
+        super().__init__(len(messages) + 1)
         self.records = records
         self.messages = messages
         self._patience = patience
         self._recorded = OneShot()
 
-    def fail_with(self, reason: str) -> None:
-        """Its messages went out but its records could not be written: ``wait_sent()`` raises ``reason``
-        even once the broker confirmed them."""
-        with self._lock:
-            if self.failure is None:
-                self.failure = reason
+    def records_done(self, failure: str | None = None) -> None:
+        """The records' write returned (``failure``: it could not be made, and ``wait_sent()`` raises
+        that reason even once the broker confirmed the messages)."""
+        self.settle(1, failure)
+        self._recorded.set()
 
     def recorded(self) -> bool:
         """True once the background thread has written the records (or given up on them); waits up to
@@ -173,14 +174,13 @@ class BackgroundSender:
                 self._give_up(batch, reason)
                 return
             for handoff in batch:  # published: they run, unrecorded; wait_sent() raises the reason
-                handoff.fail_with(reason)
-                handoff._recorded.set()
+                handoff.records_done(reason)
             return
         for handoff in batch:
+            handoff.records_done()
             if not durable:  # parked in memory: the broker is what keeps these tasks
                 with contextlib.suppress(PublishError):  # a refusal fails its own hand-off
                     handoff.wait(self.request_timeout)
-            handoff._recorded.set()
 
     def _give_up(self, handoffs: list[Handoff], reason: str) -> None:
         for handoff in handoffs:
@@ -188,5 +188,5 @@ class BackgroundSender:
                 self.abandon(handoff.messages, reason)
             except Exception:
                 log.exception("lean profile: could not mark %d task(s) failed", len(handoff.messages))
-            handoff.settle(len(handoff.messages), reason)
+            handoff.settle(len(handoff.messages) + 1, reason)
             handoff._recorded.set()

@@ -198,6 +198,34 @@ def test_sends_batched_together_are_each_recorded_and_confirmed(lean: Callable[.
     assert queue_depth(rabbit, QUEUE) == 600
 
 
+def test_wait_sent_is_true_only_once_the_record_is_written_too_not_at_the_confirm(lean: Callable[..., App]):
+    """The broker settles a hand-off as it confirms its message, while Redis may still be writing the
+    record (the publish goes out meanwhile): the hand-off counts the records' write too, so a workflow
+    step's ack, which waits for it, never comes before the next step is recorded."""
+    app = lean()
+    create = app.backend.create
+    written, gate = threading.Event(), threading.Event()
+
+    def slow_reply(*args: Any, **kwargs: Any) -> bool:
+        durable = create(*args, **kwargs)  # published meanwhile, and Redis replied
+        written.set()
+        gate.wait(30)  # ... but the background thread has not seen the reply yet
+        return durable
+
+    app.backend.create = slow_reply  # type: ignore[method-assign]
+
+    @app.task(name="lean.gated")
+    def gated(n: int) -> int:
+        return n
+
+    handle = gated.delay(1)
+    assert written.wait(30)
+    wait_for(lambda: app.broker.pending() == 0, 30, "RabbitMQ to confirm the message")
+    assert not handle.wait_sent(timeout=0)  # confirmed, but its record's write has not returned
+    gate.set()
+    assert handle.wait_sent(timeout=30)
+
+
 def test_a_task_cancelled_before_its_first_delivery_starts_and_is_interrupted(lean: Callable[..., App]):
     """What the lean profile trades on cancel (docs/guarantees.md): its first delivery reads nothing
     before the handler, so the handler starts; the worker's cancel poll interrupts it, and the record
