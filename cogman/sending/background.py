@@ -1,7 +1,8 @@
 """The lean profile's sender (``Config.profile="lean"``): ``.delay()`` hands its task here and returns.
 
 One thread takes what waits, up to ``BATCH`` tasks at a time, and sends it the way a ``send_many`` does:
-the records in one pipelined create, each hand-off's messages published while Redis runs it. What is
+the records in one pipelined create, the batch's messages published in one pass while Redis runs it
+(``Broker.publish_each``: each message settles its own hand-off, which is its receipt). What is
 traded, as in Dramatiq and Celery: ``.delay()`` returns before the record is written and the message
 published, so a crash (SIGKILL, power loss) of the sending process loses what it had not sent yet.
 
