@@ -25,6 +25,7 @@ from cogman.backends.memory.cancel import MemoryCancel
 from cogman.backends.memory.fidelity import Deadlines, handed_out, sent, stored
 from cogman.backends.memory.go_records import MemoryGoRecords
 from cogman.backends.memory.workers import Heartbeats
+from cogman.backends.memory.workflows import MemoryWorkflows
 from cogman.backends.redis.scripts import EARLY_TTL_MS
 from cogman.record import TaskRecord, utcnow
 from cogman.status import UNCONFIRMED, Status, allows
@@ -33,7 +34,7 @@ from cogman.status import UNCONFIRMED, Status, allows
 DEFAULT_TTL = 7 * 24 * 3600.0
 
 
-class MemoryBackend(MemoryCancel):
+class MemoryBackend(MemoryCancel, MemoryWorkflows):
     """Records in a dict behind one lock; a condition variable wakes ``wait`` when a task finishes.
     ``clock`` (seconds, monotonic) times the expiry: a test passes its own to age records at once."""
 
@@ -307,31 +308,5 @@ class MemoryBackend(MemoryCancel):
                 self._leases.pop(task_id, None)
                 self._starts.pop(task_id, None)
 
-    # Workflows and periodic tasks
-
-    def create_new(self, record: TaskRecord) -> bool:
-        record = stored(record)
-        with self._changed:
-            if record.task_id in self._records:
-                return False
-            self._store([record])
-            return True
-
     create_unique = memory_unique.create_unique
     oldest_queued = memory_queries.oldest_queued
-
-    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
-        from cogman.signature import callback_id  # a workflow concept; imported late, no import cycle
-
-        if not 0 <= index < size:
-            raise ValueError(f"chord member index {index} is outside 0..{size - 1}")
-        callback = callback_id(chord_id)
-        with self._changed:
-            self._expire()
-            if chord_id not in self._chords and callback in self._records and sent(self._records[callback]):
-                return None  # decided and sent: a late member changes nothing (as on Redis)
-            _, outcomes = self._chords.setdefault(chord_id, (callback, {}))
-            self._callbacks[callback] = chord_id
-            self._chord_ttl.touch(chord_id)
-            outcomes.setdefault(index, outcome)
-            return [outcomes[i] for i in range(size)] if len(outcomes) >= size else None

@@ -25,11 +25,11 @@ from cogman.backends.mongo import oldest as mongo_oldest
 from cogman.backends.mongo import queries as mongo_queries
 from cogman.backends.mongo import schema as mongo_schema
 from cogman.backends.mongo import unique as mongo_unique
-from cogman.backends.mongo import workers as mongo_workers
-from cogman.backends.mongo import workflows as mongo_workflows
 from cogman.backends.mongo.cancel import NOT_CANCELLED, MongoCancel
 from cogman.backends.mongo.connect import is_transient, mock_client
 from cogman.backends.mongo.go_records import MongoGoRecords
+from cogman.backends.mongo.workers import MongoOperations
+from cogman.backends.mongo.workflows import MongoWorkflows
 from cogman.backends.outage import WriteBuffer
 from cogman.errors import CorruptRecord
 from cogman.record import TaskRecord
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogman.backends.mongo")
 
 
-class MongoBackend(MongoCancel):
+class MongoBackend(MongoCancel, MongoOperations, MongoWorkflows):
     """The MongoDB task log in ``config.mongo_database``.``config.mongo_collection``."""
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
@@ -317,34 +317,5 @@ class MongoBackend(MongoCancel):
                 raise
         mongo_schema.apply_early(self.collection, self.early, [doc["task_id"] for doc in docs])
 
-    # Operator actions and worker heartbeats (workers.py)
-
-    def add_retries(self, task_id: str, count: int) -> int | None:
-        return mongo_workers.add_retries(self.collection, self.buffer, task_id, count)
-
-    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
-        mongo_workers.record_heartbeat(self.collection, self.buffer, self.indexes_made, worker_id, info, ttl)
-
-    def live_workers(self) -> list[dict[str, Any]]:
-        return mongo_workers.live_workers(self.collection, self.buffer)
-
-    def forget_worker(self, worker_id: str) -> None:
-        mongo_workers.forget_worker(self.collection, self.buffer, worker_id)
-
-    def delete(self, task_ids: Sequence[str]) -> None:
-        mongo_workers.delete(self.collection, self.early, self.buffer, task_ids)
-
-    # Workflows and periodic tasks (workflows.py)
-
-    def create_new(self, record: TaskRecord) -> bool:
-        return mongo_workflows.create_new(
-            self.collection, self.early, self.buffer, record, ensure_indexes=self._indexes
-        )
-
     create_unique = mongo_unique.create_unique
     oldest_queued = mongo_oldest.oldest_queued
-
-    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
-        return mongo_workflows.join_chord(
-            self.collection, self.buffer, self.indexes_made, self.ttl_seconds, chord_id, index, size, outcome
-        )

@@ -97,3 +97,28 @@ def delete(collection: Any, early: Any, buffer: WriteBuffer, task_ids: Sequence[
         early.delete_many({"task_id": {"$in": ids}})
 
     buffer.write(remove, f"delete {len(ids)} record(s)")
+
+
+class MongoOperations:
+    """These functions as :class:`~cogman.backends.mongo.backend.MongoBackend`'s methods."""
+
+    if TYPE_CHECKING:
+        collection: Any
+        early: Any
+        buffer: WriteBuffer
+        indexes_made: IndexesMade
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        return add_retries(self.collection, self.buffer, task_id, count)
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        record_heartbeat(self.collection, self.buffer, self.indexes_made, worker_id, info, ttl)
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return live_workers(self.collection, self.buffer)
+
+    def forget_worker(self, worker_id: str) -> None:
+        forget_worker(self.collection, self.buffer, worker_id)
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        delete(self.collection, self.early, self.buffer, task_ids)

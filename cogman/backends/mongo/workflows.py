@@ -89,3 +89,24 @@ def join_chord(
     if len(outcomes) < size:
         return None
     return [str(outcomes[f"m{i}"]) for i in range(size)]
+
+
+class MongoWorkflows:
+    """These functions as :class:`~cogman.backends.mongo.backend.MongoBackend`'s methods."""
+
+    if TYPE_CHECKING:
+        collection: Any
+        early: Any
+        buffer: WriteBuffer
+        indexes_made: IndexesMade
+        ttl_seconds: int
+
+        def _indexes(self) -> None: ...
+
+    def create_new(self, record: TaskRecord) -> bool:
+        return create_new(self.collection, self.early, self.buffer, record, ensure_indexes=self._indexes)
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return join_chord(
+            self.collection, self.buffer, self.indexes_made, self.ttl_seconds, chord_id, index, size, outcome
+        )

@@ -24,14 +24,14 @@ from cogman.backends.outage import WriteBuffer
 from cogman.backends.redis import cluster, fanout, limiting, oldest, scripts, spawn, unique
 from cogman.backends.redis import create as redis_create
 from cogman.backends.redis import queries as redis_queries
-from cogman.backends.redis import workers as redis_workers
-from cogman.backends.redis import workflows as redis_workflows
 from cogman.backends.redis.cancel import RedisCancel
 from cogman.backends.redis.go_records import RedisGoRecords
 from cogman.backends.redis.keys import DONE_TTL_MS, KeyLayout
 from cogman.backends.redis.sentinel import client_factory
 from cogman.backends.redis.shards import CLUSTER_DEFAULT_SHARDS, Shards
 from cogman.backends.redis.wire import Link, Replication, ScriptCaller, is_transient
+from cogman.backends.redis.workers import RedisOperations
+from cogman.backends.redis.workflows import RedisWorkflows
 from cogman.errors import BackendUnavailable, ConfigError, CorruptRecord
 from cogman.record import TaskRecord, utcnow
 from cogman.status import Status
@@ -48,7 +48,7 @@ WAIT_SLICE = 5.0
 CHUNK = 500
 
 
-class RedisBackend(RedisCancel):
+class RedisBackend(RedisCancel, RedisOperations, RedisWorkflows):
     """The Redis task log; thread-safe, one connection pool per instance."""
 
     def __init__(self, url: str, config: Config, *, retry_seconds: float = 2.0, max_buffered: int = 100_000) -> None:
@@ -319,30 +319,5 @@ class RedisBackend(RedisCancel):
     def limits(self) -> limiting.RedisLimits:  # rate limits and concurrency slots (limiting.py)
         return limiting.store_of(self)
 
-    # Operator actions and worker heartbeats (workers.py)
-
-    def add_retries(self, task_id: str, count: int) -> int | None:
-        return redis_workers.add_retries(self._link(), task_id, count)
-
-    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
-        redis_workers.record_heartbeat(self._link(), worker_id, info, ttl)
-
-    def live_workers(self) -> list[dict[str, Any]]:
-        return redis_workers.live_workers(self._link())
-
-    def forget_worker(self, worker_id: str) -> None:
-        redis_workers.forget_worker(self._link(), worker_id)
-
-    def delete(self, task_ids: Sequence[str]) -> None:
-        redis_workers.delete(self._link(), task_ids)
-
-    # Workflows and periodic tasks (workflows.py)
-
-    def create_new(self, record: TaskRecord) -> bool:
-        return redis_workflows.create_new(self._link(), record)
-
     create_unique = unique.create_unique
     oldest_queued = oldest.oldest_queued
-
-    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
-        return redis_workflows.join_chord(self._link(), chord_id, index, size, outcome)

@@ -146,3 +146,26 @@ def delete(link: Link, task_ids: Sequence[str]) -> None:
         for start in range(0, len(members), DELETE_CHUNK):
             chunk = list(members[start : start + DELETE_CHUNK])
             link.buffer.write(link.script(script, [layout.prefix, *chunk], layout), f"delete {len(chunk)} record(s)")
+
+
+class RedisOperations:
+    """These functions as :class:`~cogman.backends.redis.backend.RedisBackend`'s methods."""
+
+    if TYPE_CHECKING:
+
+        def _link(self) -> Link: ...
+
+    def add_retries(self, task_id: str, count: int) -> int | None:
+        return add_retries(self._link(), task_id, count)
+
+    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+        record_heartbeat(self._link(), worker_id, info, ttl)
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return live_workers(self._link())
+
+    def forget_worker(self, worker_id: str) -> None:
+        forget_worker(self._link(), worker_id)
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        delete(self._link(), task_ids)

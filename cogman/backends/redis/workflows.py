@@ -57,3 +57,17 @@ def join_chord(link: Link, chord_id: str, index: int, size: int, outcome: str) -
         return None
     outcomes = {int(flat[i]): flat[i + 1].decode() for i in range(0, len(flat), 2)}
     return [outcomes[i] for i in range(size)]
+
+
+class RedisWorkflows:
+    """These functions as :class:`~cogman.backends.redis.backend.RedisBackend`'s methods."""
+
+    if TYPE_CHECKING:
+
+        def _link(self) -> Link: ...
+
+    def create_new(self, record: TaskRecord) -> bool:
+        return create_new(self._link(), record)
+
+    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+        return join_chord(self._link(), chord_id, index, size, outcome)
