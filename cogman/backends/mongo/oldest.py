@@ -3,7 +3,7 @@ backwards, ``limit`` documents read whatever the size of the collection."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pymongo
 
@@ -11,15 +11,8 @@ from cogman.backends import codec
 from cogman.status import Status
 
 if TYPE_CHECKING:
-    from cogman.backends.outage import WriteBuffer
+    from cogman.backends.mongo.schema import MongoStore
     from cogman.record import TaskRecord
-
-
-class MongoStore(Protocol):
-    collection: Any
-    buffer: WriteBuffer
-
-    def key(self, task_id: str) -> str: ...
 
 
 def oldest_queued(backend: MongoStore, limit: int) -> list[TaskRecord]:

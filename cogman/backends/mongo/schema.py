@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pymongo
 from pymongo.errors import ConnectionFailure, OperationFailure
@@ -25,6 +25,9 @@ from cogman.backends import codec
 from cogman.record import utcnow
 from cogman.status import RANK, Status, allows
 
+if TYPE_CHECKING:
+    from cogman.backends.outage import WriteBuffer
+
 log = logging.getLogger("cogman.backends.mongo")
 
 #: How long a status that arrived before its record is kept, waiting for the record's create.
@@ -32,6 +35,19 @@ EARLY_TTL_SECONDS = 3600
 #: Go Cogman's names of its indexes on ``task_id`` (unique) and ``created_at`` (TTL), used for ours on
 #: the same keys so that Go's ``Connect`` finds them as it names them.
 GO_TASK_ID_INDEX, GO_TTL_INDEX = "task_id_type", "TTL"
+
+
+class MongoStore(Protocol):
+    """The MongoDB backend as its helper modules see it (they never import the backend)."""
+
+    collection: Any
+    early: Any
+    buffer: WriteBuffer
+    indexes_made: IndexesMade
+    ttl_seconds: int
+
+    def key(self, task_id: str) -> str: ...
+    def _indexes(self) -> None: ...
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo.errors import DuplicateKeyError
@@ -27,21 +27,8 @@ from cogman.errors import BackendUnavailable
 from cogman.status import Status
 
 if TYPE_CHECKING:
-    from cogman.backends.mongo.schema import IndexesMade
-    from cogman.backends.outage import WriteBuffer
+    from cogman.backends.mongo.schema import MongoStore
     from cogman.record import TaskRecord
-
-
-class MongoStore(Protocol):
-    """The MongoDB backend as this helper sees it."""
-
-    collection: Any
-    early: Any
-    buffer: WriteBuffer
-    indexes_made: IndexesMade
-    ttl_seconds: int
-
-    def _indexes(self) -> None: ...
 
 
 #: Seconds a key taken by a sender that has not written its record yet counts as held.

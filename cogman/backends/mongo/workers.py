@@ -19,7 +19,7 @@ from cogman.backends.mongo.schema import updated
 from cogman.record import utcnow
 
 if TYPE_CHECKING:
-    from cogman.backends.mongo.schema import IndexesMade
+    from cogman.backends.mongo.schema import IndexesMade, MongoStore
     from cogman.backends.outage import WriteBuffer
 
 log = logging.getLogger("cogman.backends.mongo")
@@ -102,23 +102,17 @@ def delete(collection: Any, early: Any, buffer: WriteBuffer, task_ids: Sequence[
 class MongoOperations:
     """These functions as :class:`~cogman.backends.mongo.backend.MongoBackend`'s methods."""
 
-    if TYPE_CHECKING:
-        collection: Any
-        early: Any
-        buffer: WriteBuffer
-        indexes_made: IndexesMade
-
-    def add_retries(self, task_id: str, count: int) -> int | None:
+    def add_retries(self: MongoStore, task_id: str, count: int) -> int | None:
         return add_retries(self.collection, self.buffer, task_id, count)
 
-    def record_heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
+    def record_heartbeat(self: MongoStore, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         record_heartbeat(self.collection, self.buffer, self.indexes_made, worker_id, info, ttl)
 
-    def live_workers(self) -> list[dict[str, Any]]:
+    def live_workers(self: MongoStore) -> list[dict[str, Any]]:
         return live_workers(self.collection, self.buffer)
 
-    def forget_worker(self, worker_id: str) -> None:
+    def forget_worker(self: MongoStore, worker_id: str) -> None:
         forget_worker(self.collection, self.buffer, worker_id)
 
-    def delete(self, task_ids: Sequence[str]) -> None:
+    def delete(self: MongoStore, task_ids: Sequence[str]) -> None:
         delete(self.collection, self.early, self.buffer, task_ids)

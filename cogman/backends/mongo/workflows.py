@@ -19,7 +19,7 @@ from cogman.backends.mongo import schema as mongo_schema
 from cogman.record import utcnow
 
 if TYPE_CHECKING:
-    from cogman.backends.mongo.schema import IndexesMade
+    from cogman.backends.mongo.schema import IndexesMade, MongoStore
     from cogman.backends.outage import WriteBuffer
     from cogman.record import TaskRecord
 
@@ -94,19 +94,10 @@ def join_chord(
 class MongoWorkflows:
     """These functions as :class:`~cogman.backends.mongo.backend.MongoBackend`'s methods."""
 
-    if TYPE_CHECKING:
-        collection: Any
-        early: Any
-        buffer: WriteBuffer
-        indexes_made: IndexesMade
-        ttl_seconds: int
-
-        def _indexes(self) -> None: ...
-
-    def create_new(self, record: TaskRecord) -> bool:
+    def create_new(self: MongoStore, record: TaskRecord) -> bool:
         return create_new(self.collection, self.early, self.buffer, record, ensure_indexes=self._indexes)
 
-    def join_chord(self, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
+    def join_chord(self: MongoStore, chord_id: str, index: int, size: int, outcome: str) -> list[str] | None:
         return join_chord(
             self.collection, self.buffer, self.indexes_made, self.ttl_seconds, chord_id, index, size, outcome
         )
