@@ -166,17 +166,18 @@ class MiddlewareStack:
         return Sending(self, name, messages, workflow)
 
     def before(self, hook: str, *args: Any, **kwargs: Any) -> None:
-        methods = self._hooks.get(hook)
-        for method in self._defined(hook) if methods is None else methods:
+        for method in self._defined(hook):
             self._call(method, hook, args, kwargs)
 
     def after(self, hook: str, *args: Any, **kwargs: Any) -> None:
-        methods = self._hooks.get(hook)
-        for method in reversed(self._defined(hook) if methods is None else methods):
+        for method in reversed(self._defined(hook)):
             self._call(method, hook, args, kwargs)
 
     def _defined(self, hook: str) -> tuple[Callable[..., Any], ...]:
-        """The middleware's own ``hook`` methods, in order."""
+        """The middleware's own ``hook`` methods, in order (from the table, built here when missing)."""
+        known = self._hooks.get(hook)
+        if known is not None:
+            return known
         noop = getattr(Middleware, hook, None)
         methods = []
         for middleware in self._middleware:
